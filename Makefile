@@ -1,0 +1,48 @@
+# gwproxy — the two commands a fresh clone needs are `make run` and `make test`.
+SHELL := bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+# pip's notices about absent optional indexes are noise; failures still fail.
+QUIET_PIP := { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
+
+.PHONY: run test lint typecheck bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip 2>&1 | $(QUIET_PIP)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e . 2>&1 | $(QUIET_PIP)
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+
+## Start the gateway on embedded defaults in front of the bundled vLLM simulator.
+run: $(VENV)/.installed
+	$(BIN)/gwproxy demo --port $(PORT)
+
+## Lint, type-check and run the whole test suite (the tests start the servers they need).
+test: $(VENV)/.installed-test lint typecheck
+	$(BIN)/python -m pytest --cov --cov-report=term -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check gwproxy tests bench
+	$(BIN)/ruff format --check gwproxy tests bench
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy gwproxy
+
+## The overhead benchmark: direct vs bare pass-through vs gateway, one run; writes bench/results/.
+bench: $(VENV)/.installed-test
+	bash bench/setup.sh
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* *.egg-info

@@ -1,0 +1,213 @@
+"""Command line: ``gwproxy serve | sim | demo``.
+
+Flags win over the environment, which wins over config.toml, which wins over built-in defaults
+(``gwproxy.config``). Every long-running command stops cleanly on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gwproxy import __version__
+from gwproxy import log as logconf
+from gwproxy.config import Config, ConfigError, load_config
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on uvloop; SIGINT/SIGTERM set ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    loop = _event_loop()
+    try:
+        loop.run_until_complete(runner())
+    finally:
+        loop.close()
+
+
+async def _serve_app(app: web.Application, host: str, port: int, shutdown_timeout: float) -> web.AppRunner:
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any]) -> Config:
+    try:
+        return load_config(Path(args.config) if args.config else None, overrides=overrides)
+    except ConfigError as exc:
+        print(f"gwproxy: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gwproxy.app import create_app
+
+    cfg = _load(
+        args,
+        {"server.host": args.host, "server.port": args.port, "upstream.base_url": args.upstream},
+    )
+    logconf.configure(cfg.server.log_level, json=not cfg.server.debug)
+    log = logconf.get("gwproxy")
+
+    async def main(stop: asyncio.Event) -> None:
+        runner = await _serve_app(create_app(cfg), cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout)
+        log.info("gwproxy serving", host=cfg.server.host, port=cfg.server.port, upstream=cfg.upstream.base_url)
+        await stop.wait()
+        log.info("gwproxy stopping")
+        await runner.cleanup()
+
+    _run(main)
+    return 0
+
+
+def _sim_config(args: argparse.Namespace, models: Sequence[str]) -> Any:
+    from gwproxy.sim.server import SimConfig
+
+    return SimConfig(
+        models=tuple(models),
+        max_model_len=args.max_model_len,
+        ttft_ms=args.ttft_ms,
+        itl_ms=args.itl_ms,
+        seed=args.seed,
+    )
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from gwproxy.sim import server
+
+    cfg = _sim_config(args, args.model or ["sim-model"])
+    logconf.configure("info", json=False)
+    log = logconf.get("gwproxy.sim")
+
+    async def main(stop: asyncio.Event) -> None:
+        starting = asyncio.create_task(server.serve(cfg, args.host, args.port, args.startup_delay))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            return
+        runner = starting.result()
+        log.info("simulator serving", host=args.host, port=args.port, models=list(cfg.models))
+        await stopped
+        await runner.cleanup()
+
+    _run(main)
+    return 0
+
+
+BANNER = """
+gwproxy demo is up: the gateway on http://localhost:{port} in front of the bundled vLLM
+simulator (model "{model}", also reachable as "current").
+
+  curl http://localhost:{port}/v1/chat/completions \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"model": "current", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="http://localhost:{port}/v1", api_key="unused")
+  for chunk in client.chat.completions.create(
+      model="current", messages=[{{"role": "user", "content": "Hello!"}}], stream=True
+  ):
+      print(chunk.choices[0].delta.content or "" if chunk.choices else "", end="", flush=True)
+  print()
+  PY
+
+Health: http://localhost:{port}/health   Metrics: http://localhost:{port}/metrics
+Press Ctrl-C to stop.
+"""
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gwproxy.app import create_app
+    from gwproxy.sim import server
+
+    sim_port = _free_port()
+    cfg = _load(
+        args,
+        {
+            "server.port": args.port,
+            "server.host": args.host,
+            "upstream.base_url": f"http://127.0.0.1:{sim_port}/v1",
+        },
+    )
+    logconf.configure(cfg.server.log_level, json=False)
+    sim_cfg = server.SimConfig(models=("demo-model",), ttft_ms=80, itl_ms=25)
+
+    async def main(stop: asyncio.Event) -> None:
+        sim = await server.serve(sim_cfg, "127.0.0.1", sim_port)
+        gateway = await _serve_app(create_app(cfg), cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout)
+        print(BANNER.format(port=cfg.server.port, model=sim_cfg.models[0]), flush=True)
+        await stop.wait()
+        await gateway.cleanup()
+        await sim.cleanup()
+
+    _run(main)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gwproxy", description="OpenAI-compatible gateway for self-hosted vLLM")
+    parser.add_argument("--version", action="version", version=f"gwproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="config.toml to read (default: $GWPROXY_CONFIG or ./config.toml)")
+    serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--upstream", help="vLLM base URL, as VLLM_BASE_URL (e.g. http://localhost:8000/v1)")
+    serve.set_defaults(func=cmd_serve)
+
+    sim = sub.add_parser("sim", help="run the vLLM-compatible simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8000)
+    sim.add_argument("--model", action="append", help="served model name (repeatable)")
+    sim.add_argument("--max-model-len", type=int, default=4096)
+    sim.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
+    sim.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
+    sim.add_argument("--seed", type=int, help="make output, ids and timestamps a function of the request")
+    sim.add_argument("--startup-delay", type=float, default=0.0, help="seconds the port stays closed")
+    sim.set_defaults(func=cmd_sim)
+
+    demo = sub.add_parser("demo", help="the gateway in front of a bundled simulator, on embedded defaults")
+    demo.add_argument("--config", help="config.toml to read")
+    demo.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    demo.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,207 @@
+"""Configuration: config.toml + environment → frozen dataclasses.
+
+This is the only module that reads the environment. Precedence, highest first: a command-line
+flag (passed in as ``overrides``), an environment variable, the TOML file, the built-in default.
+Every key has a generic variable ``GWPROXY_<SECTION>_<KEY>``; the names the original gateway used
+(``VLLM_BASE_URL``, ``LOG_LEVEL``, ...) are accepted too and listed in ``LEGACY_ENV``. A value that
+does not parse or is out of range raises ``ConfigError`` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range; the message names the key."""
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or greater"
+
+
+def _port(v: int) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number (0-65535)"
+
+
+def _http_url(v: str) -> str | None:
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
+def _log_level(v: str) -> str | None:
+    ok = ("debug", "info", "warning", "error", "critical")
+    return None if v.lower() in ok else f"must be one of {', '.join(ok)}"
+
+
+def _key(default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = _key("0.0.0.0")
+    port: int = _key(8080, _port)
+    debug: bool = _key(False)
+    log_level: str = _key("info", _log_level)
+    shutdown_timeout: float = _key(30.0, _non_negative)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    base_url: str = _key("http://localhost:8000/v1", _http_url)
+    api_key: str = _key("")
+    connect_timeout: float = _key(5.0, _positive)
+    first_byte_timeout: float = _key(600.0, _positive)
+    idle_timeout: float = _key(120.0, _positive)
+    poll_interval: float = _key(5.0, _positive)
+    max_connections: int = _key(0, _non_negative)
+
+    @property
+    def origin(self) -> str:
+        """Scheme, host and port with any path (usually ``/v1``) removed."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def v1_url(self) -> str:
+        return self.base_url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    max_body_bytes: int = _key(32 * 1024 * 1024, _positive)
+    overhead_header: bool = _key(True)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+
+
+# Environment names kept from the original gateway → dotted key.
+LEGACY_ENV: Mapping[str, str] = {
+    "VLLM_BASE_URL": "upstream.base_url",
+    "VLLM_API_KEY": "upstream.api_key",
+    "LOG_LEVEL": "server.log_level",
+    "DEBUG": "server.debug",
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _coerce(key: str, kind: type, raw: Any, source: str) -> Any:
+    def fail(why: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' ({source}): {why}, got {raw!r}")
+
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+            return raw.strip().lower() in _TRUE
+        raise fail("expected true or false")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise fail("expected an integer")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise fail("expected an integer") from None
+    if kind is float:
+        if isinstance(raw, bool):
+            raise fail("expected a number")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise fail("expected a number") from None
+    if kind is str:
+        if not isinstance(raw, str):
+            raise fail("expected a string")
+        return raw
+    raise AssertionError(f"unsupported config type {kind}")  # pragma: no cover
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def default_config_path(env: Mapping[str, str]) -> Path | None:
+    """``GWPROXY_CONFIG`` if set, else ``./config.toml`` when it exists."""
+    if env.get("GWPROXY_CONFIG"):
+        return Path(env["GWPROXY_CONFIG"])
+    local = Path("config.toml")
+    return local if local.is_file() else None
+
+
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the configuration. ``overrides`` maps dotted keys to values from command-line flags."""
+    env = os.environ if env is None else env
+    path = path if path is not None else default_config_path(env)
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            file_values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    legacy = {dotted: name for name, dotted in LEGACY_ENV.items()}
+    overrides = overrides or {}
+    sections = _sections()
+    for name in file_values:
+        if name not in sections:
+            raise ConfigError(f"config file {path}: unknown section [{name}]")
+    built: dict[str, Any] = {}
+    for sname, stype in sections.items():
+        table = file_values.get(sname, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: [{sname}] must be a table")
+        hints = typing.get_type_hints(stype)
+        fields = {f.name: f for f in dataclasses.fields(stype)}
+        for key in table:
+            if key not in fields:
+                raise ConfigError(f"config file {path}: unknown key '{sname}.{key}'")
+        values: dict[str, Any] = {}
+        for fname, f in fields.items():
+            dotted = f"{sname}.{fname}"
+            generic = f"GWPROXY_{sname}_{fname}".upper()
+            if overrides.get(dotted) is not None:
+                raw, source = overrides[dotted], "command-line flag"
+            elif generic in env:
+                raw, source = env[generic], f"environment {generic}"
+            elif dotted in legacy and legacy[dotted] in env:
+                raw, source = env[legacy[dotted]], f"environment {legacy[dotted]}"
+            elif fname in table:
+                raw, source = table[fname], f"config file {path}"
+            else:
+                continue
+            value = _coerce(dotted, hints[fname], raw, source)
+            check = f.metadata.get("check")
+            why = check(value) if check else None
+            if why:
+                raise ConfigError(f"config key '{dotted}' ({source}): {why}, got {raw!r}")
+            values[fname] = value
+        built[sname] = stype(**values)
+    return Config(**built)

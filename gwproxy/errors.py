@@ -1,0 +1,139 @@
+"""The gateway's one exception tree and its rendering as an OpenAI error envelope.
+
+::
+
+    GatewayError                      500 internal_error
+    ├── InvalidRequest                400 invalid_request_error  (param names the field)
+    │   └── InvalidJSON               400 invalid_request_error  code "invalid_json"
+    ├── NotFound                      404 not_found_error
+    ├── PayloadTooLarge               413 invalid_request_error  code "payload_too_large"
+    └── UpstreamError                 502 upstream_error
+        ├── UpstreamUnavailable       502 upstream_error         code "upstream_unavailable"
+        ├── UpstreamTimeout           504 upstream_error         code "upstream_timeout"
+        └── ModelNotReady             503 service_unavailable    code "model_not_ready"
+                                                                 (+ Retry-After)
+
+Every error that leaves the gateway, raised or an aiohttp ``HTTPException``, is rendered by
+``render`` (used by the errors middleware) as
+``{"error":{"message":…,"type":…,"param":…,"code":…}}`` so OpenAI SDKs raise the matching class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from aiohttp import web
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "internal_error"
+    code: str | int | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidJSON(InvalidRequest):
+    code = "invalid_json"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ModelNotReady(UpstreamError):
+    status = 503
+    type = "service_unavailable"
+    code = "model_not_ready"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+# aiohttp's own HTTP exceptions → (OpenAI type, code).
+_HTTP_TYPES: Mapping[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("not_found_error", None),
+    405: ("invalid_request_error", "method_not_allowed"),
+    409: ("conflict_error", None),
+    413: ("invalid_request_error", "payload_too_large"),
+    422: ("invalid_request_error", None),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def envelope(message: str, type_: str, param: str | None, code: str | int | None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def error_response(
+    status: int,
+    message: str,
+    type_: str,
+    *,
+    param: str | None = None,
+    code: str | int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=envelope(message, type_, param, code),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def render(exc: GatewayError) -> web.Response:
+    return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=exc.headers)
+
+
+def render_http(exc: web.HTTPException) -> web.Response:
+    """An aiohttp HTTPException (404 route, 405, 413 body...) as an envelope, headers kept."""
+    type_, code = _HTTP_TYPES.get(exc.status, ("server_error" if exc.status >= 500 else "invalid_request_error", None))
+    message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+    if exc.status == 413:
+        message = "Request body too large: " + (exc.text or exc.reason)
+    headers = {k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")}
+    return error_response(exc.status, message, type_, code=code, headers=headers)

@@ -1,0 +1,94 @@
+"""Health: service info, liveness with per-component status, readiness, and /metrics.
+
+Liveness (``/health``) is 200 while the process serves, whatever the upstream does; readiness
+(``/health/ready``) is 503 until the upstream answers and serves at least one model — what a
+load balancer should route on.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gwproxy import __version__
+from gwproxy.keys import METRICS, UPSTREAM
+from gwproxy.proxy.registry import UpstreamState
+
+_STARTED = time.time()
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+
+
+def _upstream(state: UpstreamState, url: str) -> dict[str, Any]:
+    return {
+        "status": "up" if state.reachable else "down",
+        "url": url,
+        "models": list(state.models),
+        "checked_at": state.checked_at,
+        "error": state.error,
+    }
+
+
+async def index(request: web.Request) -> web.Response:
+    registry = request.app[UPSTREAM]
+    return _json(
+        {
+            "service": "gwproxy",
+            "version": __version__,
+            "description": "OpenAI-compatible gateway for self-hosted vLLM",
+            "upstream": registry.v1_url,
+            "models": list(registry.state.models),
+            "endpoints": {
+                "openai": "/v1",
+                "health": "/health",
+                "ready": "/health/ready",
+                "metrics": "/metrics",
+            },
+        }
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    registry = request.app[UPSTREAM]
+    return _json(
+        {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.time() - _STARTED, 3),
+            "components": {"upstream": _upstream(registry.state, registry.v1_url)},
+        }
+    )
+
+
+async def ready(request: web.Request) -> web.Response:
+    registry = request.app[UPSTREAM]
+    state = registry.state
+    if not (state.reachable and state.models):
+        state = await registry.refresh()  # don't make a starting gateway wait a poll interval
+    ok = state.reachable and bool(state.models)
+    reason = None
+    if not state.reachable:
+        reason = "upstream unreachable"
+    elif not state.models:
+        reason = "upstream serves no model"
+    return _json(
+        {"ready": ok, "reason": reason, "upstream": _upstream(state, registry.v1_url)},
+        status=200 if ok else 503,
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    return web.Response(body=m.render(), headers={"Content-Type": m.content_type})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/health", health)
+    app.router.add_get("/health/ready", ready)
+    app.router.add_get("/metrics", metrics)

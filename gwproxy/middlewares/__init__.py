@@ -1,0 +1,1 @@
+"""Middlewares, one per file; their order is set once, in ``gwproxy.app``."""

@@ -1,0 +1,72 @@
+"""metrics: per-request counting, timing and in-flight gauge, plus the one access-log line.
+
+Creates the request's ``Trace`` (which the proxy fills in) and, when the response is finished —
+answered, failed or abandoned by the client (status 499) — records it. Runs inside the errors
+middleware, so a ``GatewayError`` passing through is counted with its own status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from gwproxy import log
+from gwproxy.errors import GatewayError
+from gwproxy.keys import TRACE
+from gwproxy.metrics import Metrics
+from gwproxy.trace import Trace
+
+_access = log.get("gwproxy.access")
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+def metrics_middleware(metrics: Metrics) -> Middleware:
+    @web.middleware
+    async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+        trace = request[TRACE] = Trace(started=time.perf_counter())
+        metrics.in_flight.inc()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = 499 if trace.upstream_error == "client_gone" else resp.status
+            return resp
+        except GatewayError as exc:
+            status = exc.status
+            raise
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        finally:
+            metrics.in_flight.dec()
+            duration = time.perf_counter() - trace.started
+            route = trace.route or _route(request)
+            model = trace.model or "-"
+            metrics.observe_request(route, model, status, duration)
+            ttft = trace.ttft()
+            if ttft is not None and trace.model:
+                metrics.observe_ttft(model, ttft)
+            metrics.count_tokens(model, trace.prompt_tokens, trace.completion_tokens)
+            _access.info(
+                "request",
+                method=request.method,
+                route=route,
+                model=model,
+                status=status,
+                duration_ms=round(duration * 1000, 3),
+                ttft_ms=None if ttft is None else round(ttft * 1000, 3),
+                prompt_tokens=trace.prompt_tokens,
+                completion_tokens=trace.completion_tokens,
+                upstream_error=trace.upstream_error,
+            )
+
+    return measure

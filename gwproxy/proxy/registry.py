@@ -1,0 +1,129 @@
+"""Registry: the upstream's one shared connection pool and what the gateway knows of it.
+
+Owns the ``ClientSession`` every proxied request uses, and a poller that asks the upstream's
+``/v1/models`` every ``poll_interval`` seconds to learn the served model names (the first one is
+what the alias ``"current"`` means) and whether the upstream answers at all. Only the poller
+writes the state; handlers read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gwproxy import log
+from gwproxy.config import UpstreamConfig
+from gwproxy.errors import ModelNotReady
+from gwproxy.keys import CONFIG, UPSTREAM
+
+_log = log.get("gwproxy.upstream")
+
+ALIASES = frozenset({"current"})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    reachable: bool = False
+    models: tuple[str, ...] = ()
+    checked_at: float | None = None  # wall-clock seconds
+    error: str | None = None
+
+
+class UpstreamRegistry:
+    def __init__(self, cfg: UpstreamConfig) -> None:
+        self.cfg = cfg
+        self.origin = cfg.origin
+        self.v1_url = cfg.v1_url
+        self.state = UpstreamState()
+        self._session: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "registry not started"
+        return self._session
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What the gateway sends upstream to authenticate itself (VLLM_API_KEY)."""
+        return self._auth
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, limit_per_host=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # relay bytes as sent, compressed or not
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+        await self.refresh()
+        self._poller = asyncio.create_task(self._poll(), name="gwproxy-upstream-poller")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._session is not None:
+            await self._session.close()
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval)
+            await self.refresh()
+
+    async def refresh(self) -> UpstreamState:
+        """Ask the upstream which models it serves; never raises."""
+        url = self.v1_url + "/models"
+        try:
+            async with self.session.get(
+                url, headers=self._auth, timeout=aiohttp.ClientTimeout(total=self.cfg.connect_timeout * 2)
+            ) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise ValueError(f"GET {url} answered {resp.status}")
+                cards = orjson.loads(body).get("data") or []
+                models = tuple(str(c["id"]) for c in cards if isinstance(c, dict) and "id" in c)
+            new = UpstreamState(True, models, time.time(), None)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError) as exc:
+            new = UpstreamState(False, self.state.models, time.time(), f"{type(exc).__name__}: {exc}")
+        if (new.reachable, new.models) != (self.state.reachable, self.state.models):
+            if new.reachable:
+                _log.info("upstream up", url=self.v1_url, models=list(new.models))
+            else:
+                _log.warning("upstream unreachable", url=self.v1_url, error=new.error)
+        self.state = new
+        return new
+
+    def resolve(self, model: str) -> str:
+        """The served name a request's ``model`` stands for (aliases resolved)."""
+        if model not in ALIASES:
+            return model
+        if not self.state.models:
+            raise ModelNotReady(
+                f"model alias '{model}' cannot be resolved: the upstream {self.v1_url} serves no "
+                "model yet (is it still loading?)"
+            )
+        return self.state.models[0]
+
+    def label(self, model: str | None) -> str:
+        """A bounded metric label: a served model's name, else ``other``."""
+        if model is None:
+            return "-"
+        return model if model in self.state.models else "other"
+
+
+async def upstream_context(app: web.Application) -> AsyncIterator[None]:
+    registry = UpstreamRegistry(app[CONFIG].upstream)
+    await registry.start()
+    app[UPSTREAM] = registry
+    yield
+    await registry.close()

@@ -1,0 +1,159 @@
+"""Relay: upstream response bytes to the client, unchanged, chunk for chunk, as they arrive.
+
+Contract:
+- every upstream read is written to the client before the next read starts (no buffering);
+- status, ``Content-Type`` and end-to-end headers are kept; hop-by-hop headers are dropped;
+  SSE responses get ``X-Accel-Buffering: no``;
+- the only edit is the ``UsageTap``'s removal of the usage event the gateway itself asked for;
+- the client going away (a failed write, or the handler cancelled) closes the upstream
+  response at once, so vLLM aborts the generation;
+- the upstream failing mid-body (died, or silent for ``idle_timeout``) ends an SSE stream with
+  an error event in vLLM's format followed by ``data: [DONE]``; a plain body is cut off, so the
+  client sees an incomplete response rather than a truncated one that looks whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gwproxy import log
+from gwproxy.errors import envelope
+from gwproxy.metrics import Metrics
+from gwproxy.proxy.usage import UsageTap
+from gwproxy.trace import Trace
+
+_log = log.get("gwproxy.relay")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by aiohttp itself for the response it writes.
+_RESPONSE_OWN = HOP_BY_HOP | {"date", "server", "content-length"}
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    value = headers.get("Connection", "")
+    return {t.strip().lower() for t in value.split(",") if t.strip()} if value else set()
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    drop = _RESPONSE_OWN | _connection_tokens(upstream)
+    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
+
+
+def _sse_error(message: str, code: int) -> bytes:
+    return b"data: " + envelope(message, "upstream_error", None, code) + b"\n\ndata: [DONE]\n\n"
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    trace: Trace,
+    tap: UsageTap | None,
+    idle_timeout: float,
+    metrics: Metrics,
+    extra_headers: Mapping[str, str],
+) -> web.StreamResponse:
+    headers = response_headers(upstream.headers)
+    sse = upstream.content_type == "text/event-stream"
+    if sse:
+        headers["X-Accel-Buffering"] = "no"
+    headers.update(extra_headers)
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    length = upstream.content_length
+    if length is not None and (tap is None or not tap.strip):
+        resp.content_length = length
+    loop = asyncio.get_running_loop()
+    done = False
+    try:
+        await resp.prepare(request)
+        try:
+            async with asyncio.timeout(None) as guard:
+                while True:
+                    guard.reschedule(loop.time() + idle_timeout)
+                    try:
+                        chunk = await upstream.content.readany()
+                    except aiohttp.ClientError:
+                        guard.reschedule(None)
+                        return await _fail(
+                            request,
+                            resp,
+                            sse,
+                            trace,
+                            metrics,
+                            "disconnected",
+                            "upstream closed the connection mid-response",
+                            502,
+                        )
+                    guard.reschedule(None)
+                    if not chunk:
+                        break
+                    if trace.first_chunk is None:
+                        trace.first_chunk = time.perf_counter()
+                    if tap is not None:
+                        chunk = tap.feed(chunk)
+                        if not chunk:
+                            continue
+                    await resp.write(chunk)
+        except TimeoutError:
+            return await _fail(
+                request,
+                resp,
+                sse,
+                trace,
+                metrics,
+                "idle_timeout",
+                f"upstream sent nothing for {idle_timeout:g}s",
+                504,
+            )
+        if tap is not None:
+            held = tap.finish()
+            if held:
+                await resp.write(held)
+        await resp.write_eof()
+        done = True
+        return resp
+    except (aiohttp.ClientConnectionResetError, ConnectionResetError):
+        trace.upstream_error = "client_gone"
+        return resp
+    finally:
+        if not done:
+            upstream.close()  # client gone or upstream broken: abort the generation now
+
+
+async def _fail(
+    request: web.Request,
+    resp: web.StreamResponse,
+    sse: bool,
+    trace: Trace,
+    metrics: Metrics,
+    kind: str,
+    message: str,
+    code: int,
+) -> web.StreamResponse:
+    trace.upstream_error = kind
+    metrics.upstream_errors.labels(kind).inc()
+    _log.warning("upstream failed mid-response", kind=kind, route=trace.route)
+    if sse:
+        await resp.write(_sse_error(message, code))
+        await resp.write_eof()
+    elif request.transport is not None:
+        request.transport.close()  # an incomplete body the client can tell from a whole one
+    return resp

@@ -1,0 +1,153 @@
+"""Routes: every ``/v1/*`` path and method (and vLLM's root extras) forwarded to the upstream.
+
+A handler reads the body once; for JSON POSTs it parses it once (orjson) to validate the fields
+the gateway relies on, resolve a model alias and, for streams, ask for the usage event. The
+original bytes are forwarded unless one of those edits was needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gwproxy.errors import InvalidJSON, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
+from gwproxy.keys import CONFIG, METRICS, REQUEST_ID, TRACE, UPSTREAM
+from gwproxy.proxy import schema, usage
+from gwproxy.proxy.relay import HOP_BY_HOP, relay
+from gwproxy.proxy.usage import UsageTap
+
+# vLLM endpoints outside /v1 that clients use.
+ROOT_PATHS = (
+    "/tokenize",
+    "/detokenize",
+    "/version",
+    "/pooling",
+    "/classify",
+    "/score",
+    "/rerank",
+    "/v2/rerank",
+)
+# Known /v1 routes are metric labels as they are; anything else is folded into one label.
+KNOWN_ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/responses",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/rerank",
+        "/v1/score",
+        *ROOT_PATHS,
+    }
+)
+# Routes whose body is JSON whatever the Content-Type says (curl -d sends a form type).
+JSON_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"})
+USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+# Client headers that never go upstream: hop-by-hop, recomputed, or the gateway's credentials.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "api-key", "x-api-key"}
+
+
+def forward_headers(request: web.Request, auth: dict[str, str], request_id: str) -> CIMultiDict[str]:
+    drop = _REQUEST_DROP
+    connection = request.headers.get("Connection")
+    if connection:
+        drop = drop | {t.strip().lower() for t in connection.split(",")}
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    headers["X-Request-ID"] = request_id
+    headers.update(auth)
+    return headers
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    return parsed
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    cfg, registry, metrics = app[CONFIG], app[UPSTREAM], app[METRICS]
+    trace = request[TRACE]
+    path = request.path
+    trace.route = path if path in KNOWN_ROUTES else "/v1/other"
+    body = await request.read() if request.can_read_body else b""
+    tap: UsageTap | None = None
+    if body and request.method == "POST" and (path in JSON_ROUTES or _is_json(request.content_type)):
+        parsed = _parse(body)
+        schema.check(path, parsed)
+        rewrite = False
+        model = parsed.get("model")
+        if isinstance(model, str):
+            served = registry.resolve(model)
+            if served != model:
+                parsed["model"] = served
+                rewrite = True
+            trace.model = registry.label(served)
+        if path in USAGE_ROUTES:
+            inject = usage.wants_injection(parsed)
+            if inject:
+                usage.inject(parsed)
+                rewrite = True
+            tap = UsageTap(sse=parsed.get("stream") is True, strip=inject)
+        if rewrite:
+            body = orjson.dumps(parsed)
+    url = URL(registry.origin + request.raw_path, encoded=True)  # the path exactly as sent
+    headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])
+    trace.upstream_started = time.perf_counter()
+    try:
+        async with asyncio.timeout(cfg.upstream.first_byte_timeout):
+            upstream = await registry.session.request(
+                request.method, url, data=body or None, headers=headers, allow_redirects=False
+            )
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        metrics.upstream_errors.labels("timeout").inc()
+        raise UpstreamTimeout(
+            f"The upstream {registry.origin} did not answer within {cfg.upstream.first_byte_timeout:g}s"
+        ) from None
+    except aiohttp.ClientConnectorError as exc:
+        metrics.upstream_errors.labels("refused").inc()
+        raise UpstreamUnavailable(
+            f"The upstream {registry.origin} is unreachable ({exc.os_error.strerror or exc}); "
+            "is vLLM running and loaded?"
+        ) from None
+    except aiohttp.ClientError as exc:
+        metrics.upstream_errors.labels("disconnected").inc()
+        raise UpstreamUnavailable(
+            f"The upstream {registry.origin} failed before answering: {type(exc).__name__}"
+        ) from None
+    trace.upstream_headers = time.perf_counter()
+    extra = {}
+    if cfg.proxy.overhead_header:
+        # Time spent before the request went upstream; relaying after that is a copy per chunk.
+        overhead = trace.upstream_started - trace.started
+        extra["x-gwproxy-overhead-ms"] = f"{overhead * 1000:.3f}"
+        metrics.overhead.observe(overhead)
+    try:
+        return await relay(request, upstream, trace, tap, cfg.upstream.idle_timeout, metrics, extra)
+    finally:
+        upstream.release()
+        if tap is not None and tap.usage is not None:
+            trace.prompt_tokens, trace.completion_tokens = tap.usage
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_route("*", "/v1/{tail:.*}", proxy)
+    for path in ROOT_PATHS:
+        app.router.add_route("*", path, proxy)

@@ -1,0 +1,89 @@
+"""Usage: learning exact token usage from the upstream without changing what the client gets.
+
+For a stream whose client did not ask for ``stream_options.include_usage``, the gateway asks for
+it (``inject``) and the ``UsageTap`` removes that one usage-only event before ``data: [DONE]``
+(DESIGN.md section 2 rule 1). Otherwise the tap only watches. The tap works on whole SSE events:
+in stripping mode it holds back an incomplete trailing event until its end arrives (events are
+written whole by vLLM, so this almost never delays anything); in watching mode it forwards every
+chunk as it came and keeps only a copy of the incomplete tail to scan.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_USAGE_EVENT = b'"choices":[],"usage":{'
+_USAGE_KEY = b'"usage":{'
+_PROMPT = re.compile(rb'"prompt_tokens":(\d+)')
+_COMPLETION = re.compile(rb'"completion_tokens":(\d+)')
+_TAIL_KEEP = 4096  # bytes of a JSON body kept to find its usage object
+
+
+def wants_injection(body: dict[str, Any]) -> bool:
+    """True when the request streams and did not itself ask for the usage event."""
+    if body.get("stream") is not True:
+        return False
+    options = body.get("stream_options")
+    return not (isinstance(options, dict) and options.get("include_usage") is True)
+
+
+def inject(body: dict[str, Any]) -> None:
+    """Ask the upstream for the final usage event (other stream_options kept)."""
+    options = body.get("stream_options")
+    merged = dict(options) if isinstance(options, dict) else {}
+    merged["include_usage"] = True
+    body["stream_options"] = merged
+
+
+def parse_usage(segment: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from the last ``"usage":{…}`` object in ``segment``."""
+    at = segment.rfind(_USAGE_KEY)
+    if at < 0:
+        return None
+    obj = segment[at : segment.find(b"}", at) + 1 or None]
+    prompt, completion = _PROMPT.search(obj), _COMPLETION.search(obj)
+    if prompt is None:
+        return None
+    return int(prompt.group(1)), int(completion.group(1)) if completion else 0
+
+
+class UsageTap:
+    """Feeds on response chunks; ``usage`` is (prompt, completion) once seen."""
+
+    __slots__ = ("events", "sse", "strip", "tail", "usage")
+
+    def __init__(self, *, sse: bool, strip: bool) -> None:
+        self.sse = sse
+        self.strip = strip and sse
+        self.tail = b""
+        self.usage: tuple[int, int] | None = None
+        self.events = 0  # complete SSE events seen (a fallback measure of progress)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Return the bytes to send the client for this chunk (``chunk`` itself unless stripping)."""
+        if not self.sse:
+            self.tail = (self.tail + chunk)[-_TAIL_KEEP:]
+            return chunk
+        data = self.tail + chunk if self.tail else chunk
+        cut = data.rfind(b"\n\n") + 2
+        if cut == 1:  # no complete event yet
+            self.tail = data
+            return b"" if self.strip else chunk
+        complete, self.tail = data[:cut], data[cut:]
+        self.events += complete.count(b"\n\n")
+        at = complete.find(_USAGE_EVENT)
+        if at >= 0:
+            start = complete.rfind(b"data: ", 0, at)
+            end = complete.find(b"\n\n", at) + 2
+            self.usage = parse_usage(complete[start:end])
+            if self.strip:
+                return complete[:start] + complete[end:]
+        return complete if self.strip else chunk
+
+    def finish(self) -> bytes:
+        """At the end of the body: what is still held back (stripping mode), else nothing."""
+        if not self.sse and self.usage is None:
+            self.usage = parse_usage(self.tail)
+        held, self.tail = (self.tail if self.strip else b""), b""
+        return held

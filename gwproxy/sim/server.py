@@ -1,0 +1,299 @@
+"""Server: the simulator's HTTP face — vLLM's routes, timing, errors and Prometheus metrics.
+
+Timing: stream headers go out at once, the first decode step after ``ttft_ms``, each further
+step ``itl_ms`` later; a non-streaming answer arrives after the whole generation time. A client
+that goes away mid-generation is counted as ``finished_reason="abort"`` in
+``vllm:request_success_total`` (what tests use to see that the gateway aborted the upstream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gwproxy.sim import engine, wire
+from gwproxy.sim.engine import RequestError
+
+VLLM_VERSION = "0.11.0"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    models: tuple[str, ...] = ("sim-model",)
+    max_model_len: int = 4096
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    seed: int | None = None
+    embedding_dim: int = 64
+    capacity: int = 256  # requests that fit the simulated KV cache at once
+
+    @property
+    def root(self) -> str:
+        return f"gwproxy-sim/{self.models[0]}"
+
+
+class SimMetrics:
+    """vLLM's metric names, labelled by ``model_name`` as vLLM does."""
+
+    def __init__(self, model: str) -> None:
+        r = self.registry = CollectorRegistry()
+        lbl = ["model_name"]
+        self.running = Gauge("vllm:num_requests_running", "Requests running", lbl, registry=r).labels(model)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", lbl, registry=r).labels(model)
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage", lbl, registry=r).labels(model)
+        self.prompt = Counter("vllm:prompt_tokens", "Prefill tokens", lbl, registry=r).labels(model)
+        self.generation = Counter("vllm:generation_tokens", "Generated tokens", lbl, registry=r).labels(model)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "TTFT", lbl, registry=r).labels(model)
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "ITL", lbl, registry=r).labels(model)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "E2E latency", lbl, registry=r).labels(model)
+        self.success = Counter(
+            "vllm:request_success", "Finished requests", ["model_name", "finished_reason"], registry=r
+        )
+        self.model = model
+        self.active = 0
+
+
+SIM_CONFIG = web.AppKey("sim_config", SimConfig)
+SIM_METRICS = web.AppKey("sim_metrics", SimMetrics)
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.Response(status=status, body=wire.error(message, status), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"Invalid JSON body: {exc}") from None
+    if not isinstance(body, dict):
+        raise RequestError("The request body must be a JSON object")
+    return body
+
+
+def _model(cfg: SimConfig, body: dict[str, Any]) -> str:
+    model = body.get("model") or cfg.models[0]
+    if model not in cfg.models:
+        raise RequestError(f"The model `{model}` does not exist.", status=404)
+    return str(model)
+
+
+def _identity(cfg: SimConfig, body: dict[str, Any], prefix: str) -> tuple[str, int, bytes | None]:
+    digest = engine.request_digest(cfg.seed, body)
+    if digest is None:
+        return f"{prefix}-{uuid.uuid4().hex}", int(time.time()), None
+    created = 1_700_000_000 + int.from_bytes(digest[:4], "big") % 100_000_000
+    return f"{prefix}-{digest[:16].hex()}", created, digest
+
+
+def _prompts(body: dict[str, Any]) -> list[str]:
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return [engine.decode(prompt)]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    raise RequestError("prompt must be a string, a list of strings or a list of token ids")
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    cfg, metrics = request.app[SIM_CONFIG], request.app[SIM_METRICS]
+    started = time.monotonic()
+    body = await _json_body(request)
+    model = _model(cfg, body)
+    prompts = [engine.render_chat(body.get("messages"))] if chat else _prompts(body)
+    prompt_tokens = sum(len(engine.encode(p)) for p in prompts)
+    params = engine.parse_params(body)
+    rid, created, digest = _identity(cfg, body, "chatcmpl" if chat else "cmpl")
+    longest = max(len(engine.encode(p)) for p in prompts)
+    choices = engine.generate(body, params, longest, cfg.max_model_len, digest, count=len(prompts))
+    completion_tokens = sum(c.tokens for c in choices)
+    stream = body.get("stream") is True
+    options = body.get("stream_options") or {}
+    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    metrics.prompt.inc(prompt_tokens)
+    metrics.active += 1
+    metrics.running.set(metrics.active)
+    metrics.kv.set(min(1.0, metrics.active / cfg.capacity))
+    reason = "abort"
+    try:
+        if not stream:
+            steps = max((c.tokens for c in choices), default=0)
+            await _sleep(cfg.ttft_ms + cfg.itl_ms * max(0, steps - 1))
+            metrics.generation.inc(completion_tokens)
+            make = wire.chat_completion if chat else wire.completion
+            payload = make(rid, created, model, choices, prompt_tokens)
+            reason = choices[0].finish_reason if choices else "stop"
+            return web.Response(body=payload, content_type="application/json")
+        make_stream: Callable[..., Iterator[list[bytes]]] = wire.chat_stream if chat else wire.completion_stream
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+        first = True
+        last = time.monotonic()
+        for step in make_stream(rid, created, model, choices, prompt_tokens, include_usage):
+            await _sleep(cfg.ttft_ms if first else cfg.itl_ms)
+            now = time.monotonic()
+            if first:
+                metrics.ttft.observe(now - started)
+            else:
+                metrics.itl.observe(now - last)
+            last, first = now, False
+            for data in step:
+                await resp.write(data)
+            metrics.generation.inc(len(step))
+        reason = choices[0].finish_reason if choices else "stop"
+        return resp
+    finally:
+        metrics.active -= 1
+        metrics.running.set(metrics.active)
+        metrics.kv.set(min(1.0, metrics.active / cfg.capacity))
+        metrics.success.labels(metrics.model, reason).inc()
+        metrics.e2e.observe(time.monotonic() - started)
+
+
+async def _sleep(ms: float) -> None:
+    if ms > 0:
+        await asyncio.sleep(ms / 1000)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=False)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    cfg = request.app[SIM_CONFIG]
+    body = await _json_body(request)
+    model = _model(cfg, body)
+    value = body.get("input")
+    if isinstance(value, str):
+        inputs = [value]
+    elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        inputs = list(value)
+    elif isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        inputs = [engine.decode(value)]
+    else:
+        raise RequestError("input must be a string, a list of strings or a list of token ids")
+    dims = body.get("dimensions") or cfg.embedding_dim
+    if not isinstance(dims, int) or dims < 1:
+        raise RequestError("dimensions must be a positive integer")
+    tokens = sum(len(engine.encode(t)) for t in inputs)
+    rid, created, _ = _identity(cfg, body, "embd")
+    data = [{"index": i, "object": "embedding", "embedding": engine.embedding(t, dims)} for i, t in enumerate(inputs)]
+    payload = {
+        "id": rid,
+        "object": "list",
+        "created": created,
+        "model": model,
+        "data": data,
+        "usage": wire.usage(tokens, 0),
+    }
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+async def models(request: web.Request) -> web.Response:
+    cfg = request.app[SIM_CONFIG]
+    created = 1_700_000_000 if cfg.seed is not None else int(time.time())
+    cards: list[dict[str, Any]] = [
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": cfg.root,
+            "parent": None,
+            "max_model_len": cfg.max_model_len,
+            "permission": [],
+        }
+        for name in cfg.models
+    ]
+    return web.Response(body=orjson.dumps({"object": "list", "data": cards}), content_type="application/json")
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    cfg = request.app[SIM_CONFIG]
+    body = await _json_body(request)
+    if "messages" in body:
+        text = engine.render_chat(body["messages"])
+    elif isinstance(body.get("prompt"), str):
+        text = body["prompt"]
+    else:
+        raise RequestError("tokenize needs 'prompt' (a string) or 'messages'")
+    if body.get("model") is not None:
+        _model(cfg, body)
+    tokens = engine.encode(text)
+    payload = {"count": len(tokens), "max_model_len": cfg.max_model_len, "tokens": tokens, "token_strs": None}
+    return web.Response(body=orjson.dumps(payload), content_type="application/json")
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        raise RequestError("tokens must be a list of integers")
+    return web.Response(body=orjson.dumps({"prompt": engine.decode(tokens)}), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.Response(status=200)
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps({"version": VLLM_VERSION}), content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    m = request.app[SIM_METRICS]
+    return web.Response(body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except RequestError as exc:
+        return _error(exc.message, exc.status)
+    except web.HTTPException as exc:
+        return _error(exc.reason, exc.status)
+
+
+def create_sim_app(cfg: SimConfig) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
+    app[SIM_CONFIG] = cfg
+    app[SIM_METRICS] = SimMetrics(cfg.models[0])
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/tokenize", tokenize)
+    app.router.add_post("/detokenize", detokenize)
+    app.router.add_get("/health", health)
+    app.router.add_get("/version", version)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def serve(cfg: SimConfig, host: str, port: int, startup_delay: float = 0.0) -> web.AppRunner:
+    """Start the simulator; the port stays closed for ``startup_delay`` seconds, as vLLM's does
+    while it loads weights."""
+    if startup_delay > 0:
+        await asyncio.sleep(startup_delay)
+    runner = web.AppRunner(create_sim_app(cfg), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    return runner

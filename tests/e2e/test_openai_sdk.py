@@ -1,0 +1,130 @@
+"""The official openai SDK, sync and async, against a gateway process in front of the simulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.conftest import MODEL, Gateway
+from tests.procs import free_port, start_gateway
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+@pytest.fixture
+def client(gateway: Gateway) -> Iterator[OpenAI]:
+    with OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+def test_chat_non_stream(client: OpenAI) -> None:
+    resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+    assert resp.model == MODEL
+    assert resp.choices[0].message.role == "assistant" and resp.choices[0].message.content
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 8
+
+
+def test_chat_stream_without_usage_gets_no_usage_chunk(client: OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="current", messages=MESSAGES, max_tokens=6, stream=True))  # type: ignore[arg-type]
+    assert all(c.choices for c in chunks)  # the injected usage-only chunk was removed
+    assert chunks[-1].choices[0].finish_reason == "length"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert len(text.split()) == 6
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_chat_stream_with_usage(client: OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},  # type: ignore[arg-type]
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 5
+
+
+def test_tool_calls(client: OpenAI) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    resp = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=tools)  # type: ignore[arg-type]
+    call = resp.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert resp.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather" and "city" in call.function.arguments  # type: ignore[union-attr]
+
+
+def test_completions_embeddings_and_models(client: OpenAI) -> None:
+    comp = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=4)
+    assert comp.choices[0].text and comp.usage is not None and comp.usage.completion_tokens == 4
+    streamed = list(client.completions.create(model=MODEL, prompt="Once upon", max_tokens=4, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices)
+    emb = client.embeddings.create(model=MODEL, input=["a", "b"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 64
+    assert MODEL in {m.id for m in client.models.list()}
+
+
+async def test_async_client(gateway: Gateway) -> None:
+    async with AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+        resp = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]
+        assert resp.choices[0].message.content
+        stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, stream=True)  # type: ignore[arg-type]
+        parts = [c.choices[0].delta.content async for c in stream if c.choices]
+        assert "".join(p or "" for p in parts)
+        with pytest.raises(openai.NotFoundError):
+            await client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+def test_error_classes(client: OpenAI, gateway: Gateway) -> None:
+    with pytest.raises(openai.NotFoundError) as nf:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)  # type: ignore[arg-type]
+    assert "does not exist" in nf.value.message
+    with pytest.raises(openai.BadRequestError) as br:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=7)  # type: ignore[arg-type]
+    assert br.value.param == "temperature"  # type: ignore[attr-defined]
+    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=100000)  # type: ignore[arg-type]
+    with pytest.raises(openai.APIStatusError) as big:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * (33 * 1024 * 1024)}])
+    assert big.value.status_code == 413
+
+
+def test_gateway_side_failures_are_status_errors_not_connection_errors(log_dir: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(log_dir, Path)
+    proc, port = start_gateway(log_dir, free_port(), name="gateway-no-upstream")
+    try:
+        with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as c:
+            with pytest.raises(openai.InternalServerError) as exc:
+                c.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+            assert exc.value.status_code == 502 and "unreachable" in exc.value.message
+            with pytest.raises(openai.InternalServerError) as exc:
+                c.chat.completions.create(model="current", messages=MESSAGES)  # type: ignore[arg-type]
+            assert exc.value.status_code == 503
+            assert exc.value.response.headers["retry-after"]
+    finally:
+        proc.stop()
+
+
+def test_raw_http_client_sees_request_id(gateway: Gateway) -> None:
+    r = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
+        headers={"X-Request-ID": "sdk-1"},
+    )
+    assert r.status_code == 200 and r.headers["x-request-id"] == "sdk-1"

@@ -1,0 +1,94 @@
+from gwproxy.proxy.usage import UsageTap, inject, parse_usage, wants_injection
+
+HEAD = b'{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m",'
+CONTENT = (
+    b"data: " + HEAD + b'"choices":[{"index":0,"delta":{"content":"hi"},"logprobs":null,"finish_reason":null}]}\n\n'
+)
+FINISH = (
+    b"data: "
+    + HEAD
+    + b'"choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop","stop_reason":null}]}\n\n'
+)
+USAGE = b"data: " + HEAD + b'"choices":[],"usage":{"prompt_tokens":13,"total_tokens":16,"completion_tokens":3}}\n\n'
+DONE = b"data: [DONE]\n\n"
+STREAM = CONTENT + CONTENT + FINISH + USAGE + DONE
+
+
+def run(tap: UsageTap, chunks: list[bytes]) -> tuple[list[bytes], bytes]:
+    out = [tap.feed(c) for c in chunks]
+    return out, b"".join(out) + tap.finish()
+
+
+def test_injection_only_for_streams_without_include_usage() -> None:
+    assert wants_injection({"stream": True})
+    assert wants_injection({"stream": True, "stream_options": {"include_usage": False}})
+    assert not wants_injection({"stream": True, "stream_options": {"include_usage": True}})
+    assert not wants_injection({"stream": False})
+    assert not wants_injection({})
+    body = {"stream": True, "stream_options": {"continuous_usage_stats": False}}
+    inject(body)
+    assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
+
+
+def test_strip_removes_only_the_usage_event_whole_chunks() -> None:
+    tap = UsageTap(sse=True, strip=True)
+    chunks = [CONTENT, CONTENT, FINISH, USAGE, DONE]
+    out, body = run(tap, chunks)
+    assert body == CONTENT + CONTENT + FINISH + DONE
+    assert out[:3] == chunks[:3] and out[3] == b"" and out[4] == DONE
+    assert out[0] is CONTENT  # untouched chunks are passed as the same object, no copy
+    assert tap.usage == (13, 3)
+
+
+def test_strip_at_every_split_point() -> None:
+    for cut in range(1, len(STREAM)):
+        tap = UsageTap(sse=True, strip=True)
+        _, body = run(tap, [STREAM[:cut], STREAM[cut:]])
+        assert body == CONTENT + CONTENT + FINISH + DONE, cut
+        assert tap.usage == (13, 3), cut
+
+
+def test_strip_byte_by_byte() -> None:
+    tap = UsageTap(sse=True, strip=True)
+    _, body = run(tap, [STREAM[i : i + 1] for i in range(len(STREAM))])
+    assert body == CONTENT + CONTENT + FINISH + DONE
+    assert tap.usage == (13, 3)
+
+
+def test_usage_and_done_in_one_read() -> None:
+    tap = UsageTap(sse=True, strip=True)
+    _, body = run(tap, [CONTENT, FINISH + USAGE + DONE])
+    assert body == CONTENT + FINISH + DONE
+
+
+def test_watch_mode_passes_every_chunk_unchanged() -> None:
+    for cut in range(1, len(STREAM), 7):
+        tap = UsageTap(sse=True, strip=False)
+        chunks = [STREAM[:cut], STREAM[cut:]]
+        out, body = run(tap, chunks)
+        assert out == chunks and body == STREAM
+        assert tap.usage == (13, 3)
+
+
+def test_truncated_stream_flushes_what_was_held() -> None:
+    tap = UsageTap(sse=True, strip=True)
+    _, body = run(tap, [CONTENT, b"data: {partial"])
+    assert body == CONTENT + b"data: {partial"
+    assert tap.usage is None
+
+
+def test_json_body_usage_found_in_the_tail() -> None:
+    body = (
+        b'{"id":"x","choices":[{"text":"'
+        + b"a" * 10000
+        + b'"}],"usage":{"prompt_tokens":5,"total_tokens":12,"completion_tokens":7},"kv_transfer_params":null}'
+    )
+    tap = UsageTap(sse=False, strip=True)
+    _out, whole = run(tap, [body[i : i + 1000] for i in range(0, len(body), 1000)])
+    assert whole == body
+    assert tap.usage == (5, 7)
+
+
+def test_parse_usage_without_completion_tokens() -> None:
+    assert parse_usage(b'"usage":{"prompt_tokens":4,"total_tokens":4}') == (4, 0)
+    assert parse_usage(b'{"no":"usage"}') is None
