@@ -5,8 +5,10 @@ Middleware order, outermost first, and why:
 2. errors     — turns every failure below it into the OpenAI envelope, so the layers below
                 simply raise;
 3. metrics    — counts and times what the handler did, seeing failures as exceptions with
-                their status before errors renders them.
-Cleanup contexts, in dependency order: the upstream registry (its pool is what /v1 uses).
+                their status before errors renders them (401s included: they are requests too);
+4. auth       — establishes the principal; everything after it may rely on request[PRINCIPAL].
+Cleanup contexts, in dependency order: the database engine (checked to be migrated), the auth
+services on it, the upstream registry (its pool is what /v1 uses).
 """
 
 from __future__ import annotations
@@ -14,26 +16,39 @@ from __future__ import annotations
 from aiohttp import web
 
 from gwproxy import health
+from gwproxy.auth import routes as auth_routes
+from gwproxy.auth.bootstrap import auth_context
 from gwproxy.config import Config
-from gwproxy.keys import CONFIG, METRICS
+from gwproxy.keys import CONFIG, DEMO, METRICS
 from gwproxy.metrics import Metrics
+from gwproxy.middlewares.auth import auth_middleware
 from gwproxy.middlewares.errors import errors_middleware
 from gwproxy.middlewares.metrics import metrics_middleware
 from gwproxy.middlewares.request_id import echo_request_id, request_id_middleware
 from gwproxy.proxy import routes as proxy_routes
 from gwproxy.proxy.registry import upstream_context
+from gwproxy.store.engine import database_context
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, demo: bool = False) -> web.Application:
     metrics = Metrics()
     app = web.Application(
-        middlewares=[request_id_middleware(), errors_middleware(), metrics_middleware(metrics)],
+        middlewares=[
+            request_id_middleware(),
+            errors_middleware(),
+            metrics_middleware(metrics),
+            auth_middleware(config.auth),
+        ],
         client_max_size=config.proxy.max_body_bytes,
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[DEMO] = demo
+    app.cleanup_ctx.append(database_context)
+    app.cleanup_ctx.append(auth_context)
     app.cleanup_ctx.append(upstream_context)
     app.on_response_prepare.append(echo_request_id)
     health.add_routes(app)
     proxy_routes.add_routes(app)
+    auth_routes.add_routes(app)
     return app

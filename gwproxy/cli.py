@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import secrets
 import signal
 import socket
 import sys
@@ -34,6 +36,9 @@ def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on uvloop; SIGINT/SIGTERM set ``stop``."""
 
     async def runner() -> None:
+        # Objects created at start-up live as long as the process: keep them out of the cyclic
+        # collector's scans, which otherwise grow with every imported module.
+        gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -61,9 +66,9 @@ def _free_port() -> int:
         return port
 
 
-def _load(args: argparse.Namespace, overrides: dict[str, Any]) -> Config:
+def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
     try:
-        return load_config(Path(args.config) if args.config else None, overrides=overrides)
+        return load_config(Path(args.config) if args.config else None, overrides=overrides or {})
     except ConfigError as exc:
         print(f"gwproxy: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -86,7 +91,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.info("gwproxy stopping")
         await runner.cleanup()
 
-    _run(main)
+    return _run_server(main)
+
+
+def _run_server(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run a server; a configuration problem found at start-up ends it with a message, exit 2."""
+    try:
+        _run(main)
+    except ConfigError as exc:
+        print(f"gwproxy: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -128,20 +142,28 @@ def cmd_sim(args: argparse.Namespace) -> int:
 BANNER = """
 gwproxy demo is up: the gateway on http://localhost:{port} in front of the bundled vLLM
 simulator (model "{model}", also reachable as "current").
+Demo user "demo" (admin), API key for this run: {key}
 
-  curl http://localhost:{port}/v1/chat/completions \\
-    -H 'Content-Type: application/json' \\
-    -d '{{"model": "current", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+Try it with curl:
 
-  python - <<'PY'
-  from openai import OpenAI
-  client = OpenAI(base_url="http://localhost:{port}/v1", api_key="unused")
-  for chunk in client.chat.completions.create(
-      model="current", messages=[{{"role": "user", "content": "Hello!"}}], stream=True
-  ):
-      print(chunk.choices[0].delta.content or "" if chunk.choices else "", end="", flush=True)
-  print()
-  PY
+curl http://localhost:{port}/v1/chat/completions \\
+  -H 'Authorization: Bearer {key}' \\
+  -H 'Content-Type: application/json' \\
+  -d '{{"model": "current", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+or with the OpenAI SDK (pip install openai):
+
+python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="http://localhost:{port}/v1", api_key="{key}")
+stream = client.chat.completions.create(
+    model="current", messages=[{{"role": "user", "content": "Hello!"}}], stream=True
+)
+for chunk in stream:
+    if chunk.choices:
+        print(chunk.choices[0].delta.content or "", end="", flush=True)
+print()
+PY
 
 Health: http://localhost:{port}/health   Metrics: http://localhost:{port}/metrics
 Press Ctrl-C to stop.
@@ -165,24 +187,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     sim_cfg = server.SimConfig(models=("demo-model",), ttft_ms=80, itl_ms=25)
 
     async def main(stop: asyncio.Event) -> None:
+        key = await _demo_account(cfg)
         sim = await server.serve(sim_cfg, "127.0.0.1", sim_port)
-        gateway = await _serve_app(create_app(cfg), cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout)
-        print(BANNER.format(port=cfg.server.port, model=sim_cfg.models[0]), flush=True)
+        gateway = await _serve_app(
+            create_app(cfg, demo=True), cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout
+        )
+        print(BANNER.format(port=cfg.server.port, model=sim_cfg.models[0], key=key), flush=True)
         await stop.wait()
         await gateway.cleanup()
         await sim.cleanup()
 
-    _run(main)
-    return 0
+    return _run_server(main)
+
+
+async def _demo_account(cfg: Config) -> str:
+    """Migrate the demo database and give its demo user a fresh API key (keys are stored only
+    as hashes, so each start makes a new one to print)."""
+    from gwproxy.auth.tokens import TokenCodec
+    from gwproxy.auth.users import UserService
+    from gwproxy.errors import NotFound
+    from gwproxy.store import migrator
+    from gwproxy.store.engine import create_engine
+
+    engine = create_engine(cfg.database)
+    try:
+        await migrator.upgrade(engine)
+        users = UserService(engine, TokenCodec(cfg.auth, demo=True), cfg.auth.refresh_expire_days)
+        try:
+            user = await users.find_user("demo")
+        except NotFound:
+            user = await users.create_user("demo", secrets.token_urlsafe(16), "admin")
+        key, _ = await users.create_key(user.id, "make run")
+        return key
+    finally:
+        await engine.dispose()
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gwproxy import accounts_cli
+
     parser = argparse.ArgumentParser(prog="gwproxy", description="OpenAI-compatible gateway for self-hosted vLLM")
     parser.add_argument("--version", action="version", version=f"gwproxy {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config.toml to read (default: $GWPROXY_CONFIG or ./config.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", help="config.toml to read (default: $GWPROXY_CONFIG or ./config.toml)")
+    serve = sub.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--upstream", help="vLLM base URL, as VLLM_BASE_URL (e.g. http://localhost:8000/v1)")
@@ -199,11 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--startup-delay", type=float, default=0.0, help="seconds the port stays closed")
     sim.set_defaults(func=cmd_sim)
 
-    demo = sub.add_parser("demo", help="the gateway in front of a bundled simulator, on embedded defaults")
-    demo.add_argument("--config", help="config.toml to read")
+    demo = sub.add_parser(
+        "demo", parents=[common], help="the gateway in front of a bundled simulator, on embedded defaults"
+    )
     demo.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     demo.add_argument("--port", type=int, help="port to listen on (default 8080)")
     demo.set_defaults(func=cmd_demo)
+
+    accounts_cli.add_parsers(sub, common, _load)
     return parser
 
 

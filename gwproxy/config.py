@@ -88,11 +88,53 @@ class ProxyConfig:
     overhead_header: bool = _key(True)
 
 
+def _database_url(v: str) -> str | None:
+    if v == "":
+        return None
+    scheme = urlsplit(v).scheme
+    if scheme.split("+")[0] not in ("postgresql", "postgres", "sqlite"):
+        return "must be a postgresql:// or sqlite:/// URL (or empty for the embedded SQLite file)"
+    return None
+
+
+def _algorithm(v: str) -> str | None:
+    ok = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+    return None if v in ok else f"must be one of {', '.join(ok)}"
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    url: str = _key("", _database_url)
+    sqlite_path: str = _key("gwproxy.db")
+    pool_size: int = _key(10, _positive)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    enabled: bool = _key(True)
+    jwt_secret: str = _key("")
+    jwt_algorithm: str = _key("HS256", _algorithm)
+    jwt_private_key_file: str = _key("")
+    jwt_public_key_file: str = _key("")
+    jwt_issuer: str = _key("gwproxy")
+    jwt_audience: str = _key("gwproxy")
+    jwt_expire_hours: float = _key(24.0, _positive)
+    refresh_expire_days: float = _key(30.0, _positive)
+    key_cache_seconds: float = _key(5.0, _non_negative)
+    metrics_public: bool = _key(True)
+    login_max_failures: int = _key(5, _positive)
+    login_lockout_seconds: float = _key(300.0, _positive)
+    admin_username: str = _key("admin")
+    admin_password: str = _key("")
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
 
 # Environment names kept from the original gateway → dotted key.
@@ -101,6 +143,11 @@ LEGACY_ENV: Mapping[str, str] = {
     "VLLM_API_KEY": "upstream.api_key",
     "LOG_LEVEL": "server.log_level",
     "DEBUG": "server.debug",
+    "DATABASE_URL": "database.url",
+    "JWT_SECRET": "auth.jwt_secret",
+    "JWT_ALGORITHM": "auth.jwt_algorithm",
+    "JWT_EXPIRE_HOURS": "auth.jwt_expire_hours",
+    "GWPROXY_ADMIN_PASSWORD": "auth.admin_password",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -5,8 +5,13 @@
     GatewayError                      500 internal_error
     ├── InvalidRequest                400 invalid_request_error  (param names the field)
     │   └── InvalidJSON               400 invalid_request_error  code "invalid_json"
+    ├── Unauthorized                  401 authentication_error   code "invalid_api_key"
+    ├── Forbidden                     403 permission_error       code "insufficient_role"
     ├── NotFound                      404 not_found_error
+    ├── Conflict                      409 conflict_error
     ├── PayloadTooLarge               413 invalid_request_error  code "payload_too_large"
+    ├── TooManyRequests               429 rate_limit_error       code "rate_limit_exceeded"
+    │                                                            (+ Retry-After)
     └── UpstreamError                 502 upstream_error
         ├── UpstreamUnavailable       502 upstream_error         code "upstream_unavailable"
         ├── UpstreamTimeout           504 upstream_error         code "upstream_timeout"
@@ -20,6 +25,7 @@ Every error that leaves the gateway, raised or an aiohttp ``HTTPException``, is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import orjson
@@ -56,9 +62,35 @@ class InvalidJSON(InvalidRequest):
     code = "invalid_json"
 
 
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "insufficient_role"
+
+
 class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "conflict_error"
+
+
+class TooManyRequests(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, headers={**(headers or {}), "Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
 class PayloadTooLarge(GatewayError):

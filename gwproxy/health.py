@@ -10,18 +10,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gwproxy import __version__
+from gwproxy.bodies import json
 from gwproxy.keys import METRICS, UPSTREAM
 from gwproxy.proxy.registry import UpstreamState
 
 _STARTED = time.time()
-
-
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
 
 
 def _upstream(state: UpstreamState, url: str) -> dict[str, Any]:
@@ -36,7 +32,7 @@ def _upstream(state: UpstreamState, url: str) -> dict[str, Any]:
 
 async def index(request: web.Request) -> web.Response:
     registry = request.app[UPSTREAM]
-    return _json(
+    return json(
         {
             "service": "gwproxy",
             "version": __version__,
@@ -55,7 +51,7 @@ async def index(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     registry = request.app[UPSTREAM]
-    return _json(
+    return json(
         {
             "status": "ok",
             "version": __version__,
@@ -76,7 +72,7 @@ async def ready(request: web.Request) -> web.Response:
         reason = "upstream unreachable"
     elif not state.models:
         reason = "upstream serves no model"
-    return _json(
+    return json(
         {"ready": ok, "reason": reason, "upstream": _upstream(state, registry.v1_url)},
         status=200 if ok else 503,
     )

@@ -7,6 +7,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from gwproxy.auth.authenticator import Authenticator
+    from gwproxy.auth.principal import Principal
+    from gwproxy.auth.throttle import LoginThrottle
+    from gwproxy.auth.users import UserService
     from gwproxy.config import Config
     from gwproxy.metrics import Metrics
     from gwproxy.proxy.registry import UpstreamRegistry
@@ -15,6 +21,12 @@ if TYPE_CHECKING:
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 UPSTREAM: web.AppKey[UpstreamRegistry] = web.AppKey("upstream")
+DATABASE: web.AppKey[AsyncEngine] = web.AppKey("database")
+USERS: web.AppKey[UserService] = web.AppKey("users")
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
+LOGIN_THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
+DEMO: web.AppKey[bool] = web.AppKey("demo")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 TRACE: web.RequestKey[Trace] = web.RequestKey("trace")
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")

@@ -1,95 +1,148 @@
-"""Metrics: the gateway's Prometheus collectors, on a registry owned by one application.
+"""Metrics: the gateway's Prometheus metrics, kept in plain Python numbers.
 
-Each ``create_app`` gets its own ``CollectorRegistry`` so several gateways can live in one
-process (tests) without clashing. Label children are cached, because ``labels()`` takes a lock
-and builds a tuple on every call and this runs on the hot path.
+The gateway updates its metrics on every request, on the event loop, which is their only writer;
+``prometheus_client``'s metric objects take a lock and walk label tuples on every update, which
+costs more than the rest of a request's bookkeeping together. So the values live here in dicts
+and lists, and ``GatewayCollector`` turns them into metric families only when ``/metrics`` is
+scraped. Each ``create_app`` gets its own registry, so several gateways can share a process
+(tests). Labels are bounded by the caller (routes are known paths, models are served names or
+``other``).
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class Histogram:
+    """Bucket counts and sums per label value (one label)."""
+
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, label: str, value: float) -> None:
+        s = self.series.get(label)
+        if s is None:
+            s = self.series[label] = ([0] * (len(self.bounds) + 1), [0.0])
+        s[0][bisect_left(self.bounds, value)] += 1
+        s[1][0] += value
+
+    def family(self, name: str, doc: str, label: str | None) -> HistogramMetricFamily:
+        fam = HistogramMetricFamily(name, doc, labels=[label] if label else None)
+        for value, (counts, total) in self.series.items():
+            running, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+                running += count
+                buckets.append((_le(bound), running))
+            fam.add_metric([value] if label else [], buckets, total[0])
+        return fam
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        self.in_flight = 0
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.upstream_errors: dict[str, int] = {}
+        self.prompt_tokens: dict[str, int] = {}
+        self.completion_tokens: dict[str, int] = {}
+        self.latency = Histogram(LATENCY_BUCKETS)
+        self.ttft = Histogram(LATENCY_BUCKETS)
+        self.overhead = Histogram(OVERHEAD_BUCKETS)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        r = self.registry
-        self.requests = Counter("gwproxy_requests", "Requests answered", ["route", "model", "status"], registry=r)
-        self.latency = Histogram(
-            "gwproxy_request_duration_seconds",
-            "Time from request arrival to the end of the response",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "gwproxy_time_to_first_token_seconds",
-            "Time from request arrival to the first response body bytes from the upstream",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.overhead = Histogram(
-            "gwproxy_overhead_seconds",
-            "Time the gateway spent on a proxied request before the response headers, outside the upstream",
-            buckets=OVERHEAD_BUCKETS,
-            registry=r,
-        )
-        self.in_flight = Gauge("gwproxy_requests_in_flight", "Requests being handled", registry=r)
-        self.upstream_errors = Counter(
-            "gwproxy_upstream_errors", "Failures talking to the upstream", ["kind"], registry=r
-        )
-        self.prompt_tokens = Counter(
-            "gwproxy_prompt_tokens", "Prompt tokens reported by the upstream", ["model"], registry=r
-        )
-        self.completion_tokens = Counter(
-            "gwproxy_completion_tokens",
-            "Completion tokens reported by the upstream",
-            ["model"],
-            registry=r,
-        )
-        self._requests: dict[tuple[str, str, str], Counter] = {}
-        self._latency: dict[str, Histogram] = {}
-        self._ttft: dict[str, Histogram] = {}
+        self.registry.register(GatewayCollector(self))
 
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
         key = (route, model, str(status))
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(*key)
-        child.inc()
-        hist = self._latency.get(route)
-        if hist is None:
-            hist = self._latency[route] = self.latency.labels(route)
-        hist.observe(seconds)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency.observe(route, seconds)
 
     def observe_ttft(self, model: str, seconds: float) -> None:
-        hist = self._ttft.get(model)
-        if hist is None:
-            hist = self._ttft[model] = self.ttft.labels(model)
-        hist.observe(seconds)
+        self.ttft.observe(model, seconds)
+
+    def observe_overhead(self, seconds: float) -> None:
+        self.overhead.observe("", seconds)
+
+    def count_upstream_error(self, kind: str) -> None:
+        self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
 
     def count_tokens(self, model: str, prompt: int | None, completion: int | None) -> None:
         if prompt:
-            self.prompt_tokens.labels(model).inc(prompt)
+            self.prompt_tokens[model] = self.prompt_tokens.get(model, 0) + prompt
         if completion:
-            self.completion_tokens.labels(model).inc(completion)
+            self.completion_tokens[model] = self.completion_tokens.get(model, 0) + completion
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _counter(name: str, doc: str, labels: Sequence[str], values: Mapping[Any, int]) -> CounterMetricFamily:
+    fam = CounterMetricFamily(name, doc, labels=list(labels))
+    for key, value in values.items():
+        fam.add_metric(list(key), value)
+    return fam
+
+
+class GatewayCollector(Collector):
+    """Exposes a ``Metrics`` at scrape time."""
+
+    def __init__(self, m: Metrics) -> None:
+        self.m = m
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        yield _counter("gwproxy_requests", "Requests answered", ("route", "model", "status"), m.requests)
+        yield m.latency.family(
+            "gwproxy_request_duration_seconds", "Time from request arrival to the end of the response", "route"
+        )
+        yield m.ttft.family(
+            "gwproxy_time_to_first_token_seconds",
+            "Time from request arrival to the first response body bytes from the upstream",
+            "model",
+        )
+        yield m.overhead.family(
+            "gwproxy_overhead_seconds",
+            "Time the gateway spent on a proxied request before sending it upstream",
+            None,
+        )
+        gauge = GaugeMetricFamily("gwproxy_requests_in_flight", "Requests being handled")
+        gauge.add_metric([], m.in_flight)
+        yield gauge
+        yield _counter(
+            "gwproxy_upstream_errors",
+            "Failures talking to the upstream",
+            ("kind",),
+            {(k,): v for k, v in m.upstream_errors.items()},
+        )
+        yield _counter(
+            "gwproxy_prompt_tokens",
+            "Prompt tokens reported by the upstream",
+            ("model",),
+            {(k,): v for k, v in m.prompt_tokens.items()},
+        )
+        yield _counter(
+            "gwproxy_completion_tokens",
+            "Completion tokens reported by the upstream",
+            ("model",),
+            {(k,): v for k, v in m.completion_tokens.items()},
+        )

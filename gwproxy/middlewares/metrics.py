@@ -31,7 +31,7 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
     @web.middleware
     async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
         trace = request[TRACE] = Trace(started=time.perf_counter())
-        metrics.in_flight.inc()
+        metrics.in_flight += 1
         status = 500
         try:
             resp = await handler(request)
@@ -47,7 +47,7 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             status = 499
             raise
         finally:
-            metrics.in_flight.dec()
+            metrics.in_flight -= 1
             duration = time.perf_counter() - trace.started
             route = trace.route or _route(request)
             model = trace.model or "-"

@@ -1,6 +1,7 @@
 """Registry: the upstream's one shared connection pool and what the gateway knows of it.
 
-Owns the ``ClientSession`` every proxied request uses, and a poller that asks the upstream's
+Owns the ``ClientSession`` every proxied request uses, the ``Watchdog`` that ends silent
+upstream bodies, and a poller that asks the upstream's
 ``/v1/models`` every ``poll_interval`` seconds to learn the served model names (the first one is
 what the alias ``"current"`` means) and whether the upstream answers at all. Only the poller
 writes the state; handlers read it.
@@ -9,7 +10,6 @@ writes the state; handlers read it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from gwproxy import log
 from gwproxy.config import UpstreamConfig
 from gwproxy.errors import ModelNotReady
 from gwproxy.keys import CONFIG, UPSTREAM
+from gwproxy.proxy.watchdog import Watchdog
 
 _log = log.get("gwproxy.upstream")
 
@@ -43,7 +44,8 @@ class UpstreamRegistry:
         self.v1_url = cfg.v1_url
         self.state = UpstreamState()
         self._session: aiohttp.ClientSession | None = None
-        self._poller: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.watchdog = Watchdog(cfg.idle_timeout, cfg.first_byte_timeout)
         self._auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
 
     @property
@@ -65,13 +67,15 @@ class UpstreamRegistry:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
         await self.refresh()
-        self._poller = asyncio.create_task(self._poll(), name="gwproxy-upstream-poller")
+        self._tasks = [
+            asyncio.create_task(self._poll(), name="gwproxy-upstream-poller"),
+            asyncio.create_task(self.watchdog.run(), name="gwproxy-upstream-watchdog"),
+        ]
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 

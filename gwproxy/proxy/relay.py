@@ -8,13 +8,13 @@ Contract:
 - the client going away (a failed write, or the handler cancelled) closes the upstream
   response at once, so vLLM aborts the generation;
 - the upstream failing mid-body (died, or silent for ``idle_timeout``) ends an SSE stream with
-  an error event in vLLM's format followed by ``data: [DONE]``; a plain body is cut off, so the
+  an error event in vLLM's format followed by ``data: [DONE]`` (silence is detected by the
+  ``Watchdog``, not a timer per read); a plain body is cut off, so the
   client sees an incomplete response rather than a truncated one that looks whole.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 
@@ -26,6 +26,7 @@ from gwproxy import log
 from gwproxy.errors import envelope
 from gwproxy.metrics import Metrics
 from gwproxy.proxy.usage import UsageTap
+from gwproxy.proxy.watchdog import UpstreamIdle, Watch
 from gwproxy.trace import Trace
 
 _log = log.get("gwproxy.relay")
@@ -67,7 +68,7 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     trace: Trace,
     tap: UsageTap | None,
-    idle_timeout: float,
+    watch: Watch,
     metrics: Metrics,
     extra_headers: Mapping[str, str],
 ) -> web.StreamResponse:
@@ -80,49 +81,32 @@ async def relay(
     length = upstream.content_length
     if length is not None and (tap is None or not tap.strip):
         resp.content_length = length
-    loop = asyncio.get_running_loop()
     done = False
     try:
         await resp.prepare(request)
-        try:
-            async with asyncio.timeout(None) as guard:
-                while True:
-                    guard.reschedule(loop.time() + idle_timeout)
-                    try:
-                        chunk = await upstream.content.readany()
-                    except aiohttp.ClientError:
-                        guard.reschedule(None)
-                        return await _fail(
-                            request,
-                            resp,
-                            sse,
-                            trace,
-                            metrics,
-                            "disconnected",
-                            "upstream closed the connection mid-response",
-                            502,
-                        )
-                    guard.reschedule(None)
-                    if not chunk:
-                        break
-                    if trace.first_chunk is None:
-                        trace.first_chunk = time.perf_counter()
-                    if tap is not None:
-                        chunk = tap.feed(chunk)
-                        if not chunk:
-                            continue
-                    await resp.write(chunk)
-        except TimeoutError:
-            return await _fail(
-                request,
-                resp,
-                sse,
-                trace,
-                metrics,
-                "idle_timeout",
-                f"upstream sent nothing for {idle_timeout:g}s",
-                504,
-            )
+        while True:
+            try:
+                chunk = await upstream.content.readany()
+            except UpstreamIdle:
+                return await _fail(
+                    request, resp, sse, trace, metrics, "idle_timeout",
+                    f"upstream sent nothing for {watch.limit:g}s", 504,
+                )  # fmt: skip
+            except aiohttp.ClientError:
+                return await _fail(
+                    request, resp, sse, trace, metrics, "disconnected",
+                    "upstream closed the connection mid-response", 502,
+                )  # fmt: skip
+            if not chunk:
+                break
+            watch.last = now = time.monotonic()
+            if trace.first_chunk is None:
+                trace.first_chunk = now
+            if tap is not None:
+                chunk = tap.feed(chunk)
+                if not chunk:
+                    continue
+            await resp.write(chunk)
         if tap is not None:
             held = tap.finish()
             if held:
@@ -149,7 +133,7 @@ async def _fail(
     code: int,
 ) -> web.StreamResponse:
     trace.upstream_error = kind
-    metrics.upstream_errors.labels(kind).inc()
+    metrics.count_upstream_error(kind)
     _log.warning("upstream failed mid-response", kind=kind, route=trace.route)
     if sse:
         await resp.write(_sse_error(message, code))

@@ -22,6 +22,7 @@ from gwproxy.keys import CONFIG, METRICS, REQUEST_ID, TRACE, UPSTREAM
 from gwproxy.proxy import schema, usage
 from gwproxy.proxy.relay import HOP_BY_HOP, relay
 from gwproxy.proxy.usage import UsageTap
+from gwproxy.proxy.watchdog import Watch
 
 # vLLM endpoints outside /v1 that clients use.
 ROOT_PATHS = (
@@ -61,7 +62,7 @@ def forward_headers(request: web.Request, auth: dict[str, str], request_id: str)
     connection = request.headers.get("Connection")
     if connection:
         drop = drop | {t.strip().lower() for t in connection.split(",")}
-    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    headers = CIMultiDict([(k, v) for k, v in request.headers.items() if k.lower() not in drop])
     headers["X-Request-ID"] = request_id
     headers.update(auth)
     return headers
@@ -111,40 +112,58 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     url = URL(registry.origin + request.raw_path, encoded=True)  # the path exactly as sent
     headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])
     trace.upstream_started = time.perf_counter()
+    watchdog = registry.watchdog
+    watch = watchdog.watch(asyncio.current_task(), cfg.upstream.first_byte_timeout)
     try:
-        async with asyncio.timeout(cfg.upstream.first_byte_timeout):
-            upstream = await registry.session.request(
-                request.method, url, data=body or None, headers=headers, allow_redirects=False
-            )
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        metrics.upstream_errors.labels("timeout").inc()
-        raise UpstreamTimeout(
-            f"The upstream {registry.origin} did not answer within {cfg.upstream.first_byte_timeout:g}s"
-        ) from None
+        upstream = await _send(request, url, body, headers, watch)
+        trace.upstream_headers = time.perf_counter()
+        extra = {}
+        if cfg.proxy.overhead_header:
+            # Time spent before the request went upstream; relaying after that is a copy per chunk.
+            overhead = trace.upstream_started - trace.started
+            extra["x-gwproxy-overhead-ms"] = f"{overhead * 1000:.3f}"
+            metrics.observe_overhead(overhead)
+        watch.follow(upstream, cfg.upstream.idle_timeout)
+        try:
+            return await relay(request, upstream, trace, tap, watch, metrics, extra)
+        finally:
+            upstream.release()
+            if tap is not None and tap.usage is not None:
+                trace.prompt_tokens, trace.completion_tokens = tap.usage
+    finally:
+        watchdog.release(watch)
+
+
+async def _send(
+    request: web.Request, url: URL, body: bytes, headers: CIMultiDict[str], watch: Watch
+) -> aiohttp.ClientResponse:
+    """Send the request upstream and wait for the response headers; failures as gateway errors."""
+    registry, metrics = request.app[UPSTREAM], request.app[METRICS]
+    try:
+        return await registry.session.request(
+            request.method, url, data=body or None, headers=headers, allow_redirects=False
+        )
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if not watch.expired or task is None:
+            raise  # the client went away
+        task.uncancel()
+        metrics.count_upstream_error("timeout")
+        raise UpstreamTimeout(f"The upstream {registry.origin} did not answer within {watch.limit:g}s") from None
+    except aiohttp.ServerTimeoutError:
+        metrics.count_upstream_error("timeout")
+        raise UpstreamTimeout(f"Connecting to the upstream {registry.origin} timed out") from None
     except aiohttp.ClientConnectorError as exc:
-        metrics.upstream_errors.labels("refused").inc()
+        metrics.count_upstream_error("refused")
         raise UpstreamUnavailable(
             f"The upstream {registry.origin} is unreachable ({exc.os_error.strerror or exc}); "
             "is vLLM running and loaded?"
         ) from None
     except aiohttp.ClientError as exc:
-        metrics.upstream_errors.labels("disconnected").inc()
+        metrics.count_upstream_error("disconnected")
         raise UpstreamUnavailable(
             f"The upstream {registry.origin} failed before answering: {type(exc).__name__}"
         ) from None
-    trace.upstream_headers = time.perf_counter()
-    extra = {}
-    if cfg.proxy.overhead_header:
-        # Time spent before the request went upstream; relaying after that is a copy per chunk.
-        overhead = trace.upstream_started - trace.started
-        extra["x-gwproxy-overhead-ms"] = f"{overhead * 1000:.3f}"
-        metrics.overhead.observe(overhead)
-    try:
-        return await relay(request, upstream, trace, tap, cfg.upstream.idle_timeout, metrics, extra)
-    finally:
-        upstream.release()
-        if tap is not None and tap.usage is not None:
-            trace.prompt_tokens, trace.completion_tokens = tap.usage
 
 
 def add_routes(app: web.Application) -> None:

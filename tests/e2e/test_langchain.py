@@ -8,7 +8,7 @@ from tests.conftest import Gateway
 
 
 def test_invoke_and_stream(gateway: Gateway) -> None:
-    llm = ChatOpenAI(base_url=gateway.url + "/v1", api_key="unused", model="current", max_tokens=6, max_retries=0)  # type: ignore[arg-type]
+    llm = ChatOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, model="current", max_tokens=6, max_retries=0)  # type: ignore[arg-type]
     msg = llm.invoke("Hello there")
     assert isinstance(msg.content, str) and len(msg.content.split()) == 6
     assert msg.response_metadata["model_name"] == "sim-model"
@@ -18,7 +18,7 @@ def test_invoke_and_stream(gateway: Gateway) -> None:
 
 
 async def test_async_invoke(gateway: Gateway) -> None:
-    llm = ChatOpenAI(base_url=gateway.url + "/v1", api_key="unused", model="sim-model", max_tokens=3, max_retries=0)  # type: ignore[arg-type]
+    llm = ChatOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, model="sim-model", max_tokens=3, max_retries=0)  # type: ignore[arg-type]
     msg = await llm.ainvoke("Hi")
     assert msg.content
     chunks = [c async for c in llm.astream("Hi")]

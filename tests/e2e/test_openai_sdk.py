@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.conftest import MODEL, Gateway
+from tests.conftest import MODEL, Gateway, provision
 from tests.procs import free_port, start_gateway
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -17,7 +18,7 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 @pytest.fixture
 def client(gateway: Gateway) -> Iterator[OpenAI]:
-    with OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as c:
+    with OpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as c:
         yield c
 
 
@@ -79,7 +80,7 @@ def test_completions_embeddings_and_models(client: OpenAI) -> None:
 
 
 async def test_async_client(gateway: Gateway) -> None:
-    async with AsyncOpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+    async with AsyncOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
         resp = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]
         assert resp.choices[0].message.content
         stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3, stream=True)  # type: ignore[arg-type]
@@ -87,6 +88,13 @@ async def test_async_client(gateway: Gateway) -> None:
         assert "".join(p or "" for p in parts)
         with pytest.raises(openai.NotFoundError):
             await client.chat.completions.create(model="nope", messages=MESSAGES)  # type: ignore[arg-type]
+
+
+def test_bad_key_is_authentication_error(gateway: Gateway) -> None:
+    with OpenAI(base_url=gateway.url + "/v1", api_key="gwp-not-a-real-key", max_retries=0) as c:
+        with pytest.raises(openai.AuthenticationError) as exc:
+            c.models.list()
+    assert exc.value.code == "invalid_api_key"
 
 
 def test_error_classes(client: OpenAI, gateway: Gateway) -> None:
@@ -103,13 +111,11 @@ def test_error_classes(client: OpenAI, gateway: Gateway) -> None:
     assert big.value.status_code == 413
 
 
-def test_gateway_side_failures_are_status_errors_not_connection_errors(log_dir: object) -> None:
-    from pathlib import Path
-
-    assert isinstance(log_dir, Path)
-    proc, port = start_gateway(log_dir, free_port(), name="gateway-no-upstream")
+def test_gateway_side_failures_are_status_errors_not_connection_errors(log_dir: Path, tmp_path: Path) -> None:
+    env, key = provision(tmp_path)
+    proc, port = start_gateway(log_dir, free_port(), name="gateway-no-upstream", env=env)
     try:
-        with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0) as c:
+        with OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0) as c:
             with pytest.raises(openai.InternalServerError) as exc:
                 c.chat.completions.create(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
             assert exc.value.status_code == 502 and "unreachable" in exc.value.message
@@ -125,6 +131,6 @@ def test_raw_http_client_sees_request_id(gateway: Gateway) -> None:
     r = httpx.post(
         gateway.url + "/v1/chat/completions",
         json={"model": MODEL, "messages": MESSAGES, "max_tokens": 2},
-        headers={"X-Request-ID": "sdk-1"},
+        headers={"X-Request-ID": "sdk-1", **gateway.auth},
     )
     assert r.status_code == 200 and r.headers["x-request-id"] == "sdk-1"

@@ -33,7 +33,9 @@ async def test_metrics_count_requests_tokens_and_latency(gateway: Gateway) -> No
             "max_tokens": 4,
             "stream": True,
         }
-        async with s.post(gateway.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": "metrics-1"}) as r:
+        async with s.post(
+            gateway.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": "metrics-1", **gateway.auth}
+        ) as r:
             assert b'"usage"' not in await r.read()
         async with s.get(gateway.url + "/metrics") as r:
             text = await r.text()
@@ -53,6 +55,7 @@ async def test_unknown_models_do_not_grow_metric_labels(gateway: Gateway, model:
         async with s.post(
             gateway.url + "/v1/chat/completions",
             json={"model": model, "messages": [{"role": "user", "content": "x"}]},
+            headers=gateway.auth,
         ) as r:
             assert r.status == 404
         async with s.get(gateway.url + "/metrics") as r:
@@ -71,7 +74,7 @@ async def test_access_log_line_per_request(gateway: Gateway) -> None:
         async with s.post(
             gateway.url + "/v1/chat/completions",
             json=body,
-            headers={"X-Request-ID": "log-check-1", "Authorization": "Bearer sk-very-secret"},
+            headers={"X-Request-ID": "log-check-1", **gateway.auth},
         ) as r:
             assert r.status == 200
     lines = [json.loads(line) for line in gateway.proc.output().splitlines() if line.startswith("{")]
@@ -81,4 +84,4 @@ async def test_access_log_line_per_request(gateway: Gateway) -> None:
     assert line["duration_ms"] > 0 and line["ttft_ms"] > 0
     assert line["prompt_tokens"] > 0 and line["completion_tokens"] == 3
     output = gateway.proc.output()
-    assert "secret prompt text" not in output and "sk-very-secret" not in output
+    assert "secret prompt text" not in output and gateway.key not in output

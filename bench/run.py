@@ -1,0 +1,445 @@
+"""Overhead benchmark: direct vs a bare aiohttp pass-through vs the gateway, in one run.
+
+Each proxy is pinned to core 0; the upstream (simulator or nginx), the load generator (wrk or
+this script's own asyncio client) run on core 1. Throughput and CPU figures use nginx answering
+fixed vLLM-shaped bytes, because the Python simulator would bound them; latency-to-first-byte and
+paced-stream figures use the simulator, because they need real streams. Writes
+bench/results/<date>.md and prints it.
+
+Usage: python bench/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work"
+RESULTS = ROOT / "bench" / "results"
+PROXY_CORE, LOAD_CORE = "0", "1"
+MODEL = "bench-model"
+CHAT = (
+    '{"model":"%s","messages":[{"role":"user","content":"Write one short sentence about gateways."}],"max_tokens":16}'
+    % MODEL
+)
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+@dataclass
+class Procs:
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def spawn(
+        self, name: str, argv: list[str], core: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        log = (WORK / f"{name}.log").open("wb")
+        p = subprocess.Popen(
+            ["taskset", "-c", core, *argv], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+        self.procs.append(p)
+        return p
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@contextmanager
+def services(env: dict[str, str]) -> Iterator[dict[str, int]]:
+    """Start the simulator, nginx, and for each upstream a bare proxy and a gateway."""
+    procs = Procs()
+    ports = {k: free_port() for k in ("sim", "nginx", "bare_sim", "gw_sim", "bare_nginx", "gw_nginx")}
+    py = sys.executable
+    try:
+        procs.spawn(
+            "sim",
+            [
+                py,
+                "-m",
+                "gwproxy",
+                "sim",
+                "--port",
+                str(ports["sim"]),
+                "--model",
+                MODEL,
+                "--max-model-len",
+                "8192",
+                "--itl-ms",
+                "20",
+            ],
+            LOAD_CORE,
+        )
+        wait_http(f"http://127.0.0.1:{ports['sim']}/health")
+        fixed = urllib.request.urlopen(
+            urllib.request.Request(
+                f"http://127.0.0.1:{ports['sim']}/v1/chat/completions",
+                data=CHAT.encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        ).read()
+        models = urllib.request.urlopen(f"http://127.0.0.1:{ports['sim']}/v1/models").read()
+        conf = nginx_conf(ports["nginx"], fixed, models)
+        procs.spawn("nginx", ["/usr/sbin/nginx", "-c", str(conf), "-p", str(WORK)], LOAD_CORE)
+        wait_http(f"http://127.0.0.1:{ports['nginx']}/v1/models")
+        for up in ("sim", "nginx"):
+            origin = f"http://127.0.0.1:{ports[up]}"
+            procs.spawn(
+                f"bare_{up}", [py, str(ROOT / "bench" / "bare_proxy.py"), str(ports[f"bare_{up}"]), origin], PROXY_CORE
+            )
+            gw = procs.spawn(
+                f"gw_{up}",
+                [
+                    py,
+                    "-m",
+                    "gwproxy",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(ports[f"gw_{up}"]),
+                    "--upstream",
+                    origin + "/v1",
+                ],
+                PROXY_CORE,
+                env,
+            )
+            ports[f"pid_gw_{up}"] = gw.pid
+            ports[f"pid_bare_{up}"] = procs.procs[-2].pid
+        for key in ("bare_sim", "gw_sim", "bare_nginx", "gw_nginx"):
+            wait_http(f"http://127.0.0.1:{ports[key]}/v1/models")
+        wait_http(f"http://127.0.0.1:{ports['gw_nginx']}/health/ready")
+        yield ports
+    finally:
+        procs.stop()
+
+
+def nginx_conf(port: int, chat: bytes, models: bytes) -> Path:
+    def lit(b: bytes) -> str:
+        return b.decode().replace("\\", "\\\\").replace("'", "\\'")
+
+    (WORK / "tmp").mkdir(exist_ok=True)
+    conf = WORK / "nginx.conf"
+    conf.write_text(
+        f"""daemon off; master_process off; worker_processes 1; pid {WORK}/nginx.pid;
+error_log {WORK}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; keepalive_requests 10000000; keepalive_timeout 120s;
+  client_body_temp_path {WORK}/tmp; proxy_temp_path {WORK}/tmp; fastcgi_temp_path {WORK}/tmp;
+  uwsgi_temp_path {WORK}/tmp; scgi_temp_path {WORK}/tmp;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    default_type application/json;
+    location = /v1/models {{ return 200 '{lit(models)}'; }}
+    location = /health {{ return 200 ''; }}
+    location = /v1/chat/completions {{ return 200 '{lit(chat)}'; }}
+  }}
+}}
+"""
+    )
+    return conf
+
+
+def wrk(url: str, conns: int, seconds: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, requests) from wrk on the load core."""
+    script = WORK / "post.lua"
+    script.write_text(f"wrk.method = 'POST'\nwrk.body = '{CHAT}'\nwrk.headers['Content-Type'] = 'application/json'\n")
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    return rps, pct("50"), pct("99"), total
+
+
+def pctl(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def ttfb(url: str, n: int) -> list[float]:
+    body = CHAT.replace('"max_tokens":16', '"max_tokens":4,"stream":true').encode()
+    out = []
+    async with aiohttp.ClientSession() as s:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                await r.content.readany()
+                out.append((time.perf_counter() - t0) * 1000)
+                await r.read()
+    return out
+
+
+async def paced(url: str, streams: int, tokens: int) -> tuple[list[float], int, float]:
+    """Inter-chunk gaps (ms) seen by ``streams`` concurrent clients; chunks; wall seconds."""
+    body = CHAT.replace('"max_tokens":16', f'"max_tokens":{tokens},"ignore_eos":true,"stream":true').encode()
+    gaps: list[float] = []
+    chunks = 0
+
+    async def one(s: aiohttp.ClientSession) -> None:
+        nonlocal chunks
+        async with s.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            last = None
+            async for _ in r.content.iter_any():
+                now = time.perf_counter()
+                chunks += 1
+                if last is not None:
+                    gaps.append((now - last) * 1000)
+                last = now
+
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        await asyncio.gather(*(one(s) for _ in range(streams)))
+    return gaps, chunks, time.perf_counter() - t0
+
+
+def sequential(port: int, n: int) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for _ in range(n):
+        conn.request("POST", "/v1/chat/completions", body=CHAT, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200, resp.status
+    conn.close()
+
+
+def instructions_per_request(name: str, argv: list[str], port: int, n: int) -> float:
+    """CPU instructions a proxy executes per request, counted by callgrind: unlike CPU time on a
+    shared virtual machine, the count does not change with what the neighbours do."""
+    out = WORK / f"callgrind.{name}"
+    for old in WORK.glob(f"callgrind.{name}*"):
+        old.unlink()
+    log = (WORK / f"callgrind-{name}.log").open("wb")
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv], stdout=log, stderr=log
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=300)
+        sequential(port, 50)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        sequential(port, n)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    dumps = sorted(WORK.glob(f"callgrind.{name}.*"))
+    text = dumps[0].read_text(errors="replace")
+    total = re.search(r"^(?:summary|totals): (\d+)", text, re.M)
+    assert total, f"no totals in {dumps[0]}"
+    return int(total.group(1)) / n
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="short runs, for trying the script")
+    args = parser.parse_args()
+    seconds = 3 if args.quick else 5
+    rounds = 1 if args.quick else 3
+    n_lat = 200 if args.quick else 1000
+    streams = 100 if args.quick else 500
+    WORK.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    env = {"LOG_LEVEL": "info"}
+    rows: dict[str, dict[str, float]] = {}
+    with services(env) as p:
+        targets = {
+            "direct": (f"http://127.0.0.1:{p['nginx']}", f"http://127.0.0.1:{p['sim']}", None),
+            "bare": (f"http://127.0.0.1:{p['bare_nginx']}", f"http://127.0.0.1:{p['bare_sim']}", p["pid_bare_nginx"]),
+            "gateway": (f"http://127.0.0.1:{p['gw_nginx']}", f"http://127.0.0.1:{p['gw_sim']}", p["pid_gw_nginx"]),
+        }
+        samples: dict[str, dict[str, list[float]]] = {name: {} for name in targets}
+        for _ in range(rounds):  # interleaved rounds, medians reported: this machine is noisy
+            for name, (static, _, pid) in targets.items():
+                url = static + "/v1/chat/completions"
+                wrk(url, 8, 1)  # warm up
+                got = samples[name]
+                _, p50, p99, _ = wrk(url, 1, seconds)
+                got.setdefault("c1_p50", []).append(p50)
+                got.setdefault("c1_p99", []).append(p99)
+                for conns in (32, 64):
+                    cpu0 = cpu_seconds(pid) if pid else 0.0
+                    rps, _, p99, total = wrk(url, conns, seconds)
+                    got.setdefault(f"c{conns}_rps", []).append(rps)
+                    got.setdefault(f"c{conns}_p99", []).append(p99)
+                    if pid and conns == 32:
+                        got.setdefault("cpu_ms_per_req", []).append((cpu_seconds(pid) - cpu0) * 1000 / total)
+        for name, got in samples.items():
+            rows[name] = {k: statistics.median(v) for k, v in got.items()}
+            print(name, rows[name], flush=True)
+        for name, (_, sim, _) in targets.items():
+            url = sim + "/v1/chat/completions"
+            asyncio.run(ttfb(url, 20))
+            rows[name]["ttfb_p50"] = statistics.median(asyncio.run(ttfb(url, n_lat // 2)))
+        for name, (_, sim, _) in targets.items():
+            pid = {"bare": p["pid_bare_sim"], "gateway": p["pid_gw_sim"]}.get(name)
+            cpu0 = cpu_seconds(pid) if pid else 0.0
+            gaps, chunks, wall = asyncio.run(paced(sim + "/v1/chat/completions", streams, 100))
+            rows[name]["itl_p50"], rows[name]["itl_p99"] = pctl(gaps, 50), pctl(gaps, 99)
+            rows[name]["stream_chunks"] = chunks
+            rows[name]["stream_wall_s"] = wall
+            if pid:
+                rows[name]["cpu_us_per_chunk"] = (cpu_seconds(pid) - cpu0) * 1e6 / chunks
+            print(name, rows[name], flush=True)
+        if shutil.which("valgrind") and not args.quick:
+            origin = f"http://127.0.0.1:{p['nginx']}"
+            port = free_port()
+            bare_ir = instructions_per_request(
+                "bare", [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(port), origin], port, 300
+            )
+            port = free_port()
+            gw_ir = instructions_per_request(
+                "gateway",
+                [
+                    sys.executable,
+                    "-m",
+                    "gwproxy",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--upstream",
+                    origin + "/v1",
+                ],
+                port,
+                300,
+            )
+            rows["bare"]["kinstr_per_req"], rows["gateway"]["kinstr_per_req"] = bare_ir / 1000, gw_ir / 1000
+    report = render(rows, seconds, rounds, streams, args.quick)
+    out = RESULTS / f"{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}.md"
+    out.write_text(report)
+    print(report)
+    print(f"written to {out.relative_to(ROOT)}")
+    shutil.rmtree(WORK / "tmp", ignore_errors=True)
+
+
+def render(rows: dict[str, dict[str, float]], seconds: int, rounds: int, streams: int, quick: bool) -> str:
+    d, b, g = rows["direct"], rows["bare"], rows["gateway"]
+    add = lambda r, k: r[k] - d[k]  # noqa: E731
+    checks = [
+        ("throughput c32 ≥ 0.8× bare", g["c32_rps"] / b["c32_rps"], 0.8, True),
+        ("throughput c64 ≥ 0.8× bare", g["c64_rps"] / b["c64_rps"], 0.8, True),
+        ("added p50 latency ≤ 1.2× bare", add(g, "c1_p50") / max(add(b, "c1_p50"), 1e-9), 1.2, False),
+        ("CPU per request ≤ 1.3× bare (CPU time)", g["cpu_ms_per_req"] / b["cpu_ms_per_req"], 1.3, False),
+        ("paced-stream added ITL p99 ≤ 5 ms", add(g, "itl_p99"), 5.0, False),
+    ]
+    lines = [
+        f"# Overhead benchmark — {datetime.date.today().isoformat()}{' (quick run)' if quick else ''}",
+        "",
+        f"Machine: {machine()}. Proxies pinned to core {PROXY_CORE}; upstream and load generator to core {LOAD_CORE}.",
+        f"Throughput, latency and CPU: wrk (1 thread, {seconds}s per run, median of {rounds} interleaved rounds) against",
+        "nginx answering fixed vLLM-shaped",
+        "bytes (the Python simulator would bound these figures). Time to first byte and paced streams: the",
+        f"simulator (`gwproxy sim`); paced = {streams} concurrent streams of 100 tokens at 20 ms inter-token latency.",
+        "Gateway: `gwproxy serve` with its defaults (access log on, metrics on, validation on).",
+        "",
+        "| figure | direct | bare pass-through | gateway |",
+        "|---|---|---|---|",
+        f"| latency p50 at concurrency 1 (ms) | {d['c1_p50']:.3f} | {b['c1_p50']:.3f} | {g['c1_p50']:.3f} |",
+        f"| added p50 at concurrency 1 (ms) | – | {add(b, 'c1_p50'):.3f} | {add(g, 'c1_p50'):.3f} |",
+        f"| latency p99 at concurrency 1 (ms) | {d['c1_p99']:.3f} | {b['c1_p99']:.3f} | {g['c1_p99']:.3f} |",
+        f"| added p99 at concurrency 1 (ms) | – | {add(b, 'c1_p99'):.3f} | {add(g, 'c1_p99'):.3f} |",
+        f"| requests/s at concurrency 32 | {d['c32_rps']:.0f} | {b['c32_rps']:.0f} | {g['c32_rps']:.0f} |",
+        f"| p99 at concurrency 32 (ms) | {d['c32_p99']:.2f} | {b['c32_p99']:.2f} | {g['c32_p99']:.2f} |",
+        f"| requests/s at concurrency 64 | {d['c64_rps']:.0f} | {b['c64_rps']:.0f} | {g['c64_rps']:.0f} |",
+        f"| p99 at concurrency 64 (ms) | {d['c64_p99']:.2f} | {b['c64_p99']:.2f} | {g['c64_p99']:.2f} |",
+        f"| proxy CPU per request (ms) | – | {b['cpu_ms_per_req']:.3f} | {g['cpu_ms_per_req']:.3f} |",
+        f"| stream time to first byte p50 (ms) | {d['ttfb_p50']:.3f} | {b['ttfb_p50']:.3f} | {g['ttfb_p50']:.3f} |",
+        f"| added time to first byte p50 (ms) | – | {add(b, 'ttfb_p50'):.3f} | {add(g, 'ttfb_p50'):.3f} |",
+        f"| paced streams: inter-chunk p50 (ms) | {d['itl_p50']:.2f} | {b['itl_p50']:.2f} | {g['itl_p50']:.2f} |",
+        f"| paced streams: inter-chunk p99 (ms) | {d['itl_p99']:.2f} | {b['itl_p99']:.2f} | {g['itl_p99']:.2f} |",
+        f"| paced streams: added inter-chunk p99 (ms) | – | {add(b, 'itl_p99'):.2f} | {add(g, 'itl_p99'):.2f} |",
+        f"| paced streams: wall time (s) | {d['stream_wall_s']:.2f} | {b['stream_wall_s']:.2f} | {g['stream_wall_s']:.2f} |",
+        f"| proxy CPU per stream chunk (µs) | – | {b['cpu_us_per_chunk']:.1f} | {g['cpu_us_per_chunk']:.1f} |",
+        "",
+        "| target | measured | limit | met |",
+        "|---|---|---|---|",
+    ]
+    if "kinstr_per_req" in g:
+        checks.insert(
+            4, ("CPU per request ≤ 1.3× bare (instructions)", g["kinstr_per_req"] / b["kinstr_per_req"], 1.3, False)
+        )
+        lines.insert(
+            lines.index("| target | measured | limit | met |") - 1,
+            f"| proxy instructions per request (callgrind, thousands) | – | {b['kinstr_per_req']:.0f} | {g['kinstr_per_req']:.0f} |",
+        )
+    for name, value, limit, at_least in checks:
+        ok = value >= limit if at_least else value <= limit
+        lines.append(f"| {name} | {value:.2f} | {limit} | {'yes' if ok else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Routes of /api/auth (login, refresh, logout, me, API keys) and /api/admin/users.
+
+Thin: validate the body, call ``UserService``, render. A user manages their own keys; an admin
+may name any ``user_id``. Another user's key answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gwproxy import log
+from gwproxy.auth import schemas
+from gwproxy.auth.principal import Principal
+from gwproxy.bodies import json, load
+from gwproxy.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
+from gwproxy.keys import AUTHENTICATOR, LOGIN_THROTTLE, PRINCIPAL, USERS
+
+_log = log.get("gwproxy.auth")
+
+
+def require_admin(request: web.Request) -> Principal:
+    principal = request[PRINCIPAL]
+    if not principal.is_admin:
+        raise Forbidden("This route is for admins")
+    return principal
+
+
+def _int(request: web.Request, name: str) -> int:
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise NotFound(f"no such {name}") from None
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await load(request, schemas.Login())
+    username, password = body["username"], body["password"]
+    throttle = request.app[LOGIN_THROTTLE]
+    keys = (f"user:{username}", f"ip:{request.remote}")
+    now = time.monotonic()
+    wait = throttle.retry_after(keys, now)
+    if wait > 0:
+        raise TooManyRequests("Too many failed logins: try again later", retry_after=wait)
+    user = await request.app[USERS].authenticate(username, password)
+    if user is None:
+        throttle.failed(keys, now)
+        _log.info("login failed", username=username, remote=request.remote)
+        raise Unauthorized("Wrong username or password", code="invalid_credentials")
+    throttle.succeeded(keys[0])
+    pair = await request.app[USERS].open_session(user)
+    _log.info("login", user_id=user.id)
+    return json(pair.public())
+
+
+async def refresh(request: web.Request) -> web.Response:
+    body = await load(request, schemas.Refresh())
+    pair = await request.app[USERS].rotate(body["refresh_token"])
+    return json(pair.public())
+
+
+async def logout(request: web.Request) -> web.Response:
+    body = await load(request, schemas.Refresh())
+    await request.app[USERS].close_session(body["refresh_token"])
+    return web.Response(status=204)
+
+
+async def me(request: web.Request) -> web.Response:
+    p = request[PRINCIPAL]
+    return json({"id": p.user_id, "username": p.username, "role": p.role, "auth": p.via, "key_id": p.key_id})
+
+
+def _target_user(principal: Principal, requested: int | None) -> int:
+    if requested is None or requested == principal.user_id:
+        return principal.user_id
+    if not principal.is_admin:
+        raise Forbidden("Only admins may manage another user's keys")
+    return requested
+
+
+async def create_key(request: web.Request) -> web.Response:
+    body = await load(request, schemas.NewKey())
+    user_id = _target_user(request[PRINCIPAL], body["user_id"])
+    value, info = await request.app[USERS].create_key(user_id, body["name"], body["expires_days"])
+    return json({**info.public(), "key": value}, status=201)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    raw = request.query.get("user_id")
+    if raw == "all":
+        require_admin(request)
+        user_id: int | None = None
+    else:
+        try:
+            user_id = _target_user(principal, int(raw) if raw else None)
+        except ValueError:
+            raise InvalidRequest("user_id must be a number or 'all'", param="user_id") from None
+    keys = await request.app[USERS].list_keys(user_id)
+    return json({"object": "list", "data": [k.public() for k in keys]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    owner = None if principal.is_admin else principal.user_id
+    await request.app[USERS].revoke_key(_int(request, "key_id"), owner)
+    request.app[AUTHENTICATOR].forget()
+    return web.Response(status=204)
+
+
+async def admin_list_users(request: web.Request) -> web.Response:
+    require_admin(request)
+    users = await request.app[USERS].list_users()
+    return json({"object": "list", "data": [u.public() for u in users]})
+
+
+async def admin_create_user(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = await load(request, schemas.NewUser())
+    user = await request.app[USERS].create_user(body["username"], body["password"], body["role"])
+    return json(user.public(), status=201)
+
+
+async def admin_update_user(request: web.Request) -> web.Response:
+    admin = require_admin(request)
+    body = await load(request, schemas.UserChange())
+    user_id = _int(request, "user_id")
+    if user_id == admin.user_id and (body.get("active") is False or body.get("role") == "user"):
+        raise InvalidRequest("Admins cannot disable or demote themselves", param="user_id")
+    user = await request.app[USERS].update_user(user_id, role=body.get("role"), active=body.get("active"))
+    request.app[AUTHENTICATOR].forget()
+    return json(user.public())
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/auth/login", login)
+    r.add_post("/api/auth/refresh", refresh)
+    r.add_post("/api/auth/logout", logout)
+    r.add_get("/api/auth/me", me)
+    r.add_post("/api/auth/keys", create_key)
+    r.add_get("/api/auth/keys", list_keys)
+    r.add_delete("/api/auth/keys/{key_id}", revoke_key)
+    r.add_get("/api/admin/users", admin_list_users)
+    r.add_post("/api/admin/users", admin_create_user)
+    r.add_patch("/api/admin/users/{user_id}", admin_update_user)

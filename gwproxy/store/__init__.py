@@ -1,0 +1,1 @@
+"""The gateway's database: engine (PostgreSQL or SQLite) and SQLAlchemy Core tables."""

@@ -1,0 +1,79 @@
+"""Throwaway servers for the tests: PostgreSQL (and later Redis) on free loopback ports.
+
+PostgreSQL refuses to run as root, so when the tests run as root initdb and pg_ctl run as the
+``postgres`` user, on a temporary directory that user owns. A missing server binary is an error
+(the Makefile installs them), never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.procs import free_port
+
+PG_BIN_DIRS = [Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15, 14, 13)]
+
+
+def pg_bin() -> Path:
+    for d in PG_BIN_DIRS:
+        if (d / "initdb").exists():
+            return d
+    raise RuntimeError("PostgreSQL server binaries not found: run `make test` (it installs postgresql)")
+
+
+class Postgres:
+    """A PostgreSQL cluster in a temp dir, trust auth on 127.0.0.1, stopped by ``stop``."""
+
+    def __init__(self) -> None:
+        self.bin = pg_bin()
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="gwproxy-pg-"))
+        self.data = self.root / "data"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "start",
+        )
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True, cwd=self.root)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        self._psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        self._psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def _psql(self, sql: str) -> None:
+        psql = shutil.which("psql") or str(self.bin / "psql")
+        subprocess.run([psql, self.url(), "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"],
+            capture_output=True,
+            cwd=self.root,
+        )
+        shutil.rmtree(self.root, ignore_errors=True)
