@@ -8,7 +8,7 @@ PORT ?= 8080
 # pip's notices about absent optional indexes are noise; failures still fail.
 QUIET_PIP := { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: run test lint typecheck bench install clean
+.PHONY: run test lint typecheck services bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,12 +29,15 @@ run: $(VENV)/.installed
 	$(BIN)/gwproxy demo --port $(PORT)
 
 ## Lint, type-check and run the whole test suite (the tests start the servers they need).
-test: $(VENV)/.installed-test lint typecheck
+test: $(VENV)/.installed-test lint typecheck services
 	$(BIN)/python -m pytest --cov --cov-report=term -q
 
+services:
+	bash tests/install-services.sh
+
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check gwproxy tests bench
-	$(BIN)/ruff format --check gwproxy tests bench
+	$(BIN)/ruff check gwproxy tests bench migrations
+	$(BIN)/ruff format --check gwproxy tests bench migrations
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy gwproxy

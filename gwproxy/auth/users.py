@@ -341,22 +341,28 @@ class UserService:
         row = await self._refresh_row(value)
         m = row._mapping
         now = self.clock()
+        reused = m["used_at"] is not None or m["revoked_at"] is not None
         async with self.engine.begin() as conn:
-            if m["used_at"] is not None or m["revoked_at"] is not None:
+            if reused:
                 await conn.execute(
                     update(refresh_tokens)
                     .where(refresh_tokens.c.family == m["family"], refresh_tokens.c.revoked_at.is_(None))
                     .values(revoked_at=now)
                 )
-                _log.warning("refresh token reused: family revoked", user_id=m["user_id"])
-                raise Unauthorized("refresh token already used: all sessions from it are revoked")
-            claimed = await conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.id == m["id"], refresh_tokens.c.used_at.is_(None))
-                .values(used_at=now)
-            )
-            if claimed.rowcount != 1:  # a concurrent rotation won the race
-                raise Unauthorized("refresh token already used")
+                claimed = 0
+            else:
+                result = await conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.id == m["id"], refresh_tokens.c.used_at.is_(None))
+                    .values(used_at=now)
+                )
+                claimed = result.rowcount
+        # Raised after the block: inside it, the revocation would be rolled back with the error.
+        if reused:
+            _log.warning("refresh token reused: family revoked", user_id=m["user_id"])
+            raise Unauthorized("refresh token already used: all sessions from it are revoked")
+        if claimed != 1:  # a concurrent rotation won the race
+            raise Unauthorized("refresh token already used")
         principal = await self.principal(m["user_id"])
         if principal is None:
             raise Unauthorized("this account is disabled")

@@ -1,6 +1,6 @@
 """auth: every /v1, vLLM-extra and /api request carries a principal, or is answered 401.
 
-Open without credentials: ``/``, ``/health*``, ``/docs``, ``/openapi.json``, login and refresh,
+Open without credentials: ``/``, ``/health*``, ``/docs``, ``/openapi.json``, login, refresh and logout,
 and ``/metrics`` when ``auth.metrics_public`` (else admins only). With ``auth.enabled = false``
 every request acts as an anonymous user (a gateway in front of a private vLLM).
 """
@@ -16,7 +16,7 @@ from gwproxy.errors import Forbidden
 from gwproxy.keys import AUTHENTICATOR, PRINCIPAL
 from gwproxy.proxy.routes import ROOT_PATHS
 
-OPEN = frozenset({"/api/auth/login", "/api/auth/refresh"})
+OPEN = frozenset({"/api/auth/login", "/api/auth/refresh", "/api/auth/logout"})  # these carry their own credential
 GUARDED_ROOTS = frozenset(ROOT_PATHS)
 
 

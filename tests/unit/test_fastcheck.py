@@ -46,7 +46,7 @@ value_for = {
 body = st.fixed_dictionaries({}, optional=value_for)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(body, st.sampled_from(sorted(SCHEMAS)))
 def test_fast_yes_implies_marshmallow_yes(data: dict[str, Any], path: str) -> None:
     if FAST[path](data):
