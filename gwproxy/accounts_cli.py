@@ -93,6 +93,19 @@ def cmd_user(cfg: Config, args: argparse.Namespace) -> int:
             user = await users.find_user(args.name)
             await users.set_password(user.id, _password(args))
             print(f"password of {user.username} changed", file=sys.stderr)
+        elif action == "set-limits":
+            from gwproxy.ratelimit.policy import set_overrides
+
+            user = await users.find_user(args.name)
+            values = {
+                "requests": args.requests,
+                "window": args.window,
+                "tokens_per_minute": args.tokens_per_minute,
+                "concurrency": args.concurrency,
+            }
+            await set_overrides(users.engine, user_id=user.id, key_id=None, values=values)
+            shown = ", ".join(f"{k}={v}" for k, v in values.items() if v is not None) or "the defaults"
+            print(f"limits of {user.username}: {shown}", file=sys.stderr)
         elif action == "disable":
             user = await users.find_user(args.name)
             await users.update_user(user.id, active=False)
@@ -143,6 +156,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser, load: Callable[[argpa
     pw = users.add_parser("set-password", help="change a user's password", parents=[common])
     pw.add_argument("name")
     pw.add_argument("--password-stdin", action="store_true")
+    lim = users.add_parser(
+        "set-limits", parents=[common], help="override a user's rate limits (no flags: back to the defaults)"
+    )
+    lim.add_argument("name")
+    lim.add_argument("--requests", type=int, help="requests per window")
+    lim.add_argument("--window", type=float, help="window in seconds")
+    lim.add_argument("--tokens-per-minute", type=int)
+    lim.add_argument("--concurrency", type=int, help="requests in flight")
     dis = users.add_parser("disable", help="disable a user (their keys and sessions stop working)", parents=[common])
     dis.add_argument("name")
     user.set_defaults(func=bind(cmd_user))

@@ -6,9 +6,11 @@ Middleware order, outermost first, and why:
                 simply raise;
 3. metrics    — counts and times what the handler did, seeing failures as exceptions with
                 their status before errors renders them (401s included: they are requests too);
-4. auth       — establishes the principal; everything after it may rely on request[PRINCIPAL].
+4. auth       — establishes the principal; everything after it may rely on request[PRINCIPAL];
+5. ratelimit  — needs the principal; refuses before any upstream work, releases after it.
 Cleanup contexts, in dependency order: the database engine (checked to be migrated), the auth
-services on it, the upstream registry (its pool is what /v1 uses).
+services on it, the rate limiter (its overrides live in the database), the upstream registry
+(its pool is what /v1 uses).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from gwproxy.metrics import Metrics
 from gwproxy.middlewares.auth import auth_middleware
 from gwproxy.middlewares.errors import errors_middleware
 from gwproxy.middlewares.metrics import metrics_middleware
+from gwproxy.middlewares.ratelimit import ratelimit_middleware
 from gwproxy.middlewares.request_id import echo_request_id, request_id_middleware
 from gwproxy.proxy import routes as proxy_routes
 from gwproxy.proxy.registry import upstream_context
+from gwproxy.ratelimit import routes as ratelimit_routes
+from gwproxy.ratelimit.limiter import limiter_context
 from gwproxy.store.engine import database_context
 
 
@@ -38,6 +43,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
             errors_middleware(),
             metrics_middleware(metrics),
             auth_middleware(config.auth),
+            ratelimit_middleware(config.ratelimit),
         ],
         client_max_size=config.proxy.max_body_bytes,
     )
@@ -46,9 +52,11 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     app[DEMO] = demo
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(auth_context)
+    app.cleanup_ctx.append(limiter_context)
     app.cleanup_ctx.append(upstream_context)
     app.on_response_prepare.append(echo_request_id)
     health.add_routes(app)
     proxy_routes.add_routes(app)
     auth_routes.add_routes(app)
+    ratelimit_routes.add_routes(app)
     return app

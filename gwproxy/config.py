@@ -10,6 +10,7 @@ does not parse or is out of range raises ``ConfigError`` naming the key and wher
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -128,6 +129,40 @@ class AuthConfig:
     admin_password: str = _key("")
 
 
+def _redis_url(v: str) -> str | None:
+    if v == "" or urlsplit(v).scheme in ("redis", "rediss", "unix"):
+        return None
+    return "must be a redis://, rediss:// or unix:// URL (or empty for in-process buckets)"
+
+
+def _networks(v: str) -> str | None:
+    for part in filter(None, (p.strip() for p in v.split(","))):
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            return f"{part!r} is not an IP address or network"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    enabled: bool = _key(True)
+    redis_url: str = _key("", _redis_url)
+    requests: int = _key(120, _positive)
+    window: float = _key(60.0, _positive)
+    ip_requests: int = _key(0, _non_negative)
+    tokens_per_minute: int = _key(0, _non_negative)
+    concurrency: int = _key(0, _non_negative)
+    default_max_tokens: int = _key(512, _positive)
+    trusted_proxies: str = _key("", _networks)
+    fail_open: bool = _key(True)
+
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(
+            ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -135,6 +170,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
 
 
 # Environment names kept from the original gateway → dotted key.
@@ -148,6 +184,9 @@ LEGACY_ENV: Mapping[str, str] = {
     "JWT_ALGORITHM": "auth.jwt_algorithm",
     "JWT_EXPIRE_HOURS": "auth.jwt_expire_hours",
     "GWPROXY_ADMIN_PASSWORD": "auth.admin_password",
+    "REDIS_URL": "ratelimit.redis_url",
+    "RATE_LIMIT_REQUESTS": "ratelimit.requests",
+    "RATE_LIMIT_WINDOW": "ratelimit.window",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

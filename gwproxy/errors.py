@@ -12,11 +12,11 @@
     ├── PayloadTooLarge               413 invalid_request_error  code "payload_too_large"
     ├── TooManyRequests               429 rate_limit_error       code "rate_limit_exceeded"
     │                                                            (+ Retry-After)
-    └── UpstreamError                 502 upstream_error
-        ├── UpstreamUnavailable       502 upstream_error         code "upstream_unavailable"
-        ├── UpstreamTimeout           504 upstream_error         code "upstream_timeout"
+    ├── UpstreamError                 502 upstream_error
+    │   ├── UpstreamUnavailable       502 upstream_error         code "upstream_unavailable"
+    │   └── UpstreamTimeout           504 upstream_error         code "upstream_timeout"
+    └── ServiceUnavailable            503 service_unavailable    (+ Retry-After)
         └── ModelNotReady             503 service_unavailable    code "model_not_ready"
-                                                                 (+ Retry-After)
 
 Every error that leaves the gateway, raised or an aiohttp ``HTTPException``, is rendered by
 ``render`` (used by the errors middleware) as
@@ -113,13 +113,16 @@ class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
 
 
-class ModelNotReady(UpstreamError):
+class ServiceUnavailable(GatewayError):
     status = 503
     type = "service_unavailable"
-    code = "model_not_ready"
 
-    def __init__(self, message: str, *, retry_after: int = 5) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after)})
+    def __init__(self, message: str, *, retry_after: int = 5, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after)})
+
+
+class ModelNotReady(ServiceUnavailable):
+    code = "model_not_ready"
 
 
 # aiohttp's own HTTP exceptions → (OpenAI type, code).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from gwproxy.config import Config
     from gwproxy.metrics import Metrics
     from gwproxy.proxy.registry import UpstreamRegistry
+    from gwproxy.ratelimit.limiter import Limiter
     from gwproxy.trace import Trace
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -26,7 +27,10 @@ USERS: web.AppKey[UserService] = web.AppKey("users")
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 LOGIN_THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
 DEMO: web.AppKey[bool] = web.AppKey("demo")
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 TRACE: web.RequestKey[Trace] = web.RequestKey("trace")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
+BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("body")  # a /v1 JSON body, parsed once
+RESPONSE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("response_headers")

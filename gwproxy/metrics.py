@@ -62,6 +62,8 @@ class Metrics:
         self.in_flight = 0
         self.requests: dict[tuple[str, str, str], int] = {}
         self.upstream_errors: dict[str, int] = {}
+        self.ratelimit_backend_errors = 0
+        self.ratelimited: dict[str, int] = {}
         self.prompt_tokens: dict[str, int] = {}
         self.completion_tokens: dict[str, int] = {}
         self.latency = Histogram(LATENCY_BUCKETS)
@@ -85,6 +87,12 @@ class Metrics:
 
     def count_upstream_error(self, kind: str) -> None:
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
+
+    def count_ratelimit_backend_error(self) -> None:
+        self.ratelimit_backend_errors += 1
+
+    def count_ratelimited(self, reason: str) -> None:
+        self.ratelimited[reason] = self.ratelimited.get(reason, 0) + 1
 
     def count_tokens(self, model: str, prompt: int | None, completion: int | None) -> None:
         if prompt:
@@ -133,6 +141,17 @@ class GatewayCollector(Collector):
             "Failures talking to the upstream",
             ("kind",),
             {(k,): v for k, v in m.upstream_errors.items()},
+        )
+        errors = CounterMetricFamily(
+            "gwproxy_ratelimit_backend_errors", "Rate-limit decisions the shared store could not make"
+        )
+        errors.add_metric([], m.ratelimit_backend_errors)
+        yield errors
+        yield _counter(
+            "gwproxy_ratelimited",
+            "Requests refused by a rate limit, by the limit that refused them",
+            ("limit",),
+            {(k,): v for k, v in m.ratelimited.items()},
         )
         yield _counter(
             "gwproxy_prompt_tokens",

@@ -20,6 +20,7 @@ class Trace:
     first_chunk: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    stream_events: int = 0  # SSE events relayed (a measure of progress when usage never came)
     upstream_error: str | None = None
 
     def ttft(self) -> float | None:

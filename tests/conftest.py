@@ -22,7 +22,7 @@ from gwproxy.config import Config, DatabaseConfig, load_config
 from gwproxy.store import migrator
 from gwproxy.store.engine import create_engine
 from tests.procs import Proc, start_gateway, start_sim
-from tests.services import Postgres
+from tests.services import Postgres, Redis
 
 MODEL = "sim-model"
 
@@ -110,6 +110,14 @@ def postgres() -> Iterator[Postgres]:
     pg = Postgres()
     yield pg
     pg.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Redis]:
+    """A fresh redis-server for one test (tests kill and restart it)."""
+    server = Redis()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

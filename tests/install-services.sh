@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Makes sure the servers the tests start are installed: PostgreSQL (initdb/pg_ctl) and curl.
+# Makes sure the servers the tests start are installed: PostgreSQL (initdb/pg_ctl), Redis and curl.
 # The tests start and stop their own throwaway instances; this only installs (as root, with
 # apt-get) what is missing. Without root and with something missing, it says what to install.
 set -euo pipefail
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
 command -v curl >/dev/null || missing+=(curl)
 id postgres >/dev/null 2>&1 || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
@@ -16,3 +17,4 @@ apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 # The Debian package starts a cluster of its own; the tests do not use it.
 service postgresql stop >/dev/null 2>&1 || true
+service redis-server stop >/dev/null 2>&1 || true

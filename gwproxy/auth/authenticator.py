@@ -4,16 +4,18 @@ the hot path free of database round trips.
 Accepted: ``Authorization: Bearer <jwt or API key>``, ``api-key: <key>``, ``x-api-key: <key>``.
 - A verified JWT is cached until it expires (verification is pure CPU, ~20 µs).
 - A user's state (active, role, name) is cached ``key_cache_seconds``; so is an API key's
-  lookup, including a miss. A revoked key, or a disabled user's JWT or key, is therefore refused
+  lookup, including a miss; concurrent misses for one credential share one lookup. A revoked
+  key, or a disabled user's JWT or key, is therefore refused
   at most that long after the change, on every replica.
 Caches are bounded; the oldest entries go first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Generic, TypeVar
 
 from gwproxy.auth.principal import Principal
@@ -77,6 +79,27 @@ class Authenticator:
         self._jwts: TtlCache[str, Claims] = TtlCache()
         self._keys: TtlCache[str, Principal | None] = TtlCache()
         self._users: TtlCache[int, Principal | None] = TtlCache()
+        self._inflight: dict[object, asyncio.Future[Principal | None]] = {}
+
+    async def _once(self, key: object, lookup: Callable[[], Awaitable[Principal | None]]) -> Principal | None:
+        """One database lookup per credential at a time: when a cache entry expires under load,
+        the requests that find it gone wait for the first one's answer instead of all asking."""
+        pending = self._inflight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            result = await lookup()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[key]
 
     async def authenticate(self, headers: Mapping[str, str]) -> Principal:
         value = credential(headers)
@@ -88,7 +111,7 @@ class Authenticator:
         if value.startswith("gwp-"):
             found, principal = self._keys.get(value, mono)
             if not found:
-                principal = await self.users.resolve_key(value)
+                principal = await self._once(value, lambda: self.users.resolve_key(value))
                 self._keys.put(value, principal, mono + self.ttl)
             if principal is None:
                 raise Unauthorized("Invalid, revoked or expired API key")
@@ -105,8 +128,9 @@ class Authenticator:
             raise Unauthorized("Invalid access token: token expired")
         found, user = self._users.get(claims.user_id, mono)
         if not found:
-            user = await self.users.principal(claims.user_id)
-            self._users.put(claims.user_id, user, mono + self.ttl)
+            user_id = claims.user_id
+            user = await self._once(user_id, lambda: self.users.principal(user_id))
+            self._users.put(user_id, user, mono + self.ttl)
         if user is None:
             raise Unauthorized("This account is disabled or no longer exists")
         return user

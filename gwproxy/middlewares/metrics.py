@@ -17,14 +17,20 @@ from gwproxy import log
 from gwproxy.errors import GatewayError
 from gwproxy.keys import TRACE
 from gwproxy.metrics import Metrics
+from gwproxy.proxy.routes import ROOT_PATHS, route_label
 from gwproxy.trace import Trace
 
 _access = log.get("gwproxy.access")
 
 
 def _route(request: web.Request) -> str:
+    """The route label of a request the proxy did not label itself (refused before it ran)."""
     info = request.match_info.route.resource
-    return info.canonical if info is not None else "unmatched"
+    if info is None:
+        return "unmatched"
+    if info.canonical == "/v1/{tail}" or info.canonical in ROOT_PATHS:
+        return route_label(request.path)
+    return info.canonical
 
 
 def metrics_middleware(metrics: Metrics) -> Middleware:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy import log
-from gwproxy.keys import REQUEST_ID
+from gwproxy.keys import REQUEST_ID, RESPONSE_HEADERS
 
 _SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
@@ -38,6 +38,10 @@ def request_id_middleware() -> Middleware:
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Also adds the headers other layers left in ``request[RESPONSE_HEADERS]`` (rate limits)."""
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers["X-Request-ID"] = rid
+    extra = request.get(RESPONSE_HEADERS)
+    if extra:
+        response.headers.update(extra)

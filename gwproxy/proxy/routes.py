@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gwproxy.errors import InvalidJSON, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from gwproxy.keys import CONFIG, METRICS, REQUEST_ID, TRACE, UPSTREAM
+from gwproxy.keys import BODY, CONFIG, METRICS, REQUEST_ID, TRACE, UPSTREAM
 from gwproxy.proxy import schema, usage
 from gwproxy.proxy.relay import HOP_BY_HOP, relay
 from gwproxy.proxy.usage import UsageTap
@@ -57,6 +57,11 @@ USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embedd
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "api-key", "x-api-key"}
 
 
+def route_label(path: str) -> str:
+    """A bounded metric label for a proxied path."""
+    return path if path in KNOWN_ROUTES else "/v1/other"
+
+
 def forward_headers(request: web.Request, auth: dict[str, str], request_id: str) -> CIMultiDict[str]:
     drop = _REQUEST_DROP
     connection = request.headers.get("Connection")
@@ -72,7 +77,7 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-def _parse(body: bytes) -> dict[str, Any]:
+def parse_body(body: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -87,11 +92,11 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     cfg, registry, metrics = app[CONFIG], app[UPSTREAM], app[METRICS]
     trace = request[TRACE]
     path = request.path
-    trace.route = path if path in KNOWN_ROUTES else "/v1/other"
-    body = await request.read() if request.can_read_body else b""
+    trace.route = route_label(path)
+    body = await request.read() if request.body_exists else b""  # read() caches: a second call is free
     tap: UsageTap | None = None
     if body and request.method == "POST" and (path in JSON_ROUTES or _is_json(request.content_type)):
-        parsed = _parse(body)
+        parsed = request.get(BODY) or parse_body(body)  # the rate limiter may have parsed it
         schema.check(path, parsed)
         rewrite = False
         model = parsed.get("model")
@@ -128,8 +133,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             return await relay(request, upstream, trace, tap, watch, metrics, extra)
         finally:
             upstream.release()
-            if tap is not None and tap.usage is not None:
-                trace.prompt_tokens, trace.completion_tokens = tap.usage
+            if tap is not None:
+                trace.stream_events = tap.events
+                if tap.usage is not None:
+                    trace.prompt_tokens, trace.completion_tokens = tap.usage
     finally:
         watchdog.release(watch)
 

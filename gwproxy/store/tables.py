@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -56,6 +57,19 @@ api_keys = Table(
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=True, unique=True),
+    Column("key_id", Id, ForeignKey("api_keys.id", ondelete="CASCADE"), nullable=True, unique=True),
+    Column("requests", Integer, nullable=True),
+    Column("window", Float, nullable=True),
+    Column("tokens_per_minute", Integer, nullable=True),
+    Column("concurrency", Integer, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 refresh_tokens = Table(

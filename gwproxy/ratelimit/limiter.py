@@ -1,0 +1,134 @@
+"""Limiter: admits or refuses a request against its buckets, and settles it afterwards.
+
+``admit`` makes one store round trip (one Lua call with Redis) for all of a request's buckets
+and its concurrency slot; ``finish`` runs after the response — completed, failed or abandoned
+by the client — in a task of its own, so a client that goes away cannot cancel the release of
+its slot. ``close`` waits for those tasks at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gwproxy.auth.principal import Principal
+from gwproxy.errors import TooManyRequests
+from gwproxy.keys import CONFIG, DATABASE, LIMITER, METRICS
+from gwproxy.metrics import Metrics
+from gwproxy.ratelimit.bucket import Decision
+from gwproxy.ratelimit.policy import Plan, Policy
+from gwproxy.ratelimit.store import BucketStore, MemoryStore, Ticket
+from gwproxy.trace import Trace
+
+
+@dataclass(slots=True)
+class Admission:
+    plan: Plan
+    ticket: Ticket
+    headers: dict[str, str]
+
+
+def duration(seconds: float) -> str:
+    """OpenAI's reset format: ``1s``, ``6m0s``, ``450ms``."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def headers_for(plan: Plan, decision: Decision) -> dict[str, str]:
+    out: dict[str, str] = {}
+    requests = [r for r, n in zip(decision.readings, plan.names, strict=True) if n != "tokens"]
+    if requests:
+        tightest = min(requests, key=lambda r: r.remaining)
+        out["x-ratelimit-limit-requests"] = str(int(tightest.limit))
+        out["x-ratelimit-remaining-requests"] = str(int(tightest.remaining))
+        out["x-ratelimit-reset-requests"] = duration(tightest.reset_after)
+    for reading, name in zip(decision.readings, plan.names, strict=True):
+        if name == "tokens":
+            out["x-ratelimit-limit-tokens"] = str(int(reading.limit))
+            out["x-ratelimit-remaining-tokens"] = str(int(reading.remaining))
+            out["x-ratelimit-reset-tokens"] = duration(reading.reset_after)
+    return out
+
+
+class Limiter:
+    def __init__(self, policy: Policy, store: BucketStore, metrics: Metrics) -> None:
+        self.policy = policy
+        self.store = store
+        self.metrics = metrics
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def admit(self, principal: Principal, ip: str, estimate: tuple[int, int]) -> Admission:
+        user, key = await self.policy.limits_for(principal)
+        plan = self.policy.plan(principal, ip, user, key, estimate)
+        decision, ticket = await self.store.admit(plan.keys, plan.limits, plan.costs, plan.slot)
+        headers = headers_for(plan, decision)
+        if not decision.allowed or ticket is None:
+            which = self._refused_by(plan, decision)
+            self.metrics.count_ratelimited(which)
+            retry = decision.retry_after if math.isfinite(decision.retry_after) else 3600.0
+            headers["retry-after-ms"] = str(math.ceil(retry * 1000))
+            raise TooManyRequests(
+                f"Rate limit reached ({which}): retry in {duration(retry)}", retry_after=retry, headers=headers
+            )
+        return Admission(plan, ticket, headers)
+
+    @staticmethod
+    def _refused_by(plan: Plan, decision: Decision) -> str:
+        costs = dict(zip(plan.names, plan.costs, strict=True))
+        for reading, name in zip(decision.readings, plan.names, strict=True):
+            if reading.remaining < min(costs[name], reading.limit):
+                return name
+        return "concurrency"
+
+    def finish(self, admission: Admission, trace: Trace) -> None:
+        """Settle real token usage and release the slot, in the background."""
+        task = asyncio.create_task(self._settle(admission, trace))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, admission: Admission, trace: Trace) -> None:
+        plan = admission.plan
+        delta = 0.0
+        if plan.token_bucket is not None:
+            if trace.prompt_tokens is not None:
+                delta = (trace.prompt_tokens + (trace.completion_tokens or 0)) - plan.estimate
+            elif trace.stream_events:  # cut short: what was generated, roughly a token an event
+                delta = plan.prompt_estimate + trace.stream_events - plan.estimate
+        key, limit = plan.token_bucket if plan.token_bucket else (None, None)
+        await admission.ticket.store.settle(admission.ticket, key, limit, delta)
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+async def limiter_context(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    policy = Policy(cfg.ratelimit, app[DATABASE], cfg.auth.key_cache_seconds)
+    client: Any = None
+    store: BucketStore
+    if cfg.ratelimit.redis_url:
+        import redis.asyncio as redis
+
+        from gwproxy.ratelimit.redis_store import RedisStore
+
+        client = redis.Redis.from_url(
+            cfg.ratelimit.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10
+        )
+        store = RedisStore(client, app[METRICS], fail_open=cfg.ratelimit.fail_open)
+    else:
+        store = MemoryStore()
+    limiter = Limiter(policy, store, app[METRICS])
+    app[LIMITER] = limiter
+    yield
+    await limiter.close()
+    if client is not None:
+        await client.aclose()

@@ -1,0 +1,87 @@
+"""Routes: admins set per-user and per-key rate-limit overrides.
+
+``PUT /api/admin/users/{id}/limits`` and ``PUT /api/admin/keys/{id}/limits`` replace the
+overrides (a field left out or null means the configured default); ``GET`` on the same paths
+shows them and the limits in effect. Replicas pick changes up within ``auth.key_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+from marshmallow import RAISE, Schema, fields, validate
+from sqlalchemy import select
+
+from gwproxy.auth.routes import require_admin
+from gwproxy.bodies import json, load
+from gwproxy.errors import NotFound
+from gwproxy.keys import DATABASE, LIMITER, USERS
+from gwproxy.ratelimit.policy import OVERRIDABLE, set_overrides
+from gwproxy.store.tables import api_keys, rate_limits
+
+
+class LimitsBody(Schema):
+    class Meta:
+        unknown = RAISE
+
+    requests = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=1))
+    window = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0, min_inclusive=False))
+    tokens_per_minute = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=0))
+    concurrency = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=0))
+
+
+def _target(request: web.Request) -> tuple[str, int]:
+    kind = "user_id" if "user_id" in request.match_info else "key_id"
+    try:
+        return kind, int(request.match_info[kind])
+    except ValueError:
+        raise NotFound(f"no such {kind}") from None
+
+
+async def _exists(request: web.Request, kind: str, ident: int) -> None:
+    if kind == "user_id":
+        await request.app[USERS].get_user(ident)
+        return
+    async with request.app[DATABASE].connect() as conn:
+        if (await conn.execute(select(api_keys.c.id).where(api_keys.c.id == ident))).first() is None:
+            raise NotFound(f"no API key with id {ident}")
+
+
+async def _render(request: web.Request, kind: str, ident: int) -> web.Response:
+    column = rate_limits.c.user_id if kind == "user_id" else rate_limits.c.key_id
+    async with request.app[DATABASE].connect() as conn:
+        row = (await conn.execute(select(rate_limits).where(column == ident))).first()
+    overrides: dict[str, Any] = {f: (row._mapping[f] if row is not None else None) for f in OVERRIDABLE}
+    defaults = request.app[LIMITER].policy.defaults
+    effective = replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
+    return json({kind: ident, "overrides": overrides, "effective": effective.public()})
+
+
+async def get_limits(request: web.Request) -> web.Response:
+    require_admin(request)
+    kind, ident = _target(request)
+    await _exists(request, kind, ident)
+    return await _render(request, kind, ident)
+
+
+async def put_limits(request: web.Request) -> web.Response:
+    require_admin(request)
+    kind, ident = _target(request)
+    body = await load(request, LimitsBody())
+    await _exists(request, kind, ident)
+    await set_overrides(
+        request.app[DATABASE],
+        user_id=ident if kind == "user_id" else None,
+        key_id=ident if kind == "key_id" else None,
+        values=body,
+    )
+    request.app[LIMITER].policy.forget()
+    return await _render(request, kind, ident)
+
+
+def add_routes(app: web.Application) -> None:
+    for path in ("/api/admin/users/{user_id}/limits", "/api/admin/keys/{key_id}/limits"):
+        app.router.add_get(path, get_limits)
+        app.router.add_put(path, put_limits)
