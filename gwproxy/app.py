@@ -4,6 +4,7 @@ Middleware order, outermost first, and why:
 1. request_id — everything after it, errors included, logs and answers with the request's id;
 2. errors     — turns every failure below it into the OpenAI envelope, so the layers below
                 simply raise;
+   hosts      — a foreign Host is refused before anything else is done for it;
 3. metrics    — counts and times what the handler did, seeing failures as exceptions with
                 their status before errors renders them (401s included: they are requests too);
 4. auth       — establishes the principal; everything after it may rely on request[PRINCIPAL];
@@ -21,10 +22,12 @@ from gwproxy import health
 from gwproxy.auth import routes as auth_routes
 from gwproxy.auth.bootstrap import auth_context
 from gwproxy.config import Config
+from gwproxy.cors import setup_cors
 from gwproxy.keys import CONFIG, DEMO, METRICS
 from gwproxy.metrics import Metrics
 from gwproxy.middlewares.auth import auth_middleware
 from gwproxy.middlewares.errors import errors_middleware
+from gwproxy.middlewares.hosts import hosts_middleware
 from gwproxy.middlewares.metrics import metrics_middleware
 from gwproxy.middlewares.ratelimit import ratelimit_middleware
 from gwproxy.middlewares.request_id import echo_request_id, request_id_middleware
@@ -41,6 +44,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
         middlewares=[
             request_id_middleware(),
             errors_middleware(),
+            hosts_middleware(config.server.allowed_host_list()),
             metrics_middleware(metrics),
             auth_middleware(config.auth),
             ratelimit_middleware(config.ratelimit),
@@ -59,4 +63,5 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     proxy_routes.add_routes(app)
     auth_routes.add_routes(app)
     ratelimit_routes.add_routes(app)
+    setup_cors(app, config.server.cors_origin_list())
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import secrets
 import signal
 import socket
@@ -52,10 +53,15 @@ def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         loop.close()
 
 
-async def _serve_app(app: web.Application, host: str, port: int, shutdown_timeout: float) -> web.AppRunner:
+async def _serve_app(
+    app: web.Application, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
+) -> web.AppRunner:
+    """Start serving. On shutdown (``runner.cleanup``) the listening socket closes first, then
+    requests in flight — streams included — get ``shutdown_timeout`` seconds to finish, then the
+    cleanup contexts close in reverse order (limiter settles, pools close)."""
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port).start()
     return runner
 
 
@@ -75,23 +81,58 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> 
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gwproxy.app import create_app
-
     cfg = _load(
         args,
-        {"server.host": args.host, "server.port": args.port, "upstream.base_url": args.upstream},
+        {
+            "server.host": args.host,
+            "server.port": args.port,
+            "upstream.base_url": args.upstream,
+            "server.workers": args.workers,
+        },
     )
+    if cfg.server.workers > 1:
+        return _serve_workers(cfg)
+    return _serve_one(cfg, reuse_port=False)
+
+
+def _serve_one(cfg: Config, reuse_port: bool) -> int:
+    from gwproxy.app import create_app
+
     logconf.configure(cfg.server.log_level, json=not cfg.server.debug)
     log = logconf.get("gwproxy")
 
     async def main(stop: asyncio.Event) -> None:
-        runner = await _serve_app(create_app(cfg), cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout)
+        app = create_app(cfg)
+        runner = await _serve_app(app, cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout, reuse_port)
         log.info("gwproxy serving", host=cfg.server.host, port=cfg.server.port, upstream=cfg.upstream.base_url)
         await stop.wait()
-        log.info("gwproxy stopping")
+        log.info("gwproxy stopping", shutdown_timeout=cfg.server.shutdown_timeout)
         await runner.cleanup()
 
     return _run_server(main)
+
+
+def _serve_workers(cfg: Config) -> int:
+    """``server.workers`` processes on one port (SO_REUSEPORT: the kernel spreads connections);
+    SIGTERM/SIGINT are passed on to each, which shuts down gracefully."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    n = cfg.server.workers
+    workers = [ctx.Process(target=lambda: sys.exit(_serve_one(cfg, reuse_port=True))) for _ in range(n)]
+    for w in workers:
+        w.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for w in workers:
+            if w.pid is not None and w.is_alive():
+                os.kill(w.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for w in workers:
+        w.join()
+    return max((w.exitcode or 0) for w in workers)
 
 
 def _run_server(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
@@ -236,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--upstream", help="vLLM base URL, as VLLM_BASE_URL (e.g. http://localhost:8000/v1)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
     serve.set_defaults(func=cmd_serve)
 
     sim = sub.add_parser("sim", help="run the vLLM-compatible simulator")

@@ -60,6 +60,15 @@ class ServerConfig:
     debug: bool = _key(False)
     log_level: str = _key("info", _log_level)
     shutdown_timeout: float = _key(30.0, _non_negative)
+    workers: int = _key(1, _positive)
+    cors_origins: str = _key("")
+    allowed_hosts: str = _key("")
+
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +188,8 @@ LEGACY_ENV: Mapping[str, str] = {
     "VLLM_API_KEY": "upstream.api_key",
     "LOG_LEVEL": "server.log_level",
     "DEBUG": "server.debug",
+    "CORS_ORIGINS": "server.cors_origins",
+    "ALLOWED_HOSTS": "server.allowed_hosts",
     "DATABASE_URL": "database.url",
     "JWT_SECRET": "auth.jwt_secret",
     "JWT_ALGORITHM": "auth.jwt_algorithm",
@@ -227,6 +238,14 @@ def _coerce(key: str, kind: type, raw: Any, source: str) -> Any:
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def known_env_names() -> set[str]:
+    """Every environment variable the configuration reads."""
+    names = set(LEGACY_ENV) | {"GWPROXY_CONFIG"}
+    for sname, stype in _sections().items():
+        names |= {f"GWPROXY_{sname}_{f.name}".upper() for f in dataclasses.fields(stype)}
+    return names
 
 
 def default_config_path(env: Mapping[str, str]) -> Path | None:

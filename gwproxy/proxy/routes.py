@@ -173,7 +173,12 @@ async def _send(
         ) from None
 
 
+# Explicit methods rather than "*": OPTIONS stays free for CORS preflights, answered here.
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/v1/{tail:.*}", proxy)
-    for path in ROOT_PATHS:
-        app.router.add_route("*", path, proxy)
+    for method in METHODS:
+        app.router.add_route(method, "/v1/{tail:.*}", proxy)
+        for path in ROOT_PATHS:
+            app.router.add_route(method, path, proxy)

@@ -89,21 +89,35 @@ class Limiter:
         return "concurrency"
 
     def finish(self, admission: Admission, trace: Trace) -> None:
-        """Settle real token usage and release the slot, in the background."""
+        """Settle real token usage and release the slot: at once in memory, in a task of its
+        own for Redis. Nothing to do (no token limit, no slot): nothing is done."""
+        plan = admission.plan
+        if plan.token_bucket is None and plan.slot is None:
+            return
+        store = admission.ticket.store
+        if isinstance(store, MemoryStore):
+            key, limit = plan.token_bucket if plan.token_bucket else (None, None)
+            store.settle_now(admission.ticket, key, limit, self._delta(plan, trace))
+            return
         task = asyncio.create_task(self._settle(admission, trace))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    @staticmethod
+    def _delta(plan: Plan, trace: Trace) -> float:
+        """Real usage minus the estimate that was taken at admission."""
+        if plan.token_bucket is None:
+            return 0.0
+        if trace.prompt_tokens is not None:
+            return (trace.prompt_tokens + (trace.completion_tokens or 0)) - plan.estimate
+        if trace.stream_events:  # cut short: what was generated, roughly a token an event
+            return plan.prompt_estimate + trace.stream_events - plan.estimate
+        return 0.0
+
     async def _settle(self, admission: Admission, trace: Trace) -> None:
         plan = admission.plan
-        delta = 0.0
-        if plan.token_bucket is not None:
-            if trace.prompt_tokens is not None:
-                delta = (trace.prompt_tokens + (trace.completion_tokens or 0)) - plan.estimate
-            elif trace.stream_events:  # cut short: what was generated, roughly a token an event
-                delta = plan.prompt_estimate + trace.stream_events - plan.estimate
         key, limit = plan.token_bucket if plan.token_bucket else (None, None)
-        await admission.ticket.store.settle(admission.ticket, key, limit, delta)
+        await admission.ticket.store.settle(admission.ticket, key, limit, self._delta(plan, trace))
 
     async def close(self) -> None:
         if self._pending:

@@ -16,6 +16,7 @@ The client address is the peer's, unless the peer is a trusted proxy: then the r
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Sequence
@@ -65,6 +66,11 @@ class Plan:
     token_bucket: tuple[str, Limit] | None
     prompt_estimate: int
     estimate: int  # prompt and completion
+
+
+@functools.lru_cache(maxsize=4096)
+def _request_limit(limits: Limits) -> Limit:
+    return Limit.per_window(limits.requests, limits.window)
 
 
 def client_ip(peer: str | None, forwarded: str | None, trusted: Sequence[Network]) -> str:
@@ -159,11 +165,11 @@ class Policy:
     def plan(self, principal: Principal, ip: str, user: Limits, key: Limits | None, estimate: tuple[int, int]) -> Plan:
         who = f"u{principal.user_id}" if principal.via != "anonymous" else "anon"
         keys = [f"gwrl:{who}:req", f"gwrl:ip:{ip}:req"]
-        limits = [Limit.per_window(user.requests, user.window), self.ip_limit]
+        limits = [_request_limit(user), self.ip_limit]
         names = ["requests", "ip"]
         if key is not None and principal.key_id is not None:
             keys.append(f"gwrl:k{principal.key_id}:req")
-            limits.append(Limit.per_window(key.requests, key.window))
+            limits.append(_request_limit(key))
             names.append("key")
         costs: list[float] = [1.0] * len(keys)
         token_bucket = None

@@ -67,6 +67,10 @@ class MemoryStore:
         return decision, Ticket(self, slot)
 
     async def settle(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> None:
+        self.settle_now(ticket, key, limit, delta)
+
+    def settle_now(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> None:
+        """``settle`` without a coroutine: memory needs no waiting."""
         if key is not None and limit is not None and delta:
             self.buckets[key] = settle_bucket(self.buckets.get(key), limit, delta, self.clock())
         if ticket.slot is not None:

@@ -1,6 +1,7 @@
 """Migrator: Alembic, driven from the gateway's own engine (``gwproxy migrate``, tests, demo).
 
-The revisions live in ``migrations/`` beside the package. Alembic is synchronous; each command
+The revisions live in ``migrations/`` beside the package (or in the working directory of an
+installed image). Alembic is synchronous; each command
 runs inside ``AsyncConnection.run_sync`` on a connection of the async engine, in one
 transaction.
 """
@@ -17,19 +18,28 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy.store.engine import current_revision
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+# A source checkout (or editable install) has them beside the package; an installed image keeps
+# them in its working directory (the Dockerfile copies them to /app/migrations).
+CANDIDATES = (Path(__file__).resolve().parents[2] / "migrations", Path.cwd() / "migrations")
+
+
+def migrations_dir() -> Path:
+    for path in CANDIDATES:
+        if (path / "env.py").is_file():
+            return path
+    raise FileNotFoundError(f"no Alembic migrations found in {' or '.join(map(str, CANDIDATES))}")
 
 
 def _alembic(connection: Connection | None = None) -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["connection"] = connection
     return cfg
 
 
 def head() -> str:
     rev = ScriptDirectory.from_config(_alembic()).get_current_head()
-    assert rev is not None, f"no migrations in {MIGRATIONS}"
+    assert rev is not None, f"no revisions in {migrations_dir()}"
     return rev
 
 

@@ -1,0 +1,71 @@
+"""What can be checked of the deployment files without a Docker engine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gwproxy.config import known_env_names
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """Compose's merge tags (!reset, !override) are data, not errors."""
+
+
+def _plain(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node)
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+for tag in ("!reset", "!override"):
+    ComposeLoader.add_constructor(tag, _plain)
+
+
+def load(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.load((ROOT / name).read_text(), Loader=ComposeLoader)  # noqa: S506 - SafeLoader subclass
+    return data
+
+
+def test_every_gateway_variable_is_one_config_knows() -> None:
+    compose = load("docker-compose.yml")
+    known = known_env_names()
+    for service in ("gateway", "migrate"):
+        env = compose["services"][service]["environment"]
+        assert env, service
+        unknown = sorted(set(env) - known)
+        assert unknown == [], f"{service} sets variables gwproxy does not read: {unknown}"
+    dev = load("docker-compose.dev.yml")
+    assert set(dev["services"]["gateway"]["environment"]) <= known
+
+
+def test_stack_shape() -> None:
+    services = load("docker-compose.yml")["services"]
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["redis"]["image"].startswith("redis:7")
+    assert services["vllm"]["image"].startswith("vllm/vllm-openai")
+    assert services["vllm"]["ipc"] == "host"
+    assert services["vllm"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    gateway = services["gateway"]
+    assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["command"] == ["migrate"]
+    assert any("docker.sock" in v for v in gateway["volumes"])
+
+
+def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) == 2
+    final = text.split("\nFROM ")[-1]
+    assert "slim" in final.splitlines()[0]
+    assert re.search(r"^USER gwproxy$", final, re.M)
+    assert "HEALTHCHECK" in final and "/health" in final
+    assert 'ENTRYPOINT ["gwproxy"]' in final and 'CMD ["serve"]' in final
+    assert "gcc" not in final and "build-essential" not in final
