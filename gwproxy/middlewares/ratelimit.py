@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy.config import RateLimitConfig
 from gwproxy.keys import BODY, LIMITER, PRINCIPAL, RESPONSE_HEADERS, TRACE
+from gwproxy.middlewares.auth import GUARDED_ROOTS
 from gwproxy.proxy.routes import JSON_ROUTES, parse_body
 from gwproxy.ratelimit.policy import client_ip, estimate_tokens
 
@@ -20,8 +21,6 @@ TOKEN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 def limited(path: str) -> bool:
-    from gwproxy.middlewares.auth import GUARDED_ROOTS
-
     return path.startswith("/v1/") or path in GUARDED_ROOTS
 
 

@@ -44,17 +44,18 @@ def duration(seconds: float) -> str:
 
 def headers_for(plan: Plan, decision: Decision) -> dict[str, str]:
     out: dict[str, str] = {}
-    requests = [r for r, n in zip(decision.readings, plan.names, strict=True) if n != "tokens"]
-    if requests:
-        tightest = min(requests, key=lambda r: r.remaining)
-        out["x-ratelimit-limit-requests"] = str(int(tightest.limit))
-        out["x-ratelimit-remaining-requests"] = str(int(tightest.remaining))
-        out["x-ratelimit-reset-requests"] = duration(tightest.reset_after)
+    tightest = None
     for reading, name in zip(decision.readings, plan.names, strict=True):
         if name == "tokens":
             out["x-ratelimit-limit-tokens"] = str(int(reading.limit))
             out["x-ratelimit-remaining-tokens"] = str(int(reading.remaining))
             out["x-ratelimit-reset-tokens"] = duration(reading.reset_after)
+        elif tightest is None or reading.remaining < tightest.remaining:
+            tightest = reading
+    if tightest is not None:
+        out["x-ratelimit-limit-requests"] = str(int(tightest.limit))
+        out["x-ratelimit-remaining-requests"] = str(int(tightest.remaining))
+        out["x-ratelimit-reset-requests"] = duration(tightest.reset_after)
     return out
 
 

@@ -56,7 +56,7 @@ class Limits:
 OVERRIDABLE = ("requests", "window", "tokens_per_minute", "concurrency")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     keys: list[str]
     limits: list[Limit]

@@ -25,7 +25,7 @@ class Slot:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ticket:
     store: BucketStore
     slot: Slot | None
