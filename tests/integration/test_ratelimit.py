@@ -265,3 +265,17 @@ async def test_rate_limit_headers_on_success(sim: int) -> None:
                 assert r.headers["x-ratelimit-reset-requests"] == "2s"
     finally:
         await server.close()
+
+
+async def test_sdk_without_retries_raises_rate_limit_error(sim: int) -> None:
+    server = await start_app(sim, RATE_LIMIT_REQUESTS="1", RATE_LIMIT_WINDOW="60")
+    try:
+        client = openai.AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="unused", max_retries=0)
+        await client.models.list()
+        with pytest.raises(openai.RateLimitError) as exc:
+            await client.models.list()
+        assert exc.value.code == "rate_limit_exceeded"
+        assert exc.value.response.headers["retry-after"] == "60"
+        await client.close()
+    finally:
+        await server.close()

@@ -69,3 +69,46 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
     assert "HEALTHCHECK" in final and "/health" in final
     assert 'ENTRYPOINT ["gwproxy"]' in final and 'CMD ["serve"]' in final
     assert "gcc" not in final and "build-essential" not in final
+
+
+def test_image_entrypoint_runs_on_the_host(tmp_path: Path) -> None:
+    """The image's ENTRYPOINT + CMD, run directly on this host with the environment compose
+    gives it (a database and secret of our own), answers /health."""
+    import json as jsonlib
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.conftest import JWT_SECRET
+    from tests.procs import free_port
+
+    text = (ROOT / "Dockerfile").read_text()
+    entry = jsonlib.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    cmd = jsonlib.loads(re.search(r"^CMD (.+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert entry == ["gwproxy"]
+    exe = str(Path(sys.executable).parent / entry[0])
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp_path}/image.db",
+        "JWT_SECRET": JWT_SECRET,
+        "GWPROXY_SERVER_PORT": str(port),
+        "VLLM_BASE_URL": f"http://127.0.0.1:{free_port()}/v1",
+    }
+    subprocess.run([exe, "migrate"], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen([exe, *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the image's command did not come up"
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0
