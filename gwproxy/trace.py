@@ -16,7 +16,6 @@ class Trace:
     route: str = ""
     model: str | None = None
     upstream_started: float | None = None
-    upstream_headers: float | None = None
     first_chunk: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None

@@ -71,9 +71,9 @@ class Gateway:
         return {"Authorization": f"Bearer {self.key}"}
 
 
-def gwproxy_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
-    """Run a gwproxy command; return its stdout."""
-    out = subprocess.run(
+def gwproxy_run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a gwproxy command with ``env`` added to the environment."""
+    return subprocess.run(
         [sys.executable, "-m", "gwproxy", *args],
         input=stdin,
         capture_output=True,
@@ -81,6 +81,11 @@ def gwproxy_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> st
         env={**os.environ, **env},
         timeout=120,
     )
+
+
+def gwproxy_cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
+    """Run a gwproxy command that must succeed; return its stdout."""
+    out = gwproxy_run(env, *args, stdin=stdin)
     assert out.returncode == 0, f"gwproxy {' '.join(args)} failed ({out.returncode}):\n{out.stderr}"
     return out.stdout
 

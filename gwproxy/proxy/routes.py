@@ -121,7 +121,6 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     watch = watchdog.watch(asyncio.current_task(), cfg.upstream.first_byte_timeout)
     try:
         upstream = await _send(request, url, body, headers, watch)
-        trace.upstream_headers = time.perf_counter()
         extra = {}
         if cfg.proxy.overhead_header:
             # Time spent before the request went upstream; relaying after that is a copy per chunk.

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from tests.conftest import ADMIN_PASSWORD, JWT_SECRET, Gateway, gwproxy_cli
+from tests.conftest import gwproxy_run as run
 from tests.procs import Proc, free_port, start_gateway
-
-
-def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gwproxy", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-    )
 
 
 def test_user_and_key_commands(tmp_path: Path) -> None:
