@@ -30,6 +30,10 @@ def auth_middleware(cfg: AuthConfig) -> Middleware:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
+        if request.method == "OPTIONS":
+            # CORS preflights carry no credentials by design; the CORS layer answers them (and
+            # /v1 routes take no OPTIONS otherwise, so nothing reaches the upstream this way).
+            return await handler(request)
         if not cfg.enabled:
             request[PRINCIPAL] = ANONYMOUS
         elif needs_auth(path):

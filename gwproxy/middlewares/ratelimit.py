@@ -29,7 +29,7 @@ def ratelimit_middleware(cfg: RateLimitConfig) -> Middleware:
 
     @web.middleware
     async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not cfg.enabled or not limited(request.path):
+        if not cfg.enabled or request.method == "OPTIONS" or not limited(request.path):
             return await handler(request)
         body = None
         if request.path in TOKEN_ROUTES and request.method == "POST" and request.path in JSON_ROUTES:

@@ -1,12 +1,13 @@
 """Policy: which limits apply to a request, and the buckets that enforce them.
 
-Every admitted request takes from:
+Every admitted request of a signed-in principal takes from:
 - the user's request bucket (``requests`` per ``window``; burst = ``requests``),
 - the API key's own request bucket, when an admin gave that key limits of its own,
 - the client address's request bucket (``ip_requests``, default the same as ``requests``),
 - the user's token bucket (``tokens_per_minute``), by an estimate: ``max_tokens`` (or
   ``default_max_tokens``) plus the prompt's characters / 4, settled to the real usage afterwards;
-and claims one of the user's ``concurrency`` slots while it runs. Defaults come from
+and claims one of the user's ``concurrency`` slots while it runs. With auth off, the client
+address stands in for the user. Defaults come from
 configuration; an admin's per-user or per-key overrides come from the database, cached for
 ``ttl`` seconds, so a change reaches every replica within that time.
 
@@ -163,10 +164,16 @@ class Policy:
         self._cache.clear()
 
     def plan(self, principal: Principal, ip: str, user: Limits, key: Limits | None, estimate: tuple[int, int]) -> Plan:
-        who = f"u{principal.user_id}" if principal.via != "anonymous" else "anon"
-        keys = [f"gwrl:{who}:req", f"gwrl:ip:{ip}:req"]
-        limits = [_request_limit(user), self.ip_limit]
-        names = ["requests", "ip"]
+        if principal.via == "anonymous":
+            # Without auth nobody is a user: the address is the only identity, and its bucket
+            # is the only request bucket (one shared "anonymous" bucket would throttle everyone).
+            who = f"ip:{ip}"
+            keys, limits, names = [f"gwrl:ip:{ip}:req"], [self.ip_limit], ["ip"]
+        else:
+            who = f"u{principal.user_id}"
+            keys = [f"gwrl:{who}:req", f"gwrl:ip:{ip}:req"]
+            limits = [_request_limit(user), self.ip_limit]
+            names = ["requests", "ip"]
         if key is not None and principal.key_id is not None:
             keys.append(f"gwrl:k{principal.key_id}:req")
             limits.append(_request_limit(key))

@@ -117,3 +117,23 @@ async def test_sigterm_lets_streams_finish(log_dir: Path, paced_sim: int, tmp_pa
     assert rest.endswith(b"data: [DONE]\n\n")  # the stream in flight finished
     assert proc.popen.wait(timeout=15) == 0
     proc.stop()
+
+
+async def test_preflight_needs_no_credentials_when_auth_is_on(sim: int) -> None:
+    server = await start_app(sim, CORS_ORIGINS="https://app.example.com", GWPROXY_AUTH_ENABLED="true")
+    try:
+        preflight = {
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        }
+        async with aiohttp.ClientSession() as s:
+            async with s.options(server.make_url("/v1/chat/completions"), headers=preflight) as r:
+                assert r.status == 200 and r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+            async with s.post(
+                server.make_url("/v1/chat/completions"), json=CHAT, headers={"Origin": preflight["Origin"]}
+            ) as r:
+                assert r.status == 401  # the real request still needs its key
+                assert r.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    finally:
+        await server.close()

@@ -279,3 +279,18 @@ async def test_sdk_without_retries_raises_rate_limit_error(sim: int) -> None:
         await client.close()
     finally:
         await server.close()
+
+
+async def test_without_auth_each_address_has_its_own_bucket(sim: int) -> None:
+    server = await start_app(sim, RATE_LIMIT_REQUESTS="3", GWPROXY_RATELIMIT_TRUSTED_PROXIES="127.0.0.1")
+    try:
+        async with aiohttp.ClientSession() as s:
+            for client in ("198.51.100.1", "198.51.100.2"):
+                statuses = []
+                for _ in range(5):
+                    headers = {"X-Forwarded-For": client}
+                    async with s.post(server.make_url("/v1/chat/completions"), json=CHAT, headers=headers) as r:
+                        statuses.append(r.status)
+                assert statuses == [200, 200, 200, 429, 429], client  # not one bucket for everybody
+    finally:
+        await server.close()
