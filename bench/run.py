@@ -47,6 +47,22 @@ JWT_SECRET = "bench-secret-" + "b" * 40
 HEADERS = {"Content-Type": "application/json"}
 
 
+def gateway_argv(port: int, upstream_v1: str) -> list[str]:
+    """The gateway as an operator starts it."""
+    return [
+        sys.executable,
+        "-m",
+        "gwproxy",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--upstream",
+        upstream_v1,
+    ]
+
+
 def provision() -> dict[str, str]:
     """A migrated SQLite database with a user and an API key, made through the command line;
     returns the gateway's environment and puts the key in HEADERS."""
@@ -166,23 +182,7 @@ def services(env: dict[str, str]) -> Iterator[dict[str, int]]:
             procs.spawn(
                 f"bare_{up}", [py, str(ROOT / "bench" / "bare_proxy.py"), str(ports[f"bare_{up}"]), origin], PROXY_CORE
             )
-            gw = procs.spawn(
-                f"gw_{up}",
-                [
-                    py,
-                    "-m",
-                    "gwproxy",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ports[f"gw_{up}"]),
-                    "--upstream",
-                    origin + "/v1",
-                ],
-                PROXY_CORE,
-                env,
-            )
+            gw = procs.spawn(f"gw_{up}", gateway_argv(ports[f"gw_{up}"], origin + "/v1"), PROXY_CORE, env)
             ports[f"pid_gw_{up}"] = gw.pid
             ports[f"pid_bare_{up}"] = procs.procs[-2].pid
         # The limiter's own cost: the same gateway without it, and with its buckets in Redis.
@@ -196,19 +196,9 @@ def services(env: dict[str, str]) -> Iterator[dict[str, int]]:
             ("gw_nolimit", {"GWPROXY_RATELIMIT_ENABLED": "false"}),
             ("gw_redis", {"REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0"}),
         ):
-            gateway = [
-                py,
-                "-m",
-                "gwproxy",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ports[name]),
-                "--upstream",
-                nginx_v1,
-            ]
-            ports[f"pid_{name}"] = procs.spawn(name, gateway, PROXY_CORE, {**env, **extra}).pid
+            ports[f"pid_{name}"] = procs.spawn(
+                name, gateway_argv(ports[name], nginx_v1), PROXY_CORE, {**env, **extra}
+            ).pid
         for key in ("bare_sim", "gw_sim", "bare_nginx", "gw_nginx", "gw_nolimit", "gw_redis"):
             wait_http(f"http://127.0.0.1:{ports[key]}/v1/models")
         wait_http(f"http://127.0.0.1:{ports['gw_nginx']}/health/ready")
@@ -450,29 +440,19 @@ def main() -> None:
         if shutil.which("valgrind") and not args.quick:
             origin = f"http://127.0.0.1:{p['nginx']}"
 
-            def gateway_argv(port: int) -> list[str]:
-                return [
-                    sys.executable,
-                    "-m",
-                    "gwproxy",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--upstream",
-                    origin + "/v1",
-                ]
-
             port = free_port()
             bare_ir = instructions_per_request(
                 "bare", [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(port), origin], port, 300
             )
             port = free_port()
-            gw_ir = instructions_per_request("gateway", gateway_argv(port), port, 300, env)
+            gw_ir = instructions_per_request("gateway", gateway_argv(port, origin + "/v1"), port, 300, env)
             port = free_port()
             open_ir = instructions_per_request(
-                "gateway-noauth", gateway_argv(port), port, 300, {**env, "GWPROXY_AUTH_ENABLED": "false"}
+                "gateway-noauth",
+                gateway_argv(port, origin + "/v1"),
+                port,
+                300,
+                {**env, "GWPROXY_AUTH_ENABLED": "false"},
             )
             rows["bare"]["kinstr_per_req"], rows["gateway"]["kinstr_per_req"] = bare_ir / 1000, gw_ir / 1000
             rows["gateway"]["kinstr_auth"] = (gw_ir - open_ir) / 1000

@@ -29,9 +29,22 @@ _log = log.get("gwproxy.ratelimit")
 
 RETRY_AFTER_FAILURE = 1.0
 
-ADMIT = """
+# Redis's clock, and ``bucket.level`` in Lua: both scripts start with it.
+PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function level(key, cap, rate)
+  local h = redis.call('HMGET', key, 't', 'u')
+  if not h[1] then return cap end
+  local elapsed = now - tonumber(h[2])
+  if elapsed < 0 then elapsed = 0 end
+  return math.min(cap, tonumber(h[1]) + elapsed * rate)
+end
+"""
+
+ADMIT = (
+    PRELUDE
+    + """
 local n = tonumber(ARGV[1])
 local levels, caps, rates, costs = {}, {}, {}, {}
 local allowed = true
@@ -40,13 +53,7 @@ for i = 1, n do
   local rate = tonumber(ARGV[(i - 1) * 3 + 3])
   local cost = tonumber(ARGV[(i - 1) * 3 + 4])
   if cost > cap then cost = cap end
-  local h = redis.call('HMGET', KEYS[i], 't', 'u')
-  local lv = cap
-  if h[1] then
-    local elapsed = now - tonumber(h[2])
-    if elapsed < 0 then elapsed = 0 end
-    lv = math.min(cap, tonumber(h[1]) + elapsed * rate)
-  end
+  local lv = level(KEYS[i], cap, rate)
   levels[i], caps[i], rates[i], costs[i] = lv, cap, rate, cost
   if lv < cost then allowed = false end
 end
@@ -79,20 +86,14 @@ local out = {allowed and 1 or 0, tostring(retry), slot_full and 1 or 0}
 for i = 1, n do out[#out + 1] = tostring(levels[i]) end
 return out
 """
+)
 
-SETTLE = """
+SETTLE = (
+    PRELUDE
+    + """
 if KEYS[1] ~= '' then
   local cap, rate, delta = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-  local h = redis.call('HMGET', KEYS[1], 't', 'u')
-  local lv = cap
-  if h[1] then
-    local elapsed = now - tonumber(h[2])
-    if elapsed < 0 then elapsed = 0 end
-    lv = math.min(cap, tonumber(h[1]) + elapsed * rate)
-  end
-  lv = math.max(-cap, math.min(cap, lv - delta))
+  local lv = math.max(-cap, math.min(cap, level(KEYS[1], cap, rate) - delta))
   redis.call('HSET', KEYS[1], 't', tostring(lv), 'u', tostring(now))
   redis.call('PEXPIRE', KEYS[1], math.ceil((cap - lv) / rate * 1000) + 1000)
 end
@@ -102,6 +103,7 @@ if KEYS[2] ~= '' then
 end
 return 1
 """
+)
 
 
 class BackendUnavailable(ServiceUnavailable):
