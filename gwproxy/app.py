@@ -11,7 +11,8 @@ Middleware order, outermost first, and why:
 5. ratelimit  — needs the principal; refuses before any upstream work, releases after it.
 Cleanup contexts, in dependency order: the database engine (checked to be migrated), the auth
 services on it, the rate limiter (its overrides live in the database), the upstream registry
-(its pool is what /v1 uses).
+(its pool is what /v1 uses), the switcher (it polls the upstream through the registry; the
+gate it owns is what /v1 waits on during a model switch).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from gwproxy.proxy.registry import upstream_context
 from gwproxy.ratelimit import routes as ratelimit_routes
 from gwproxy.ratelimit.limiter import limiter_context
 from gwproxy.store.engine import database_context
+from gwproxy.switcher import routes as switcher_routes
+from gwproxy.switcher.context import switcher_context
 
 
 def create_app(config: Config, *, demo: bool = False) -> web.Application:
@@ -58,10 +61,12 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     app.cleanup_ctx.append(auth_context)
     app.cleanup_ctx.append(limiter_context)
     app.cleanup_ctx.append(upstream_context)
+    app.cleanup_ctx.append(switcher_context)
     app.on_response_prepare.append(echo_request_id)
     health.add_routes(app)
     proxy_routes.add_routes(app)
     auth_routes.add_routes(app)
     ratelimit_routes.add_routes(app)
+    switcher_routes.add_routes(app)
     setup_cors(app, config.server.cors_origin_list())
     return app

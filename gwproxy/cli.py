@@ -160,12 +160,14 @@ def _sim_config(args: argparse.Namespace, models: Sequence[str]) -> Any:
 def cmd_sim(args: argparse.Namespace) -> int:
     from gwproxy.sim import server
 
-    cfg = _sim_config(args, args.model or ["sim-model"])
+    cfg = _sim_config(args, args.served_model_name or args.model or ["sim-model"])
     logconf.configure("info", json=False)
     log = logconf.get("gwproxy.sim")
 
     async def main(stop: asyncio.Event) -> None:
-        starting = asyncio.create_task(server.serve(cfg, args.host, args.port, args.startup_delay))
+        if args.startup_delay > 0 or args.fail_on_start:
+            await server.load(cfg, args.startup_delay, args.fail_on_start)
+        starting = asyncio.create_task(server.serve(cfg, args.host, args.port))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
@@ -173,6 +175,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             return
         runner = starting.result()
         log.info("simulator serving", host=args.host, port=args.port, models=list(cfg.models))
+        print("INFO Application startup complete.", flush=True)
         await stopped
         await runner.cleanup()
 
@@ -283,12 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="run the vLLM-compatible simulator")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8000)
-    sim.add_argument("--model", action="append", help="served model name (repeatable)")
+    sim.add_argument("--model", action="append", help="served model name (repeatable), as vLLM's --model")
+    sim.add_argument("--served-model-name", nargs="+", help="served names, as vLLM's (overrides --model)")
     sim.add_argument("--max-model-len", type=int, default=4096)
     sim.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     sim.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
     sim.add_argument("--seed", type=int, help="make output, ids and timestamps a function of the request")
-    sim.add_argument("--startup-delay", type=float, default=0.0, help="seconds the port stays closed")
+    sim.add_argument(
+        "--startup-delay", type=float, default=0.0, help="seconds the port stays closed, printing vLLM's load lines"
+    )
+    sim.add_argument("--fail-on-start", metavar="MESSAGE", help="fail half-way through start-up, exit 1")
     sim.set_defaults(func=cmd_sim)
 
     demo = sub.add_parser(
@@ -303,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the simulator takes a vLLM command line as is, ignoring the flags it has no use for
+        if args.command != "sim" or not all(a.startswith("--") or not a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        print(f"gwproxy sim: ignoring vLLM flags: {' '.join(extra)}", file=sys.stderr)
     code: int = args.func(args)
     return code

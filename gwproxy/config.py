@@ -172,6 +172,44 @@ class RateLimitConfig:
         )
 
 
+def _backend(v: str) -> str | None:
+    return None if v in ("", "docker", "process") else "must be '' (none), 'docker' or 'process'"
+
+
+def _docker_url(v: str) -> str | None:
+    if v == "" or urlsplit(v).scheme in ("unix", "tcp", "http", "https", "npipe"):
+        return None
+    return "must be a unix://, tcp:// or http(s):// URL (or empty for DOCKER_HOST / the default socket)"
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchConfig:
+    backend: str = _key("", _backend)
+    profiles_dir: str = _key("profiles")
+    hardware: str = _key("")
+    reserve_gib: float = _key(1.5, _non_negative)
+    start_on_boot: bool = _key(True)
+    stop_on_exit: bool = _key(False)
+    hold_seconds: float = _key(30.0, _non_negative)
+    drain_seconds: float = _key(60.0, _non_negative)
+    stop_timeout: float = _key(30.0, _positive)
+    retry_after: int = _key(10, _positive)
+    ready_poll: float = _key(1.0, _positive)
+    vllm_host: str = _key("0.0.0.0")
+    process_command: str = _key("python3 -m vllm.entrypoints.openai.api_server")
+    state_dir: str = _key(".gwproxy")
+    docker_url: str = _key("", _docker_url)
+    docker_image: str = _key("vllm/vllm-openai:latest")
+    docker_network: str = _key("host")
+    docker_gpus: bool = _key(True)
+    docker_binds: str = _key("")
+    hf_cache: str = _key("~/.cache/huggingface")
+    hf_token: str = _key("")
+
+    def docker_bind_list(self) -> list[str]:
+        return [b.strip() for b in self.docker_binds.split(",") if b.strip()]
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -180,6 +218,7 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    switch: SwitchConfig = field(default_factory=SwitchConfig)
 
 
 # Environment names kept from the original gateway → dotted key.
@@ -198,6 +237,7 @@ LEGACY_ENV: Mapping[str, str] = {
     "REDIS_URL": "ratelimit.redis_url",
     "RATE_LIMIT_REQUESTS": "ratelimit.requests",
     "RATE_LIMIT_WINDOW": "ratelimit.window",
+    "HF_TOKEN": "switch.hf_token",
 }
 
 _TRUE = {"1", "true", "yes", "on"}

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from gwproxy.metrics import Metrics
     from gwproxy.proxy.registry import UpstreamRegistry
     from gwproxy.ratelimit.limiter import Limiter
+    from gwproxy.switcher.gate import Gate
+    from gwproxy.switcher.switcher import Switcher
     from gwproxy.trace import Trace
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -28,6 +30,8 @@ AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
 LOGIN_THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
 DEMO: web.AppKey[bool] = web.AppKey("demo")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")
+GATE: web.AppKey[Gate] = web.AppKey("gate")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 TRACE: web.RequestKey[Trace] = web.RequestKey("trace")

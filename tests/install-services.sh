@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure the servers the tests start are installed: PostgreSQL (initdb/pg_ctl), Redis and curl.
+# Makes sure the servers the tests start are installed: PostgreSQL (initdb/pg_ctl), Redis, curl,
+# and Podman (with runc and a static busybox) whose Docker Engine API the Docker-backend tests use.
 # The tests start and stop their own throwaway instances; this only installs (as root, with
 # apt-get) what is missing. Without root and with something missing, it says what to install.
 set -euo pipefail
@@ -7,6 +8,9 @@ missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v curl >/dev/null || missing+=(curl)
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v busybox >/dev/null || missing+=(busybox-static)
 id postgres >/dev/null 2>&1 || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gwproxy.errors import InvalidJSON, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from gwproxy.keys import BODY, CONFIG, METRICS, REQUEST_ID, TRACE, UPSTREAM
+from gwproxy.keys import BODY, CONFIG, GATE, METRICS, REQUEST_ID, TRACE, UPSTREAM
 from gwproxy.proxy import schema, usage
 from gwproxy.proxy.relay import HOP_BY_HOP, relay
 from gwproxy.proxy.usage import UsageTap
@@ -89,11 +89,23 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 async def proxy(request: web.Request) -> web.StreamResponse:
     app = request.app
+    request[TRACE].route = route_label(request.path)
+    body = await request.read() if request.body_exists else b""  # read() caches: a second call is free
+    gate = app[GATE]
+    if not gate.is_open:  # a model switch is under way: wait for it (bounded), then resolve names
+        await gate.wait(app[CONFIG].switch.hold_seconds)
+    gate.enter()
+    try:
+        return await _forward(request, body)
+    finally:
+        gate.leave()
+
+
+async def _forward(request: web.Request, body: bytes) -> web.StreamResponse:
+    app = request.app
     cfg, registry, metrics = app[CONFIG], app[UPSTREAM], app[METRICS]
     trace = request[TRACE]
     path = request.path
-    trace.route = route_label(path)
-    body = await request.read() if request.body_exists else b""  # read() caches: a second call is free
     tap: UsageTap | None = None
     if body and request.method == "POST" and (path in JSON_ROUTES or _is_json(request.content_type)):
         parsed = request.get(BODY) or parse_body(body)  # the rate limiter may have parsed it

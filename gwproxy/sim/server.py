@@ -288,6 +288,33 @@ def create_sim_app(cfg: SimConfig) -> web.Application:
     return app
 
 
+# What vLLM prints while it starts, at the fraction of the start-up time it prints it.
+STARTUP_LINES = (
+    (0.0, "INFO [gpu_model_runner.py] Starting to load model {model}..."),
+    (0.2, "INFO Loading safetensors checkpoint shards:  50% Completed | 2/4"),
+    (0.4, "INFO Loading safetensors checkpoint shards: 100% Completed | 4/4"),
+    (0.5, "INFO [default_loader.py] Loading weights took 0.52 seconds"),
+    (0.6, "INFO [gpu_model_runner.py] Model loading took 0.0 GiB and 0.6 seconds"),
+    (0.7, "INFO [kv_cache_utils.py] Maximum concurrency for {max_model_len} tokens per request: 256.00x"),
+    (0.8, "INFO [gpu_model_runner.py] Capturing CUDA graphs (mixed prefill-decode, PIECEWISE): 100%"),
+    (0.9, "INFO [gpu_model_runner.py] Graph capturing finished in 1 secs"),
+)
+
+
+async def load(cfg: SimConfig, startup_delay: float, fail: str | None = None) -> None:
+    """Spend ``startup_delay`` seconds as vLLM spends its start-up (port closed), printing its
+    log lines; with ``fail``, print that as vLLM prints a fatal error and exit 1 half-way."""
+    said = 0.0
+    for at, line in STARTUP_LINES:
+        if fail is not None and at >= 0.5:
+            print(f"ERROR [core.py] EngineCore failed to start: {fail}", flush=True)
+            raise SystemExit(1)
+        await asyncio.sleep(max(0.0, (at - said) * startup_delay))
+        said = at
+        print(line.format(model=cfg.models[0], max_model_len=cfg.max_model_len), flush=True)
+    await asyncio.sleep((1 - said) * startup_delay)
+
+
 async def serve(cfg: SimConfig, host: str, port: int, startup_delay: float = 0.0) -> web.AppRunner:
     """Start the simulator; the port stays closed for ``startup_delay`` seconds, as vLLM's does
     while it loads weights."""

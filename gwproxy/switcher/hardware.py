@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,6 +62,8 @@ class Hardware:
         out["description"] = self.describe()
         return out
 
+
+HardwareSource = Callable[[], Hardware]
 
 _SNAPSHOT_PART = re.compile(
     r"^\s*(?:(?P<count>\d+)\s*[x×*]\s*)?(?P<name>.*?)\s*(?P<mem>\d+(?:\.\d+)?)\s*(?P<unit>GiB|GB|G|MiB|MB)?\s*$",

@@ -1,0 +1,413 @@
+"""Switcher: the single owner of the running model and of the switch job state machine.
+
+::
+
+    pending → validating → stopping → starting → loading → ready
+                  │                       └──────┴── failed → rolling_back → ready (previous profile)
+                  └── refused (does not fit; nothing was touched)
+
+Only the job task changes ``state``, ``current`` and ``instance``; handlers call ``switch`` (which
+starts a job, joins the running one for the same profile, or refuses with 409) and read
+``status``. One job at a time. While a job runs the ``Gate`` holds new /v1 requests (they wait
+up to ``switch.hold_seconds``, then get 503 with ``Retry-After``); requests in flight on the old
+model get ``switch.drain_seconds`` to finish before it is stopped. Progress comes from the
+instance's log lines (``backend.progress``); readiness is ``/health`` answering 200 and the
+profile's served name listed by ``/v1/models``. A restarted gateway asks the backend what it
+left running (``find``) and resumes from there. Every change is published to subscribers (the
+``/api/models/events`` stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gwproxy import log
+from gwproxy.config import SwitchConfig
+from gwproxy.errors import Conflict, NotFound
+from gwproxy.proxy.registry import UpstreamRegistry
+from gwproxy.switcher import planner
+from gwproxy.switcher.backend import Backend, Instance, Launch, progress
+from gwproxy.switcher.gate import Gate
+from gwproxy.switcher.hardware import Hardware, HardwareSource
+from gwproxy.switcher.planner import Plan
+from gwproxy.switcher.profiles import Profile, ProfileSet
+
+_log = log.get("gwproxy.switcher")
+
+
+class State(StrEnum):
+    UNMANAGED = "unmanaged"  # no backend: someone else runs vLLM
+    STOPPED = "stopped"  # a backend, nothing running
+    PENDING = "pending"
+    VALIDATING = "validating"
+    STOPPING = "stopping"
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    ROLLING_BACK = "rolling_back"
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    profile_id: str
+    previous: str | None
+    dry_run: bool = False
+    force: bool = False
+    state: State = State.PENDING
+    phase: str = "queued"
+    progress: float = 0.0
+    outcome: str | None = None  # switched | already_serving | dry_run | refused | rolled_back | failed
+    error: str | None = None
+    plan: Plan | None = None
+    created_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    history: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "profile_id": self.profile_id,
+            "previous_profile_id": self.previous,
+            "dry_run": self.dry_run,
+            "force": self.force,
+            "state": self.state.value,
+            "phase": self.phase,
+            "progress": round(self.progress, 3),
+            "done": self.done,
+            "outcome": self.outcome,
+            "error": self.error,
+            "plan": self.plan.public() if self.plan else None,
+            "created_at": self.created_at,
+            "finished_at": self.finished_at,
+            "history": [{"state": s, "at": at} for s, at in self.history],
+        }
+
+
+class SwitchFailed(Exception):
+    """Bringing an instance up failed; the message says why (exit code, log tail, timeout)."""
+
+
+class Switcher:
+    def __init__(
+        self,
+        cfg: SwitchConfig,
+        registry: UpstreamRegistry,
+        backend: Backend | None,
+        profiles: ProfileSet,
+        read_hardware: HardwareSource,
+        load_profiles: Callable[[], ProfileSet],
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self.backend = backend
+        self.profiles = profiles
+        self.gate = Gate(cfg.retry_after)
+        self.state = State.UNMANAGED if backend is None else State.STOPPED
+        self.current: str | None = None  # profile id being served (or brought up)
+        self.instance: Instance | None = None
+        self.launch: Launch | None = None
+        self.job: Job | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._read_hardware = read_hardware
+        self._load_profiles = load_profiles
+        self._hardware: Hardware | None = None
+        self._hardware_at = 0.0
+        self._subscribers: set[asyncio.Queue[bytes]] = set()
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=20)
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    async def hardware(self, max_age: float = 5.0) -> Hardware:
+        if self._hardware is None or time.monotonic() - self._hardware_at > max_age:
+            self._hardware = await asyncio.get_running_loop().run_in_executor(None, self._read_hardware)
+            self._hardware_at = time.monotonic()
+        return self._hardware
+
+    async def status(self) -> dict[str, Any]:
+        up = self.registry.state
+        return {
+            "backend": self.backend.name if self.backend else None,
+            "state": self.state.value,
+            "current_profile": self.current,
+            "instance": {"profile_id": self.instance.profile_id, "handle": self.instance.handle}
+            if self.instance
+            else None,
+            "served_models": list(up.models),
+            "upstream": {
+                "url": self.registry.v1_url,
+                "reachable": up.reachable,
+                "checked_at": up.checked_at,
+                "error": up.error,
+            },
+            "gate": {"open": self.gate.is_open, "reason": self.gate.reason or None, "in_flight": self.gate.inflight},
+            "job": self.job.public() if self.job else None,
+            "hardware": (await self.hardware()).public(),
+        }
+
+    def plans(self, hardware: Hardware) -> list[Plan]:
+        return planner.recommend(self.profiles.profiles.values(), hardware, self.cfg.reserve_gib)
+
+    # ---- events --------------------------------------------------------------------------------
+
+    def subscribe(self) -> asyncio.Queue[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[bytes]) -> None:
+        self._subscribers.discard(queue)
+
+    def _publish(self, job: Job) -> None:
+        event = orjson.dumps({"state": self.state.value, "current_profile": self.current, "job": job.public()})
+        for queue in self._subscribers:
+            if queue.full():  # a slow reader loses the oldest progress, never the newest
+                queue.get_nowait()
+            queue.put_nowait(event)
+
+    def _enter(self, job: Job, state: State, phase: str, fraction: float | None = None) -> None:
+        job.state = self.state = state
+        job.phase = phase
+        if fraction is not None:
+            job.progress = fraction
+        job.history.append((state.value, time.time()))
+        _log.info("switch", job=job.id, profile=job.profile_id, state=state.value, phase=phase)
+        self._publish(job)
+
+    def _finish(self, job: Job, outcome: str, error: str | None = None) -> None:
+        job.outcome, job.error, job.finished_at = outcome, error, time.time()
+        if outcome in ("switched", "already_serving"):
+            job.progress = 1.0
+        self._publish(job)
+
+    # ---- commands ------------------------------------------------------------------------------
+
+    def switch(self, profile_id: str, *, dry_run: bool = False, force: bool = False) -> tuple[Job, bool]:
+        """Start a switch job (or join the running one for the same profile); returns the job
+        and whether it was joined. Dry runs are planned at once and change nothing."""
+        if self.backend is None:
+            raise Conflict(
+                "Model switching is not enabled on this gateway: it proxies a vLLM it does not run. "
+                "Set switch.backend to 'docker' or 'process' (GWPROXY_SWITCH_BACKEND) to let it start "
+                "and swap models.",
+                code="switching_disabled",
+            )
+        if profile_id not in self.profiles.profiles:
+            raise NotFound(f"no profile '{profile_id}' (GET /api/models/profiles lists them)", param="profile_id")
+        running = self.job if self.job is not None and not self.job.done else None
+        if running is not None and not dry_run:
+            if running.profile_id == profile_id:
+                return running, True
+            raise Conflict(
+                f"a switch to '{running.profile_id}' is in progress (job {running.id}); wait for it to finish",
+                code="switch_in_progress",
+            )
+        job = Job(secrets.token_hex(6), profile_id, self.current, dry_run=dry_run, force=force)
+        if dry_run:
+            job.plan = planner.plan(
+                self.profiles.profiles[profile_id], self._hardware or self._read_hardware(), self.cfg.reserve_gib
+            )
+            job.state, job.phase = State.VALIDATING, "planned"
+            self._finish(job, "dry_run", None if job.plan.fits else job.plan.reason)
+            return job, False
+        self.job = job
+        self._task = asyncio.create_task(self._run(job), name=f"gwproxy-switch-{job.id}")
+        return job, False
+
+    def reload(self) -> ProfileSet:
+        self.profiles = self._load_profiles()
+        for problem in self.profiles.problems:
+            _log.warning("profile not loaded", file=problem.file, field=problem.field, reason=problem.reason)
+        _log.info("profiles loaded", count=len(self.profiles.profiles), problems=len(self.profiles.problems))
+        return self.profiles
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover what the backend left running, else start the default profile if asked to."""
+        if self.backend is None:
+            return
+        found = await self.backend.find()
+        if found is not None:
+            job = Job(secrets.token_hex(6), found.profile_id, found.previous, phase="recovering")
+            self.job, self.instance, self.current = job, found, found.profile_id
+            _log.info("found a running model instance", profile=found.profile_id, handle=found.handle[:12])
+            self._task = asyncio.create_task(self._recover(job, found), name="gwproxy-switch-recover")
+        elif self.cfg.start_on_boot and self.profiles.default is not None:
+            self.switch(self.profiles.default.id)
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.backend is not None:
+            if self.cfg.stop_on_exit and self.instance is not None:
+                await self.backend.stop(self.instance, self.cfg.stop_timeout)
+            await self.backend.close()
+
+    # ---- the job -------------------------------------------------------------------------------
+
+    async def _run(self, job: Job) -> None:
+        assert self.backend is not None
+        profile = self.profiles.profiles[job.profile_id]
+        self._enter(job, State.VALIDATING, "planning")
+        job.plan = planner.plan(profile, await self.hardware(max_age=0), self.cfg.reserve_gib)
+        if not job.plan.fits and not job.force:
+            self.state = State.READY if self.instance is not None else State.STOPPED
+            job.state = State.FAILED
+            self._finish(job, "refused", f"{job.plan.reason} (force: true starts it anyway)")
+            return
+        if self.state is State.READY and self.current == profile.id and not job.force:
+            job.state = State.READY
+            self._finish(job, "already_serving")
+            return
+        tp = job.plan.tensor_parallel or profile.tensor_parallel or 1
+        self.gate.hold(f"switching to '{profile.id}'")
+        try:
+            await self._stop_current(job)
+            await self._bring_up(job, profile, tp, job.previous)
+        except SwitchFailed as exc:
+            await self._roll_back(job, str(exc))
+            return
+        self._enter(job, State.READY, "ready", 1.0)
+        self._finish(job, "switched")
+
+    async def _stop_current(self, job: Job) -> None:
+        assert self.backend is not None
+        if self.instance is None:
+            return
+        self._enter(job, State.STOPPING, f"draining {self.gate.inflight} request(s) in flight")
+        if not await self.gate.drained(self.cfg.drain_seconds):
+            _log.warning("drain timeout: stopping with requests in flight", in_flight=self.gate.inflight)
+        self._enter(job, State.STOPPING, f"stopping '{self.instance.profile_id}'")
+        await self.backend.stop(self.instance, self.cfg.stop_timeout)
+        self.instance, self.current = None, None
+
+    async def _bring_up(self, job: Job, profile: Profile, tp: int, previous: str | None) -> None:
+        assert self.backend is not None
+        self._enter(job, State.STARTING, f"starting '{profile.id}' (tensor parallel {tp})", 0.05)
+        launch = Launch(profile, previous, tp, self.cfg.vllm_host, self._port())
+        try:
+            self.instance = await self.backend.start(launch)
+        except Exception as exc:  # the engine refused: image missing, bad command …
+            raise SwitchFailed(f"could not start '{profile.id}': {type(exc).__name__}: {exc}") from exc
+        self.current, self.launch = profile.id, launch
+        await self._await_ready(job, self.instance, profile)
+
+    async def _await_ready(self, job: Job, instance: Instance, profile: Profile | None) -> None:
+        assert self.backend is not None
+        self._enter(job, State.LOADING, "loading", max(job.progress, 0.1))
+        self._log_tail.clear()
+        follower = asyncio.create_task(self._follow(job, instance))
+        timeout = profile.startup_timeout if profile else self.cfg.hold_seconds * 10
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if await self._ready(profile):
+                    break
+                now = await self.backend.state(instance)
+                if not now.running:
+                    await asyncio.wait([follower], timeout=1)  # let the last lines arrive
+                    tail = " | ".join(list(self._log_tail)[-5:])
+                    raise SwitchFailed(f"'{instance.profile_id}' exited with code {now.exit_code}: {tail}")
+                if time.monotonic() > deadline:
+                    raise SwitchFailed(f"'{instance.profile_id}' was not ready within {timeout:g}s")
+                await asyncio.sleep(self.cfg.ready_poll)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        await self.registry.refresh()
+        self.gate.open()
+
+    async def _follow(self, job: Job, instance: Instance) -> None:
+        assert self.backend is not None
+        try:
+            async for line in self.backend.logs(instance):
+                self._log_tail.append(line[:300])
+                step = progress(line)
+                if step is not None and step[1] > job.progress:
+                    job.phase, job.progress = step
+                    self._publish(job)
+        except Exception as exc:  # progress is a nicety: a broken log stream does not fail the job
+            _log.warning("log stream ended", error=f"{type(exc).__name__}: {exc}")
+
+    async def _ready(self, profile: Profile | None) -> bool:
+        session, origin = self.registry.session, self.registry.origin
+        probe = aiohttp.ClientTimeout(total=2)
+        try:
+            async with session.get(origin + "/health", headers=self.registry.auth_headers, timeout=probe) as r:
+                if r.status != 200:
+                    return False
+            if profile is None:
+                return True
+            async with session.get(
+                self.registry.v1_url + "/models", headers=self.registry.auth_headers, timeout=probe
+            ) as r:
+                if r.status != 200:
+                    return False
+                ids = {c.get("id") for c in orjson.loads(await r.read()).get("data") or []}
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+            return False
+        return profile.served_name in ids
+
+    async def _roll_back(self, job: Job, reason: str) -> None:
+        assert self.backend is not None
+        _log.warning("switch failed", job=job.id, profile=job.profile_id, error=reason)
+        job.error = reason
+        self._enter(job, State.FAILED, reason)
+        if self.instance is not None:
+            with contextlib.suppress(Exception):
+                await self.backend.stop(self.instance, self.cfg.stop_timeout)
+            self.instance, self.current = None, None
+        previous = self.profiles.profiles.get(job.previous) if job.previous else None
+        if previous is None:
+            self.gate.down(f"starting '{job.profile_id}' failed and there is no previous model to return to")
+            self._finish(job, "failed", reason)
+            return
+        self._enter(job, State.ROLLING_BACK, f"returning to '{previous.id}'", 0.0)
+        tp = planner.plan(previous, await self.hardware(), self.cfg.reserve_gib).tensor_parallel or 1
+        try:
+            await self._bring_up(job, previous, tp, None)
+        except SwitchFailed as exc:
+            _log.error("rollback failed", job=job.id, profile=previous.id, error=str(exc))
+            self._enter(job, State.FAILED, f"rollback failed: {exc}")
+            self.gate.down(f"switch and rollback both failed ({exc})")
+            self._finish(job, "failed", f"{reason}; rollback to '{previous.id}' failed: {exc}")
+            return
+        self._enter(job, State.READY, f"ready on '{previous.id}' (rolled back)", 1.0)
+        self._finish(job, "rolled_back", reason)
+
+    async def _recover(self, job: Job, found: Instance) -> None:
+        self.gate.hold(f"'{found.profile_id}' is coming up")
+        profile = self.profiles.profiles.get(found.profile_id)
+        try:
+            await self._await_ready(job, found, profile)
+        except SwitchFailed as exc:
+            await self._roll_back(job, str(exc))
+            return
+        self._enter(job, State.READY, "ready (recovered)", 1.0)
+        self._finish(job, "switched")
+
+    def _port(self) -> int:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.registry.origin)
+        return parts.port or (443 if parts.scheme == "https" else 80)

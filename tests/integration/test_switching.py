@@ -1,0 +1,206 @@
+"""Model switching end to end, for each backend: ``process`` (``gwproxy sim`` as the model
+server command) and ``docker`` (a real Docker Engine API, Podman's, running the simulator image);
+a real gateway process, real HTTP clients under load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import Gateway, provision
+from tests.podman import SIM_FLAGS, SIM_IMAGE, Podman
+from tests.procs import Proc, free_port
+from tests.switching import chat_load, collect_events, get_json, switch, wait_status, write_profile, write_test_profiles
+
+SIM = " ".join([sys.executable, "-m", "gwproxy", "sim", *SIM_FLAGS])
+
+
+def _kill_recorded(state_dir: Path) -> None:
+    record = state_dir / "instance.json"
+    if record.exists():
+        pid = json.loads(record.read_text())["pid"]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _start(tmp: Path, env: dict[str, str], upstream: int, name: str) -> Gateway:
+    port = free_port()
+    proc = Proc(
+        name,
+        ["serve", "--host", "127.0.0.1", "--port", str(port), "--upstream", f"http://127.0.0.1:{upstream}/v1"],
+        tmp,
+        env=env,
+    )
+    proc.wait_http(f"http://127.0.0.1:{port}/health")
+    return Gateway(proc, port, env["_KEY"], env)
+
+
+@pytest.fixture(scope="session")
+def podman() -> Iterator[Podman]:
+    engine = Podman()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(params=["process", "docker"])
+def switching_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, str], int, Path]]:
+    db_env, key = provision(tmp_path)
+    profiles, state = tmp_path / "profiles", tmp_path / "state"
+    write_test_profiles(profiles)
+    write_profile(profiles, "slow", extra_args=["--startup-delay", "6"])  # the last flag wins
+    env = {
+        **db_env,
+        "_KEY": key,
+        "GWPROXY_UPSTREAM_POLL_INTERVAL": "0.5",
+        "GWPROXY_RATELIMIT_ENABLED": "false",  # the load is steady on purpose
+        "GWPROXY_SWITCH_BACKEND": request.param,
+        "GWPROXY_SWITCH_PROFILES_DIR": str(profiles),
+        "GWPROXY_SWITCH_HARDWARE": "1 x Test GPU 24GiB",
+        "GWPROXY_SWITCH_PROCESS_COMMAND": SIM,
+        "GWPROXY_SWITCH_STATE_DIR": str(state),
+        "GWPROXY_SWITCH_VLLM_HOST": "127.0.0.1",
+        "GWPROXY_SWITCH_READY_POLL": "0.2",
+        "GWPROXY_SWITCH_HOLD_SECONDS": "1",
+        "GWPROXY_SWITCH_DRAIN_SECONDS": "10",
+        "GWPROXY_SWITCH_STOP_TIMEOUT": "5",
+        "GWPROXY_SWITCH_RETRY_AFTER": "2",
+    }
+    engine: Podman | None = None
+    if request.param == "docker":
+        engine = request.getfixturevalue("podman")
+        env |= {
+            "GWPROXY_SWITCH_DOCKER_URL": engine.url,
+            "GWPROXY_SWITCH_DOCKER_IMAGE": SIM_IMAGE,
+            "GWPROXY_SWITCH_DOCKER_NETWORK": "host",
+            "GWPROXY_SWITCH_DOCKER_GPUS": "false",  # no NVIDIA runtime here
+            "GWPROXY_SWITCH_DOCKER_BINDS": "/:/host:ro",
+            "GWPROXY_SWITCH_HF_CACHE": str(tmp_path / "hf-cache"),
+        }
+        (tmp_path / "hf-cache").mkdir()
+    yield env, free_port(), state
+    _kill_recorded(state)
+    if engine is not None:
+        engine.remove_managed()
+
+
+async def test_switch_under_load_rollback_and_concurrent_calls(
+    switching_env: tuple[dict[str, str], int, Path], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    env, upstream, state = switching_env
+    gw = _start(tmp_path, {**env, "GWPROXY_SWITCH_STOP_ON_EXIT": "true"}, upstream, "gw-switch")
+    base, auth = gw.url, gw.auth
+    try:
+        async with aiohttp.ClientSession() as s:
+            # The default profile is started at boot; requests meanwhile wait or get 503.
+            status = await wait_status(s, base, auth, state="ready", current_profile="alpha", job_done=True)
+            assert status["backend"] == env["GWPROXY_SWITCH_BACKEND"] and status["served_models"] == ["alpha"]
+            assert status["hardware"]["description"] == "1 x Test GPU (24 GiB)"
+
+            stop = asyncio.Event()
+            load = asyncio.create_task(chat_load(base, auth, stop))
+            # A long stream on the old model, started before the switch, must finish whole.
+            long_body = {
+                "model": "alpha", "messages": [{"role": "user", "content": "x"}],
+                "max_tokens": 150, "ignore_eos": True, "stream": True,
+            }  # fmt: skip
+            long = asyncio.create_task(s.post(f"{base}/v1/chat/completions", json=long_body, headers=auth))
+            await asyncio.sleep(0.3)
+            events = asyncio.create_task(collect_events(s, base, auth, "beta"))
+            await asyncio.sleep(0.3)
+
+            code, first = await switch(s, base, auth, "beta")
+            assert code == 202 and first["job"]["profile_id"] == "beta" and not first["joined"]
+            code, joined = await switch(s, base, auth, "beta")
+            assert code == 202 and joined["joined"] and joined["job"]["id"] == first["job"]["id"]
+            code, refused = await switch(s, base, auth, "broken")
+            assert code == 409 and refused["error"]["code"] == "switch_in_progress"
+
+            seen = await events
+            resp = await long
+            text = await resp.text()
+            assert resp.status == 200 and text.rstrip().endswith("data: [DONE]") and '"error"' not in text
+            assert text.count('"model":"alpha"') >= 150
+
+            states = [e["job"]["state"] for e in seen]
+            for st in ("validating", "stopping", "starting", "loading", "ready"):
+                assert st in states, states
+            phases = {e["job"]["phase"] for e in seen}
+            assert {"weights loaded", "capturing CUDA graphs"} <= phases, phases
+            progress = [e["job"]["progress"] for e in seen]
+            assert progress == sorted(progress) and progress[-1] == 1.0
+            assert seen[-1]["job"]["outcome"] == "switched"
+
+            models = await get_json(s, f"{base}/v1/models", auth)
+            assert [m["id"] for m in models["data"]] == ["beta"]
+
+            # A profile whose server exits during start-up: rolled back to beta.
+            code, _ = await switch(s, base, auth, "broken")
+            assert code == 202
+            status = await wait_status(s, base, auth, job_done=True, timeout=60)
+            assert status["job"]["outcome"] == "rolled_back", status["job"]
+            assert "CUDA out of memory" in status["job"]["error"] and "exited with code 1" in status["job"]["error"]
+            assert (status["state"], status["current_profile"]) == ("ready", "beta")
+            history = [h["state"] for h in status["job"]["history"]]
+            assert history.index("failed") < history.index("rolling_back") < len(history) - 1, history
+            assert history[-1] == "ready"
+
+            await asyncio.sleep(1)
+            stop.set()
+            result = await load
+            assert result.unexplained == [], result.unexplained[:5]
+            assert result.statuses[200] > 20 and set(result.statuses) <= {200, 503}, result.statuses
+            assert result.models["alpha"] > 0 and result.models["beta"] > 0, result.models
+            assert result.statuses[503] > 0  # held longer than hold_seconds while the long stream drained
+
+            # Planning refusals change nothing; a dry run says why.
+            code, dry = await switch(s, base, auth, "huge", dry_run=True)
+            assert code == 200 and dry["job"]["outcome"] == "dry_run" and not dry["job"]["plan"]["fits"]
+            assert "24.0 GiB" in dry["job"]["plan"]["reason"]
+            code, _job = await switch(s, base, auth, "huge")
+            assert code == 202
+            status = await wait_status(s, base, auth, job_done=True)
+            assert status["job"]["outcome"] == "refused" and "force: true" in status["job"]["error"]
+            assert (status["state"], status["current_profile"]) == ("ready", "beta")
+            code, missing = await switch(s, base, auth, "nope")
+            assert code == 404 and missing["error"]["param"] == "profile_id"
+    finally:
+        gw.proc.stop()
+    # stop_on_exit: the model server went with the gateway.
+    assert not (state / "instance.json").exists()
+    if env["GWPROXY_SWITCH_BACKEND"] == "docker":
+        assert request.getfixturevalue("podman").containers() == []
+
+
+async def test_gateway_restarted_mid_switch_recovers(
+    switching_env: tuple[dict[str, str], int, Path], tmp_path: Path
+) -> None:
+    env, upstream, _state = switching_env
+    gw = _start(tmp_path, env, upstream, "gw-restart-1")
+    async with aiohttp.ClientSession() as s:
+        await wait_status(s, gw.url, gw.auth, state="ready", current_profile="alpha")
+        code, _ = await switch(s, gw.url, gw.auth, "slow")
+        assert code == 202
+        loading = await wait_status(s, gw.url, gw.auth, state="loading", current_profile="slow")
+        gw.proc.stop()  # SIGTERM mid-switch; the model server keeps loading
+
+        again = _start(tmp_path, env, upstream, "gw-restart-2")
+        try:
+            status = await get_json(s, f"{again.url}/api/models/status", again.auth)
+            assert status["current_profile"] == "slow" and status["state"] in ("loading", "ready")
+            status = await wait_status(s, again.url, again.auth, state="ready", current_profile="slow", job_done=True)
+            assert status["job"]["outcome"] == "switched"
+            assert status["instance"] == loading["instance"]  # adopted, not started again
+            body = {"model": "current", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+            async with s.post(f"{again.url}/v1/chat/completions", json=body, headers=again.auth) as r:
+                assert r.status == 200 and (await r.json())["model"] == "slow"
+        finally:
+            again.proc.stop()
