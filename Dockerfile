@@ -17,6 +17,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=gwproxy:gwproxy migrations ./migrations
 COPY --chown=gwproxy:gwproxy config.toml ./config.toml
+COPY --chown=gwproxy:gwproxy profiles ./profiles
 USER gwproxy
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

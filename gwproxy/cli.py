@@ -1,4 +1,5 @@
-"""Command line: ``gwproxy serve | sim | demo``.
+"""Command line: ``gwproxy serve | sim | demo`` (and, from their modules, ``migrate | user | key``,
+``profiles | hardware``).
 
 Flags win over the environment, which wins over config.toml, which wins over built-in defaults
 (``gwproxy.config``). Every long-running command stops cleanly on SIGINT or SIGTERM.
@@ -268,7 +269,7 @@ async def _demo_account(cfg: Config) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gwproxy import accounts_cli
+    from gwproxy import accounts_cli, models_cli
 
     parser = argparse.ArgumentParser(prog="gwproxy", description="OpenAI-compatible gateway for self-hosted vLLM")
     parser.add_argument("--version", action="version", version=f"gwproxy {__version__}")
@@ -306,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     accounts_cli.add_parsers(sub, common, _load)
+    models_cli.add_parsers(sub, common, _load)
     return parser
 
 

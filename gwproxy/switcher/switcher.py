@@ -145,7 +145,7 @@ class Switcher:
         return {
             "backend": self.backend.name if self.backend else None,
             "state": self.state.value,
-            "current_profile": self.current,
+            "current_profile": self.current if self.backend else self._unmanaged_profile(up.models),
             "instance": {"profile_id": self.instance.profile_id, "handle": self.instance.handle}
             if self.instance
             else None,
@@ -160,6 +160,11 @@ class Switcher:
             "job": self.job.public() if self.job else None,
             "hardware": (await self.hardware()).public(),
         }
+
+    def _unmanaged_profile(self, served: tuple[str, ...]) -> str | None:
+        """Without a backend: the profile whose served name the upstream serves, if one does."""
+        found = self.profiles.by_served_name(served[0]) if served else None
+        return found.id if found else None
 
     def plans(self, hardware: Hardware) -> list[Plan]:
         return planner.recommend(self.profiles.profiles.values(), hardware, self.cfg.reserve_gib)

@@ -58,6 +58,12 @@ def test_stack_shape() -> None:
     assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert services["migrate"]["command"] == ["migrate"]
     assert any("docker.sock" in v for v in gateway["volumes"])
+    # Model switching through Docker by default; the fixed vLLM service is the opt-out.
+    env = services["gateway"]["environment"]
+    assert env["GWPROXY_SWITCH_BACKEND"] == "${GWPROXY_SWITCH_BACKEND-docker}"
+    assert env["GWPROXY_SWITCH_HF_CACHE"] == "gwproxy_hf-cache" and "hf-cache" in load("docker-compose.yml")["volumes"]
+    assert services["vllm"]["profiles"] == ["static-vllm"]
+    assert gateway["depends_on"]["vllm"]["required"] is False
 
 
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
