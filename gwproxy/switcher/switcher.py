@@ -124,6 +124,7 @@ class Switcher:
         self.instance: Instance | None = None
         self.launch: Launch | None = None
         self.job: Job | None = None
+        self.error: str | None = None  # why the backend could not be used at start, if it could not
         self._task: asyncio.Task[None] | None = None
         self._read_hardware = read_hardware
         self._load_profiles = load_profiles
@@ -156,6 +157,7 @@ class Switcher:
                 "checked_at": up.checked_at,
                 "error": up.error,
             },
+            "error": self.error,
             "gate": {"open": self.gate.is_open, "reason": self.gate.reason or None, "in_flight": self.gate.inflight},
             "job": self.job.public() if self.job else None,
             "hardware": (await self.hardware()).public(),
@@ -248,7 +250,13 @@ class Switcher:
         """Recover what the backend left running, else start the default profile if asked to."""
         if self.backend is None:
             return
-        found = await self.backend.find()
+        try:
+            found = await self.backend.find()
+        except Exception as exc:  # the engine is down or refuses us: report it, keep serving the API
+            self.state = State.FAILED
+            self.error = f"the {self.backend.name} backend is not usable: {type(exc).__name__}: {exc}"
+            _log.error("switcher backend unusable", backend=self.backend.name, error=self.error)
+            return
         if found is not None:
             job = Job(secrets.token_hex(6), found.profile_id, found.previous, phase="recovering")
             self.job, self.instance, self.current = job, found, found.profile_id
