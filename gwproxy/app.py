@@ -8,9 +8,12 @@ Middleware order, outermost first, and why:
 3. metrics    — counts and times what the handler did, seeing failures as exceptions with
                 their status before errors renders them (401s included: they are requests too);
 4. auth       — establishes the principal; everything after it may rely on request[PRINCIPAL];
-5. ratelimit  — needs the principal; refuses before any upstream work, releases after it.
+5. ratelimit  — needs the principal; refuses before any upstream work, releases after it;
+6. capture    — innermost: records only what was admitted, and sees the response end (or the
+                client leave) before the limiter settles.
 Cleanup contexts, in dependency order: the database engine (checked to be migrated), the auth
-services on it, the rate limiter (its overrides live in the database), the upstream registry
+services on it, the capture writer (drained into the database or the spool before the engine
+closes), the rate limiter (its overrides live in the database), the upstream registry
 (its pool is what /v1 uses), the switcher (it polls the upstream through the registry; the
 gate it owns is what /v1 waits on during a model switch).
 """
@@ -22,11 +25,15 @@ from aiohttp import web
 from gwproxy import health
 from gwproxy.auth import routes as auth_routes
 from gwproxy.auth.bootstrap import auth_context
+from gwproxy.capture import chat as chat_routes
+from gwproxy.capture import routes as capture_routes
+from gwproxy.capture.writer import capture_context
 from gwproxy.config import Config
 from gwproxy.cors import setup_cors
 from gwproxy.keys import CONFIG, DEMO, METRICS
 from gwproxy.metrics import Metrics
 from gwproxy.middlewares.auth import auth_middleware
+from gwproxy.middlewares.capture import capture_middleware
 from gwproxy.middlewares.errors import errors_middleware
 from gwproxy.middlewares.hosts import hosts_middleware
 from gwproxy.middlewares.metrics import metrics_middleware
@@ -51,6 +58,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
             metrics_middleware(metrics),
             auth_middleware(config.auth),
             ratelimit_middleware(config.ratelimit),
+            capture_middleware(config.capture),
         ],
         client_max_size=config.proxy.max_body_bytes,
     )
@@ -59,6 +67,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     app[DEMO] = demo
     app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(auth_context)
+    app.cleanup_ctx.append(capture_context)
     app.cleanup_ctx.append(limiter_context)
     app.cleanup_ctx.append(upstream_context)
     app.cleanup_ctx.append(switcher_context)
@@ -68,5 +77,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     auth_routes.add_routes(app)
     ratelimit_routes.add_routes(app)
     switcher_routes.add_routes(app)
+    capture_routes.add_routes(app)
+    chat_routes.add_routes(app)
     setup_cors(app, config.server.cors_origin_list())
     return app

@@ -211,6 +211,19 @@ class SwitchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureConfig:
+    enabled: bool = _key(True)
+    max_bytes: int = _key(1024 * 1024, _positive)
+    queue_size: int = _key(10000, _positive)
+    batch_size: int = _key(200, _positive)
+    batch_seconds: float = _key(0.5, _non_negative)
+    write_timeout: float = _key(5.0, _positive)
+    retry_seconds: float = _key(2.0, _positive)
+    spool_dir: str = _key(".gwproxy/spool")
+    spool_max_bytes: int = _key(1024**3, _positive)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -219,6 +232,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     switch: SwitchConfig = field(default_factory=SwitchConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
 
 
 # Environment names kept from the original gateway → dotted key.

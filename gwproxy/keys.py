@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from gwproxy.auth.principal import Principal
     from gwproxy.auth.throttle import LoginThrottle
     from gwproxy.auth.users import UserService
+    from gwproxy.capture.record import Recorder
+    from gwproxy.capture.writer import CaptureWriter
     from gwproxy.config import Config
     from gwproxy.metrics import Metrics
     from gwproxy.proxy.registry import UpstreamRegistry
@@ -32,9 +34,11 @@ DEMO: web.AppKey[bool] = web.AppKey("demo")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
+CAPTURE: web.AppKey[CaptureWriter] = web.AppKey("capture")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 TRACE: web.RequestKey[Trace] = web.RequestKey("trace")
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
 BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("body")  # a /v1 JSON body, parsed once
 RESPONSE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("response_headers")
+RECORDER: web.RequestKey[Recorder] = web.RequestKey("recorder")  # capture on: the relay tees into it

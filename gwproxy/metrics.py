@@ -12,7 +12,7 @@ scraped. Each ``create_app`` gets its own registry, so several gateways can shar
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
@@ -66,6 +66,13 @@ class Metrics:
         self.ratelimited: dict[str, int] = {}
         self.prompt_tokens: dict[str, int] = {}
         self.completion_tokens: dict[str, int] = {}
+        # Capture: the writer counts; the queue depth is read from the writer's queue.
+        self.capture_queue: Callable[[], int] = lambda: 0
+        self.capture_written = 0
+        self.capture_spooled = 0
+        self.capture_replayed = 0
+        self.capture_dropped = 0
+        self.capture_rejected = 0
         self.latency = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.overhead = Histogram(OVERHEAD_BUCKETS)
@@ -165,3 +172,16 @@ class GatewayCollector(Collector):
             ("model",),
             {(k,): v for k, v in m.completion_tokens.items()},
         )
+        depth = GaugeMetricFamily("gwproxy_capture_queue_depth", "Captured requests waiting for the writer")
+        depth.add_metric([], m.capture_queue())
+        yield depth
+        for name, doc, value in (
+            ("written", "Captured requests written to the database", m.capture_written),
+            ("spooled", "Captured requests written to the disk spool (database down or slow)", m.capture_spooled),
+            ("replayed", "Spooled records replayed into the database", m.capture_replayed),
+            ("dropped", "Captured requests lost because the spool was full (should stay 0)", m.capture_dropped),
+            ("rejected", "Captured requests the database refused, set aside in rejected.jsonl", m.capture_rejected),
+        ):
+            counter = CounterMetricFamily(f"gwproxy_capture_{name}", doc)
+            counter.add_metric([], value)
+            yield counter

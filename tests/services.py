@@ -40,6 +40,9 @@ class Postgres:
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def start(self) -> None:
         self._run(
             "pg_ctl",
             "-D",
@@ -69,6 +72,10 @@ class Postgres:
     def _psql(self, sql: str) -> None:
         psql = shutil.which("psql") or str(self.bin / "psql")
         subprocess.run([psql, self.url(), "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True)
+
+    def halt(self) -> None:
+        """Stop the server (``start`` brings it back with its data): the database going away."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         subprocess.run(

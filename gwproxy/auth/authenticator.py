@@ -18,10 +18,15 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Generic, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from gwproxy import log
 from gwproxy.auth.principal import Principal
 from gwproxy.auth.tokens import Claims, InvalidToken, TokenCodec
 from gwproxy.auth.users import UserService
-from gwproxy.errors import Unauthorized
+from gwproxy.errors import ServiceUnavailable, Unauthorized
+
+_log = log.get("gwproxy.auth")
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -90,7 +95,14 @@ class Authenticator:
         future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            result = await lookup()
+            try:
+                result = await lookup()
+            except (SQLAlchemyError, OSError) as exc:  # the database is away: not the client's fault
+                _log.warning("credential lookup failed", error=f"{type(exc).__name__}: {exc}")
+                raise ServiceUnavailable(
+                    "Credentials cannot be checked right now (the user database is unavailable); retry shortly",
+                    code="auth_unavailable",
+                ) from None
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else needs to

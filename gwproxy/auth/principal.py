@@ -16,6 +16,7 @@ class Principal:
     role: Role
     via: Literal["jwt", "api_key", "anonymous"]
     key_id: int | None = None
+    capture: bool = True  # record this user's conversations (an admin can turn it off per user)
 
     @property
     def is_admin(self) -> bool:

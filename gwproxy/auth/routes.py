@@ -128,7 +128,9 @@ async def admin_update_user(request: web.Request) -> web.Response:
     user_id = _int(request, "user_id")
     if user_id == admin.user_id and (body.get("active") is False or body.get("role") == "user"):
         raise InvalidRequest("Admins cannot disable or demote themselves", param="user_id")
-    user = await request.app[USERS].update_user(user_id, role=body.get("role"), active=body.get("active"))
+    user = await request.app[USERS].update_user(
+        user_id, role=body.get("role"), active=body.get("active"), capture=body.get("capture")
+    )
     request.app[AUTHENTICATOR].forget()
     return json(user.public())
 

@@ -36,3 +36,4 @@ class NewUser(_Strict):
 class UserChange(_Strict):
     role = fields.String(validate=validate.OneOf(["user", "admin"]))
     active = StrictBool()
+    capture = StrictBool()

@@ -47,6 +47,7 @@ class User:
     role: Role
     active: bool
     created_at: datetime
+    capture: bool = True
 
     def public(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class User:
             "role": self.role,
             "active": self.active,
             "created_at": self.created_at.isoformat(),
+            "capture": self.capture,
         }
 
 
@@ -104,7 +106,14 @@ class TokenPair:
 
 def _user(row: Row[Any]) -> User:
     m = row._mapping
-    return User(m["id"], m["username"], m["role"], bool(m["active"]), cast(datetime, _aware(m["created_at"])))
+    return User(
+        m["id"],
+        m["username"],
+        m["role"],
+        bool(m["active"]),
+        cast(datetime, _aware(m["created_at"])),
+        bool(m["capture"]),
+    )
 
 
 def _key(row: Row[Any]) -> KeyInfo:
@@ -189,8 +198,12 @@ class UserService:
             count = await conn.scalar(select(func.count()).select_from(users).where(users.c.role == "admin"))
         return int(count or 0)
 
-    async def update_user(self, user_id: int, *, role: str | None = None, active: bool | None = None) -> User:
+    async def update_user(
+        self, user_id: int, *, role: str | None = None, active: bool | None = None, capture: bool | None = None
+    ) -> User:
         values: dict[str, Any] = {}
+        if capture is not None:
+            values["capture"] = capture
         if role is not None:
             values["role"] = check_role(role)
         if active is not None:
@@ -235,7 +248,7 @@ class UserService:
         if row is None or not row._mapping["active"]:
             return None
         m = row._mapping
-        return Principal(m["id"], m["username"], m["role"], "api_key" if key_id else "jwt", key_id)
+        return Principal(m["id"], m["username"], m["role"], "api_key" if key_id else "jwt", key_id, m["capture"])
 
     # -- API keys ----------------------------------------------------------------------------
 
@@ -294,7 +307,7 @@ class UserService:
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(api_keys, users.c.username, users.c.role, users.c.active)
+                    select(api_keys, users.c.username, users.c.role, users.c.active, users.c.capture)
                     .join(users, users.c.id == api_keys.c.user_id)
                     .where(api_keys.c.prefix == prefix)
                 )
@@ -306,7 +319,7 @@ class UserService:
             if m["revoked_at"] is not None or (expires is not None and expires <= now) or not m["active"]:
                 return None
             await conn.execute(update(api_keys).where(api_keys.c.id == m["id"]).values(last_used_at=now))
-        return Principal(m["user_id"], m["username"], m["role"], "api_key", m["id"])
+        return Principal(m["user_id"], m["username"], m["role"], "api_key", m["id"], m["capture"])
 
     # -- sessions: access + refresh tokens ----------------------------------------------------
 

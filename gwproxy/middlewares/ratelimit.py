@@ -17,11 +17,11 @@ from gwproxy.middlewares.auth import GUARDED_ROOTS
 from gwproxy.proxy.routes import JSON_ROUTES, parse_body
 from gwproxy.ratelimit.policy import client_ip, estimate_tokens
 
-TOKEN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+TOKEN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/api/chat"})
 
 
 def limited(path: str) -> bool:
-    return path.startswith("/v1/") or path in GUARDED_ROOTS
+    return path.startswith("/v1/") or path in GUARDED_ROOTS or path == "/api/chat"
 
 
 def ratelimit_middleware(cfg: RateLimitConfig) -> Middleware:

@@ -5,6 +5,7 @@ Contract:
 - status, ``Content-Type`` and end-to-end headers are kept; hop-by-hop headers are dropped;
   SSE responses get ``X-Accel-Buffering: no``;
 - the only edit is the ``UsageTap``'s removal of the usage event the gateway itself asked for;
+- with capture on, each chunk the client gets is also handed to the request's ``Recorder``;
 - the client going away (a failed write, or the handler cancelled) closes the upstream
   response at once, so vLLM aborts the generation;
 - the upstream failing mid-body (died, or silent for ``idle_timeout``) ends an SSE stream with
@@ -23,6 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gwproxy import log
+from gwproxy.capture.record import Recorder
 from gwproxy.errors import envelope
 from gwproxy.metrics import Metrics
 from gwproxy.proxy.usage import UsageTap
@@ -68,6 +70,7 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     trace: Trace,
     tap: UsageTap | None,
+    recorder: Recorder | None,
     watch: Watch,
     metrics: Metrics,
     extra_headers: Mapping[str, str],
@@ -76,6 +79,8 @@ async def relay(
     sse = upstream.content_type == "text/event-stream"
     if sse:
         headers["X-Accel-Buffering"] = "no"
+    if recorder is not None:
+        recorder.sse = sse
     headers.update(extra_headers)
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     length = upstream.content_length
@@ -106,10 +111,14 @@ async def relay(
                 chunk = tap.feed(chunk)
                 if not chunk:
                     continue
+            if recorder is not None:
+                recorder.feed(chunk)  # what the client gets, for capture (bounded)
             await resp.write(chunk)
         if tap is not None:
             held = tap.finish()
             if held:
+                if recorder is not None:
+                    recorder.feed(held)
                 await resp.write(held)
         await resp.write_eof()
         done = True

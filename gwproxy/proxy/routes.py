@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gwproxy.errors import InvalidJSON, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from gwproxy.keys import BODY, CONFIG, GATE, METRICS, REQUEST_ID, TRACE, UPSTREAM
+from gwproxy.keys import BODY, CONFIG, GATE, METRICS, RECORDER, REQUEST_ID, TRACE, UPSTREAM
 from gwproxy.proxy import schema, usage
 from gwproxy.proxy.relay import HOP_BY_HOP, relay
 from gwproxy.proxy.usage import UsageTap
@@ -51,7 +51,9 @@ KNOWN_ROUTES = frozenset(
     }
 )
 # Routes whose body is JSON whatever the Content-Type says (curl -d sends a form type).
-JSON_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"})
+JSON_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize", "/api/chat"}
+)
 USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 # Client headers that never go upstream: hop-by-hop, recomputed, or the gateway's credentials.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "api-key", "x-api-key"}
@@ -88,27 +90,34 @@ def parse_body(body: bytes) -> dict[str, Any]:
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
-    app = request.app
     request[TRACE].route = route_label(request.path)
     body = await request.read() if request.body_exists else b""  # read() caches: a second call is free
-    gate = app[GATE]
-    if not gate.is_open:  # a model switch is under way: wait for it (bounded), then resolve names
-        await gate.wait(app[CONFIG].switch.hold_seconds)
+    return await through_gate(request, body, request.path)
+
+
+async def through_gate(request: web.Request, body: bytes, path: str) -> web.StreamResponse:
+    """``forward``, counted in flight; while a model switch runs, first wait for it (bounded)."""
+    gate = request.app[GATE]
+    if not gate.is_open:  # wait before resolving names: "current" is the new model afterwards
+        await gate.wait(request.app[CONFIG].switch.hold_seconds)
     gate.enter()
     try:
-        return await _forward(request, body)
+        return await forward(request, body, path)
     finally:
         gate.leave()
 
 
-async def _forward(request: web.Request, body: bytes) -> web.StreamResponse:
+async def forward(request: web.Request, body: bytes, path: str) -> web.StreamResponse:
+    """Send ``body`` upstream to ``path`` (the request's own, or the one a gateway route such as
+    /api/chat stands for) and relay the answer."""
     app = request.app
     cfg, registry, metrics = app[CONFIG], app[UPSTREAM], app[METRICS]
     trace = request[TRACE]
-    path = request.path
+    own_path = path == request.path
     tap: UsageTap | None = None
     if body and request.method == "POST" and (path in JSON_ROUTES or _is_json(request.content_type)):
         parsed = request.get(BODY) or parse_body(body)  # the rate limiter may have parsed it
+        request[BODY] = parsed
         schema.check(path, parsed)
         rewrite = False
         model = parsed.get("model")
@@ -126,7 +135,8 @@ async def _forward(request: web.Request, body: bytes) -> web.StreamResponse:
             tap = UsageTap(sse=parsed.get("stream") is True, strip=inject)
         if rewrite:
             body = orjson.dumps(parsed)
-    url = URL(registry.origin + request.raw_path, encoded=True)  # the path exactly as sent
+    # The path exactly as sent (with its query), or the endpoint a gateway route stands for.
+    url = URL(registry.origin + request.raw_path, encoded=True) if own_path else URL(registry.origin + path)
     headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])
     trace.upstream_started = time.perf_counter()
     watchdog = registry.watchdog
@@ -141,7 +151,7 @@ async def _forward(request: web.Request, body: bytes) -> web.StreamResponse:
             metrics.observe_overhead(overhead)
         watch.follow(upstream, cfg.upstream.idle_timeout)
         try:
-            return await relay(request, upstream, trace, tap, watch, metrics, extra)
+            return await relay(request, upstream, trace, tap, request.get(RECORDER), watch, metrics, extra)
         finally:
             upstream.release()
             if tap is not None:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
 )
 
 metadata = MetaData(
@@ -43,6 +44,7 @@ users = Table(
     Column("role", String(16), nullable=False, server_default="user"),
     Column("active", Boolean, nullable=False, server_default="1"),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("capture", Boolean, nullable=False, server_default="1"),  # record this user's conversations
 )
 
 api_keys = Table(
@@ -85,4 +87,62 @@ refresh_tokens = Table(
     Column("used_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Index("ix_refresh_tokens_family", "family"),
+)
+
+# Conversation capture. Ids are 32-hex uuid4 strings (made by the writer, so a replayed record
+# maps to the same rows); ``requests.request_id`` is the idempotency key of a captured request.
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("title", String(200), nullable=False, server_default=""),
+    Column("model", String(200), nullable=True),
+    Column("metadata", Text, nullable=False, server_default="{}"),  # a JSON object
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_conversations_user_updated", "user_id", "updated_at", "id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("conversation_id", String(32), ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    Column("parent_id", String(32), nullable=True),  # the message before this one on its branch
+    Column("user_id", Id, nullable=False),
+    Column("seq", Integer, nullable=False),  # position in the conversation's branch (0 = first)
+    Column("role", String(16), nullable=False),
+    Column("content", Text, nullable=True),  # text, or the JSON parts of multimodal content
+    Column("content_is_parts", Boolean, nullable=False, server_default="0"),
+    Column("reasoning_content", Text, nullable=True),
+    Column("tool_calls", Text, nullable=True),  # JSON list, as the OpenAI API writes them
+    Column("tool_call_id", String(200), nullable=True),
+    Column("name", String(200), nullable=True),
+    Column("model", String(200), nullable=True),
+    Column("finish_reason", String(32), nullable=True),
+    Column("tokens", Integer, nullable=True),
+    Column("request_id", String(200), nullable=True),
+    Column("prefix_hash", String(64), nullable=False),  # hash of the branch up to and with this message
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_messages_conversation", "conversation_id", "seq"),
+    Index("ix_messages_user_prefix", "user_id", "prefix_hash"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("request_id", String(200), primary_key=True),
+    Column("user_id", Id, nullable=True),
+    Column("key_id", Id, nullable=True),
+    Column("conversation_id", String(32), nullable=True),
+    Column("model", String(200), nullable=True),
+    Column("route", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("ttft_ms", Float, nullable=True),
+    Column("duration_ms", Float, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_requests_user_created", "user_id", "created_at"),
 )

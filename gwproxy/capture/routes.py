@@ -1,0 +1,186 @@
+"""Routes: ``/api/conversations`` (a user's own history) and ``/api/usage``.
+
+- ``GET    /api/conversations``             own, newest first; ``limit``, ``cursor``, ``model``,
+                                            ``since``/``until`` (ISO dates), ``q`` (title search)
+- ``POST   /api/conversations``             ``{"title"?, "model"?, "metadata"?}`` → 201
+- ``GET    /api/conversations/{id}``        with every message (``parent_id`` shows the branches)
+                                            and ``branch``: the ids of the current branch
+- ``PATCH  /api/conversations/{id}``        ``{"title"?, "metadata"?}``
+- ``DELETE /api/conversations/{id}``        → 204
+- ``GET    /api/conversations/{id}/export`` ``?format=json`` (default) or ``markdown``
+- ``GET    /api/usage``                     tokens and requests by day and model; ``since``/``until``;
+                                            admins may ask for ``user_id=N`` or ``user_id=all``
+
+Another user's conversation is answered 404, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from marshmallow import RAISE, Schema, fields, validate
+
+from gwproxy.bodies import json, load
+from gwproxy.capture import repository
+from gwproxy.capture.threads import text_of
+from gwproxy.errors import Forbidden, InvalidRequest
+from gwproxy.keys import DATABASE, PRINCIPAL
+
+MAX_PAGE = 100
+
+
+class NewConversation(Schema):
+    class Meta:
+        unknown = RAISE
+
+    title = fields.String(load_default="", validate=validate.Length(max=200))
+    model = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    metadata = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class ConversationChange(Schema):
+    class Meta:
+        unknown = RAISE
+
+    title = fields.String(validate=validate.Length(max=200))
+    metadata = fields.Dict(keys=fields.String())
+
+
+def _user(request: web.Request) -> int:
+    return request[PRINCIPAL].user_id
+
+
+def _date(request: web.Request, name: str) -> datetime | None:
+    value = request.query.get(name)
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be an ISO 8601 date or time, got {value!r}", param=name) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
+    return int(raw)
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    async with request.app[DATABASE].connect() as conn:
+        page = await repository.list_conversations(
+            conn, _user(request), limit=_limit(request), cursor=request.query.get("cursor") or None,
+            model=request.query.get("model") or None, since=_date(request, "since"), until=_date(request, "until"),
+            text=request.query.get("q") or None,
+        )  # fmt: skip
+    return json({"data": page.items, "next_cursor": page.next_cursor, "has_more": page.next_cursor is not None})
+
+
+async def create_conversation(request: web.Request) -> web.Response:
+    body = await load(request, NewConversation())
+    async with request.app[DATABASE].begin() as conn:
+        created = await repository.create_conversation(
+            conn, _user(request), body["title"], body["model"], body["metadata"]
+        )
+    return json(created, status=201)
+
+
+async def _full(request: web.Request) -> dict[str, Any]:
+    cid = request.match_info["conversation_id"]
+    async with request.app[DATABASE].connect() as conn:
+        conversation = await repository.get_conversation(conn, _user(request), cid)
+        stored = await repository.conversation_messages(conn, _user(request), cid)
+    branch = repository.current_branch(stored)
+    return {**conversation, "messages": stored, "branch": [m["id"] for m in branch]}
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    return json(await _full(request))
+
+
+async def update_conversation(request: web.Request) -> web.Response:
+    body = await load(request, ConversationChange())
+    async with request.app[DATABASE].begin() as conn:
+        updated = await repository.update_conversation(
+            conn, _user(request), request.match_info["conversation_id"], body.get("title"), body.get("metadata")
+        )
+    return json(updated)
+
+
+async def delete_conversation(request: web.Request) -> web.Response:
+    async with request.app[DATABASE].begin() as conn:
+        await repository.delete_conversation(conn, _user(request), request.match_info["conversation_id"])
+    return web.Response(status=204)
+
+
+def markdown(conversation: dict[str, Any]) -> str:
+    by_id = {m["id"]: m for m in conversation["messages"]}
+    lines = [f"# {conversation['title'] or 'Conversation'}", ""]
+    lines += [f"- id: `{conversation['id']}`", f"- model: {conversation['model'] or '-'}",
+              f"- created: {conversation['created_at'].isoformat()}", ""]  # fmt: skip
+    for mid in conversation["branch"]:
+        m = by_id[mid]
+        lines += [f"## {m['role']}", ""]
+        if m.get("reasoning_content"):
+            lines += ["<details><summary>reasoning</summary>", "", m["reasoning_content"], "", "</details>", ""]
+        text = text_of(m["content"])
+        if text:
+            lines += [text, ""]
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            lines += [f"Tool call `{fn.get('name')}`:", "", "```json", str(fn.get("arguments", "")), "```", ""]
+    return "\n".join(lines)
+
+
+async def export_conversation(request: web.Request) -> web.Response:
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "markdown", "md"):
+        raise InvalidRequest("'format' must be json or markdown", param="format")
+    conversation = await _full(request)
+    if fmt == "json":
+        response = json(conversation)
+        name = f"conversation-{conversation['id']}.json"
+    else:
+        response = web.Response(text=markdown(conversation), content_type="text/markdown")
+        name = f"conversation-{conversation['id']}.md"
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    return response
+
+
+async def usage(request: web.Request) -> web.Response:
+    principal = request[PRINCIPAL]
+    asked = request.query.get("user_id")
+    user_id: int | None = principal.user_id
+    if asked is not None and asked != str(principal.user_id):
+        if not principal.is_admin:
+            raise Forbidden("Only admins may see other users' usage")
+        if asked == "all":
+            user_id = None
+        elif asked.isdigit():
+            user_id = int(asked)
+        else:
+            raise InvalidRequest("'user_id' must be a user id or 'all'", param="user_id")
+    async with request.app[DATABASE].connect() as conn:
+        rows = await repository.usage(conn, user_id, _date(request, "since"), _date(request, "until"))
+    totals = {
+        "requests": sum(r["requests"] for r in rows),
+        "failed": sum(r["failed"] for r in rows),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+    }
+    return json({"user_id": user_id if user_id is not None else "all", "data": rows, "total": totals})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/api/conversations", list_conversations)
+    r.add_post("/api/conversations", create_conversation)
+    r.add_get("/api/conversations/{conversation_id}", get_conversation)
+    r.add_patch("/api/conversations/{conversation_id}", update_conversation)
+    r.add_delete("/api/conversations/{conversation_id}", delete_conversation)
+    r.add_get("/api/conversations/{conversation_id}/export", export_conversation)
+    r.add_get("/api/usage", usage)

@@ -1,0 +1,212 @@
+"""Writer: the single owner of the capture queue, the batch writes and the disk spool.
+
+Requests hand records to ``submit`` (never blocks, never raises): into a bounded queue, or, when
+the queue is full, straight to the spool. One background task takes batches (``batch_size``
+records, or whatever arrived within ``batch_seconds``), parses each response (``assembly``) and
+writes the batch in one transaction. If the database is down or slower than ``write_timeout``
+the batch goes to the spool, and so does everything after it until the spool has been replayed
+— in order — which is retried every ``retry_seconds``. A record the database refuses on its own
+(the batch fails, the database answers, the record fails alone) is set aside in
+``rejected.jsonl`` and logged. On shutdown the queue is drained: written if the database
+answers, spooled otherwise. Dropping happens only when the spool's ``max_bytes`` is reached, and
+is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gwproxy import log
+from gwproxy.capture import repository
+from gwproxy.capture.assembly import assemble
+from gwproxy.capture.record import Record
+from gwproxy.capture.spool import Spool
+from gwproxy.config import CaptureConfig
+from gwproxy.keys import CAPTURE, CONFIG, DATABASE, METRICS
+from gwproxy.metrics import Metrics
+
+_log = log.get("gwproxy.capture")
+
+
+class CaptureWriter:
+    def __init__(self, cfg: CaptureConfig, engine: AsyncEngine, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.metrics = metrics
+        self.queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=cfg.queue_size)
+        self.spool = Spool(Path(cfg.spool_dir), cfg.spool_max_bytes)
+        self._task: asyncio.Task[None] | None = None
+        self._spooling = self.spool.pending_bytes() > 0  # left over from a previous run: replay first
+        self._last_retry = 0.0
+        self._inflight: list[Record] = []  # taken from the queue, not yet written or spooled
+        self._idle = asyncio.Event()  # clear while writing, spooling or replaying: not to be cut half-way
+        self._idle.set()
+        self._closing = False
+        metrics.capture_queue = self.queue.qsize
+
+    # ---- the request side ----------------------------------------------------------------------
+
+    def submit(self, record: Record) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except asyncio.QueueFull:
+            asyncio.get_running_loop().run_in_executor(None, self._spool_now, [record])
+
+    # ---- the writer task -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gwproxy-capture-writer")
+
+    async def close(self) -> None:
+        """Stop the task, then drain: write what is queued, spool what cannot be written."""
+        self._closing = True
+        with contextlib.suppress(TimeoutError):  # let a write or spool in progress land
+            await asyncio.wait_for(self._idle.wait(), self.cfg.write_timeout * 2)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        left, self._inflight = self._inflight, []  # a write cut by the cancel: again (idempotent)
+        while not self.queue.empty():
+            left.append(self.queue.get_nowait())
+        for start in range(0, len(left), self.cfg.batch_size):
+            await self._write_or_spool(left[start : start + self.cfg.batch_size])
+        if left:
+            _log.info("capture queue drained", records=len(left), spooled_total=self.metrics.capture_spooled)
+
+    async def _run(self) -> None:
+        while True:
+            self._inflight = []
+            await self._collect(self._inflight)  # fills it in place: a cancel mid-way loses nothing
+            if self._closing:
+                return
+            self._idle.clear()
+            try:
+                if self._inflight:
+                    await self._write_or_spool(self._inflight)
+                self._inflight = []
+                if self._spooling and time.monotonic() - self._last_retry >= self.cfg.retry_seconds:
+                    await self._replay()
+            finally:
+                self._idle.set()
+
+    async def _collect(self, batch: list[Record]) -> None:
+        timeout = self.cfg.retry_seconds if self._spooling else None
+        try:
+            batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+        except TimeoutError:
+            return
+        deadline = time.monotonic() + self.cfg.batch_seconds
+        while len(batch) < self.cfg.batch_size:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), left))
+            except TimeoutError:
+                break
+
+    async def _write_or_spool(self, batch: list[Record]) -> None:
+        if not self._spooling:
+            try:
+                await asyncio.wait_for(self._write(batch), self.cfg.write_timeout)
+                return
+            except Exception as exc:  # database down, slow, or refusing: keep the records on disk
+                _log.warning("capture write failed, spooling", records=len(batch), error=f"{type(exc).__name__}: {exc}")
+                self._spooling = True
+                self._last_retry = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, self._spool_now, batch)
+
+    def _spool_now(self, batch: Sequence[Record]) -> None:
+        lines = [r.dumps() for r in batch]
+        kept = self.spool.append(lines)
+        self.metrics.capture_spooled += kept
+        if kept < len(lines):
+            self.metrics.capture_dropped += len(lines) - kept
+            _log.error(
+                "capture spool full: records dropped", dropped=len(lines) - kept, max_bytes=self.spool.max_bytes,
+                request_ids=[r.request_id for r in batch[kept:]][:20],
+            )  # fmt: skip
+        self._spooling = True
+
+    async def _write(self, batch: Sequence[Record]) -> int:
+        """Write new records in one transaction; returns how many were new."""
+        async with self.engine.begin() as conn:
+            seen = await repository.known(conn, [r.request_id for r in batch])
+            fresh = [r for r in batch if r.request_id not in seen]
+            unique = list({r.request_id: r for r in fresh}.values())
+            for record in unique:
+                chat = record.route != "/v1/completions"
+                reply = assemble(record.response.encode(), sse=record.sse, chat=chat)
+                await repository.store(conn, record, reply)
+        self.metrics.capture_written += len(unique)
+        return len(unique)
+
+    async def _replay(self) -> None:
+        self._last_retry = time.monotonic()
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            lines, offset = await loop.run_in_executor(None, self.spool.read, self.cfg.batch_size)
+            if not lines:
+                await loop.run_in_executor(None, self.spool.commit, offset)
+                if await loop.run_in_executor(None, self.spool.pending_bytes) == 0:
+                    self._spooling = False
+                    _log.info("capture spool replayed", replayed=self.metrics.capture_replayed)
+                return
+            records = [Record.loads(line) for line in lines]
+            try:
+                await asyncio.wait_for(self._write(records), self.cfg.write_timeout)
+            except Exception as exc:
+                if not await self._database_answers():
+                    _log.info("capture database still unavailable", error=f"{type(exc).__name__}: {exc}")
+                    return
+                await self._write_one_by_one(records)
+            self.metrics.capture_replayed += len(records)
+            await loop.run_in_executor(None, self.spool.commit, offset)
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with asyncio.timeout(self.cfg.write_timeout):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+    async def _write_one_by_one(self, records: list[Record]) -> None:
+        for record in records:
+            try:
+                await self._write([record])
+            except Exception as exc:
+                self.metrics.capture_rejected += 1
+                _log.error("capture record refused by the database, set aside", request_id=record.request_id,
+                           error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                with (Path(self.cfg.spool_dir) / "rejected.jsonl").open("ab") as f:
+                    f.write(record.dumps() + b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+
+
+async def capture_context(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG].capture
+    writer = CaptureWriter(cfg, app[DATABASE], app[METRICS])
+    app[CAPTURE] = writer
+    if writer._spooling:
+        _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())
+    writer.start()
+    yield
+    await writer.close()
