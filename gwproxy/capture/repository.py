@@ -1,8 +1,9 @@
 """Repository: the capture tables' queries — storing a record, and what the API reads.
 
-``store`` runs inside the writer's transaction: it skips a request id already stored (replays
-are idempotent), threads the request onto the conversation it continues (``threads``), inserts
-only the messages that are new plus the assistant's reply, and the request's usage row.
+``store_batch`` runs inside the writer's transaction: it skips request ids already stored
+(replays are idempotent), threads each request onto the conversation it continues
+(``threads``), and inserts only the messages that are new plus the assistant's reply, and the
+request's usage row — a handful of statements per batch, not per record.
 Every read takes the caller's user id: a conversation of another user is "not found".
 """
 
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gwproxy.capture import threads
@@ -46,13 +47,6 @@ async def known(conn: AsyncConnection, request_ids: list[str]) -> set[str]:
     return {r[0] for r in rows}
 
 
-async def _owned(conn: AsyncConnection, user_id: int, conversation_id: str) -> bool:
-    row = await conn.execute(
-        select(conversations.c.id).where(conversations.c.id == conversation_id, conversations.c.user_id == user_id)
-    )
-    return row.first() is not None
-
-
 def _turn_messages(record: Record) -> list[dict[str, Any]]:
     req = record.request
     if record.route == "/v1/completions":
@@ -63,96 +57,173 @@ def _turn_messages(record: Record) -> list[dict[str, Any]]:
     return [m for m in msgs if isinstance(m, dict)] if isinstance(msgs, list) else []
 
 
-async def store(conn: AsyncConnection, record: Record, reply: Assembled) -> None:
-    """Store one captured request (the caller checked its id is new, in this transaction)."""
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """A stored message a later request can continue from."""
+
+    id: str
+    conversation_id: str
+    seq: int
+    created: float  # for choosing the newest among equal histories
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one record adds: rows for the three tables."""
+
+    conversations: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    touched: dict[str, tuple[datetime, str | None]] = field(default_factory=dict)  # conversation → (updated, model)
+
+
+async def store_batch(conn: AsyncConnection, batch: list[tuple[Record, Assembled]]) -> int:
+    """Store new records (ids already stored are skipped: replays are idempotent) in a few
+    statements for the whole batch: one lookup of the histories they continue, one of the
+    conversations they name, then one multi-row insert per table. Returns how many were new."""
+    seen = await known(conn, [r.request_id for r, _ in batch])
+    fresh: dict[str, tuple[Record, Assembled]] = {}
+    for record, reply in batch:
+        if record.request_id not in seen:
+            fresh.setdefault(record.request_id, (record, reply))
+    if not fresh:
+        return 0
+    turns = {rid: _turn_messages(record) for rid, (record, _) in fresh.items()}
+    hashes = {rid: threads.prefix_hashes(turn) for rid, turn in turns.items()}
+    wanted = {h[-2] for h in hashes.values() if len(h) >= 2}
+    index: dict[tuple[int, str, str | None], _Stored] = {}  # (user, history hash, conversation) → message
+    for chunk in _chunks(sorted(wanted), 500):
+        rows = await conn.execute(
+            select(messages.c.id, messages.c.conversation_id, messages.c.user_id, messages.c.prefix_hash,
+                   messages.c.seq, messages.c.created_at).where(messages.c.prefix_hash.in_(chunk))
+        )  # fmt: skip
+        for r in rows:
+            _remember(index, r.user_id, r.prefix_hash, _Stored(r.id, r.conversation_id, r.seq, _ts(r.created_at)))
+    named = {r.conversation_id for r, _ in fresh.values() if r.conversation_id}
+    owners: dict[str, int] = {}
+    for chunk in _chunks(sorted(named), 500):
+        rows = await conn.execute(
+            select(conversations.c.id, conversations.c.user_id).where(conversations.c.id.in_(chunk))
+        )
+        owners.update({r.id: r.user_id for r in rows})
+    plan = _Plan()
+    for rid, (record, reply) in fresh.items():
+        _plan_record(plan, index, owners, record, reply, turns[rid], hashes[rid])
+    if plan.conversations:
+        await conn.execute(insert(conversations), plan.conversations)
+    if plan.messages:
+        await conn.execute(insert(messages), plan.messages)
+    await conn.execute(insert(requests), plan.requests)
+    if plan.touched:
+        await conn.execute(
+            update(conversations)
+            .where(conversations.c.id == bindparam("cid"))
+            .values(updated_at=bindparam("updated"), model=func.coalesce(bindparam("model"), conversations.c.model)),
+            [{"cid": cid, "updated": when, "model": model} for cid, (when, model) in plan.touched.items()],
+        )
+    return len(fresh)
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _ts(value: datetime) -> float:
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+def _remember(index: dict[tuple[int, str, str | None], _Stored], user: int, digest: str, stored: _Stored) -> None:
+    """Index a message under its hash, per user and per conversation; the newest wins."""
+    for conversation in (None, stored.conversation_id):
+        key = (user, digest, conversation)
+        if key not in index or index[key].created <= stored.created:
+            index[key] = stored
+
+
+def _plan_record(
+    plan: _Plan, index: dict[tuple[int, str, str | None], _Stored], owners: dict[str, int], record: Record,
+    reply: Assembled, turn: list[dict[str, Any]], hashes: list[str],
+) -> None:  # fmt: skip
     when = _when(record.created_at)
     tokens = reply.usage or (record.prompt_tokens, record.completion_tokens)
     prompt_tokens, completion_tokens = tokens if tokens else (None, None)
     if completion_tokens is None and reply.chunks:
         completion_tokens = reply.chunks  # a stream cut short: one event per token, as vLLM sends
+    model = reply.model or record.model
     conversation_id: str | None = None
-    turn = _turn_messages(record)
     answered = record.status == 200 and bool(reply.content or reply.tool_calls or reply.reasoning or reply.complete)
     if turn and answered:
-        conversation_id = await _thread(conn, record, reply, turn, when, completion_tokens)
-    await conn.execute(
-        insert(requests).values(
+        conversation_id = _thread(plan, index, owners, record, reply, turn, hashes, when, model, completion_tokens)
+    plan.requests.append(
+        dict(
             request_id=record.request_id, user_id=record.user_id, key_id=record.key_id,
-            conversation_id=conversation_id, model=reply.model or record.model, route=record.route,
-            status=record.status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            ttft_ms=record.ttft_ms, duration_ms=record.duration_ms, created_at=when,
+            conversation_id=conversation_id, model=model, route=record.route, status=record.status,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, ttft_ms=record.ttft_ms,
+            duration_ms=record.duration_ms, created_at=when,
         )
     )  # fmt: skip
 
 
-async def _thread(
-    conn: AsyncConnection, record: Record, reply: Assembled, turn: list[dict[str, Any]], when: datetime,
+def _thread(
+    plan: _Plan, index: dict[tuple[int, str, str | None], _Stored], owners: dict[str, int], record: Record,
+    reply: Assembled, turn: list[dict[str, Any]], hashes: list[str], when: datetime, model: str | None,
     completion_tokens: int | None,
 ) -> str:  # fmt: skip
-    hashes = threads.prefix_hashes(turn)
+    """Which conversation the request continues, and the rows it adds: the history (all messages
+    but the new turn) must equal a stored branch exactly — and hold more than system messages,
+    or every chat with the same system prompt would join the first one."""
+    user = record.user_id
     wanted = record.conversation_id
-    if wanted and not record.create_conversation and not await _owned(conn, record.user_id, wanted):
-        wanted = None  # not this user's (or gone): thread as if no id had been given
-    query = select(messages.c.id, messages.c.conversation_id, messages.c.prefix_hash, messages.c.seq).where(
-        messages.c.user_id == record.user_id, messages.c.prefix_hash.in_(hashes)
-    )
-    if wanted:
-        query = query.where(messages.c.conversation_id == wanted)
-    matches = {r.prefix_hash: r for r in await conn.execute(query)}
-    parent = None
-    start = 0
-    for i in range(len(hashes) - 1, -1, -1):
-        if hashes[i] in matches:
-            parent, start = matches[hashes[i]], i + 1
-            break
-    model = reply.model or record.model
+    if wanted and owners.get(wanted, user) != user:
+        wanted = None  # another user's: thread as if no id had been given
+    parent: _Stored | None = None
+    if len(turn) >= 2 and any(m.get("role") != "system" for m in turn[:-1]):
+        parent = index.get((user, hashes[-2], wanted))
     if parent is not None:
-        conversation_id = str(parent.conversation_id)
-    elif wanted and await _owned(conn, record.user_id, wanted):
-        conversation_id = wanted
+        conversation_id, start, seq, parent_id = parent.conversation_id, len(turn) - 1, parent.seq + 1, parent.id
     else:
-        conversation_id = wanted if wanted and record.create_conversation else new_id()
-        await conn.execute(
-            insert(conversations).values(
-                id=conversation_id, user_id=record.user_id, title=threads.title_from(turn), model=model,
-                metadata="{}", created_at=when, updated_at=when,
-            )
-        )  # fmt: skip
-    parent_id = parent.id if parent is not None else None
-    seq = parent.seq + 1 if parent is not None else 0
-    rows = []
+        start, seq, parent_id = 0, 0, None
+        if wanted and wanted in owners:
+            conversation_id = wanted  # a named conversation with no such history: a new branch from its root
+        else:
+            conversation_id = wanted if wanted and record.create_conversation else new_id()
+            owners[conversation_id] = user
+            plan.conversations.append(
+                dict(id=conversation_id, user_id=user, title=threads.title_from(turn), model=model, metadata="{}",
+                     created_at=when, updated_at=when)
+            )  # fmt: skip
     for i in range(start, len(turn)):
         m = turn[i]
         content, parts = _content(m.get("content"))
-        calls = orjson.dumps(m["tool_calls"]).decode() if m.get("tool_calls") else None
         mid = new_id()
-        rows.append(
+        plan.messages.append(
             dict(
-                id=mid, conversation_id=conversation_id, parent_id=parent_id, user_id=record.user_id, seq=seq,
-                role=str(m.get("role", "user"))[:16], content=content, content_is_parts=parts,
-                reasoning_content=None, tool_calls=calls,
+                id=mid, conversation_id=conversation_id, parent_id=parent_id, user_id=user, seq=seq,
+                role=str(m.get("role", "user"))[:16], content=content, content_is_parts=parts, reasoning_content=None,
+                tool_calls=orjson.dumps(m["tool_calls"]).decode() if m.get("tool_calls") else None,
                 tool_call_id=m.get("tool_call_id"), name=m.get("name"), model=None, finish_reason=None, tokens=None,
                 request_id=record.request_id, prefix_hash=hashes[i], created_at=when,
             )
         )  # fmt: skip
+        _remember(index, user, hashes[i], _Stored(mid, conversation_id, seq, record.created_at))
         parent_id, seq = mid, seq + 1
     answer = reply.message()
-    rows.append(
+    digest = threads.chain(hashes[-1], answer)
+    # Every row of a request carries its arrival time (seq orders them): the reply's own end can
+    # come after the client's next request has arrived, which would misorder the conversation.
+    answered_at = record.created_at
+    mid = new_id()
+    plan.messages.append(
         dict(
-            id=new_id(), conversation_id=conversation_id, parent_id=parent_id, user_id=record.user_id, seq=seq,
-            role="assistant", content=reply.content, content_is_parts=False, reasoning_content=reply.reasoning,
+            id=mid, conversation_id=conversation_id, parent_id=parent_id, user_id=user, seq=seq, role="assistant",
+            content=reply.content, content_is_parts=False, reasoning_content=reply.reasoning,
             tool_calls=orjson.dumps(reply.tool_calls).decode() if reply.tool_calls else None, tool_call_id=None,
             name=None, model=model, finish_reason=reply.finish_reason, tokens=completion_tokens,
-            request_id=record.request_id, prefix_hash=threads.chain(hashes[-1], answer),
-            created_at=_when(record.created_at + (record.duration_ms or 0) / 1000),
+            request_id=record.request_id, prefix_hash=digest, created_at=_when(answered_at),
         )
     )  # fmt: skip
-    await conn.execute(insert(messages), rows)
-    await conn.execute(
-        update(conversations)
-        .where(conversations.c.id == conversation_id)
-        .values(updated_at=rows[-1]["created_at"], model=model)
-    )
+    _remember(index, user, digest, _Stored(mid, conversation_id, seq, answered_at))
+    plan.touched[conversation_id] = (_when(answered_at), model)
     return conversation_id
 
 

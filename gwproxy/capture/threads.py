@@ -2,11 +2,13 @@
 
 A stored message carries ``prefix_hash`` — a hash chained over the normalised messages of its
 branch up to and including itself: ``h[i] = sha256(h[i-1] + normalise(m[i]))``. A request whose
-``messages`` are ``m[0..n-1]`` continues the stored message whose hash equals the longest of its
-own prefix hashes: the messages after that point are new (stored once), and a request that
-edits an earlier message matches only up to the edit, so its messages form a new branch from
-there. Normalising keeps what a client sends back unchanged (role, content, name, tool calls,
-tool_call_id) and drops what SDKs add or omit (``null`` fields, reasoning, refusal).
+``messages`` are ``m[0..n-1]`` continues the stored message whose hash is ``h[n-2]``: its whole
+history, all but the new turn, equals that branch, so only the new turn and the reply are stored.
+A request that edits an earlier message (and drops what followed, as chat UIs do) has a history
+that ends before the edit, so it continues from there: a new branch. A history of system
+messages only starts a new conversation (else every chat with the same system prompt would
+join the first). Normalising keeps what a client sends back unchanged (role, content, name,
+tool calls, tool_call_id) and drops what SDKs add or omit (``null`` fields, reasoning, refusal).
 """
 
 from __future__ import annotations

@@ -145,16 +145,11 @@ class CaptureWriter:
 
     async def _write(self, batch: Sequence[Record]) -> int:
         """Write new records in one transaction; returns how many were new."""
+        items = [(r, assemble(r.response.encode(), sse=r.sse, chat=r.route != "/v1/completions")) for r in batch]
         async with self.engine.begin() as conn:
-            seen = await repository.known(conn, [r.request_id for r in batch])
-            fresh = [r for r in batch if r.request_id not in seen]
-            unique = list({r.request_id: r for r in fresh}.values())
-            for record in unique:
-                chat = record.route != "/v1/completions"
-                reply = assemble(record.response.encode(), sse=record.sse, chat=chat)
-                await repository.store(conn, record, reply)
-        self.metrics.capture_written += len(unique)
-        return len(unique)
+            written = await repository.store_batch(conn, items)
+        self.metrics.capture_written += written
+        return written
 
     async def _replay(self) -> None:
         self._last_retry = time.monotonic()

@@ -126,7 +126,7 @@ messages = Table(
     Column("prefix_hash", String(64), nullable=False),  # hash of the branch up to and with this message
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_messages_conversation", "conversation_id", "seq"),
-    Index("ix_messages_user_prefix", "user_id", "prefix_hash"),
+    Index("ix_messages_prefix_hash", "prefix_hash"),
 )
 
 requests = Table(

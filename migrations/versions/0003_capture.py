@@ -62,7 +62,7 @@ def upgrade() -> None:
         ),
     )
     op.create_index("ix_messages_conversation", "messages", ["conversation_id", "seq"])
-    op.create_index("ix_messages_user_prefix", "messages", ["user_id", "prefix_hash"])
+    op.create_index("ix_messages_prefix_hash", "messages", ["prefix_hash"])
     op.create_table(
         "requests",
         sa.Column("request_id", sa.String(200), nullable=False),

@@ -139,18 +139,31 @@ def test_editing_an_earlier_message_branches_instead_of_overwriting(stack: Stack
     who = _user_key(stack.env, "editor")
     client = stack.sdk(who)
     system = {"role": "system", "content": "Be brief."}
-    client.chat.completions.create(model="current", messages=[system, {"role": "user", "content": "Name a colour"}])
-    client.chat.completions.create(model="current", messages=[system, {"role": "user", "content": "Name a fruit"}])
-    wait_requests(stack, who, 2)
-    (conv,) = conversations(stack, who)
-    stored = full(stack, who, conv["id"])
-    system_id = stored["messages"][0]["id"]
-    users = [m for m in stored["messages"] if m["role"] == "user"]
-    assert [u["content"] for u in users] == ["Name a colour", "Name a fruit"]
-    assert all(u["parent_id"] == system_id for u in users)  # two branches from the system prompt
-    assert len(stored["messages"]) == 5
-    assert [m["role"] for m in stored["messages"] if m["id"] in stored["branch"]] == ["system", "user", "assistant"]
-    assert users[1]["id"] in stored["branch"]  # the current branch is the latest
+    history: list[dict[str, Any]] = [system, {"role": "user", "content": "Name a colour"}]
+    first = client.chat.completions.create(model="current", messages=history)  # type: ignore[arg-type]
+    history.append({"role": "assistant", "content": first.choices[0].message.content})
+    client.chat.completions.create(model="current", messages=[*history, {"role": "user", "content": "Another"}])  # type: ignore[arg-type]
+    # The user edits their second message: the UI resends the history up to it, and the new text.
+    client.chat.completions.create(model="current", messages=[*history, {"role": "user", "content": "A fruit?"}])  # type: ignore[arg-type]
+    # Same system prompt, new first message: a new conversation, not a branch of the first.
+    client.chat.completions.create(model="current", messages=[system, {"role": "user", "content": "Name a city"}])
+    wait_requests(stack, who, 4)
+    older, newer = sorted(conversations(stack, who), key=lambda c: c["created_at"])
+    assert (older["title"], newer["title"]) == ("Name a colour", "Name a city")
+    stored = full(stack, who, older["id"])
+    assert [m["role"] for m in stored["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    reply_id = stored["messages"][2]["id"]
+    edits = [m for m in stored["messages"] if m["role"] == "user" and m["parent_id"] == reply_id]
+    assert [m["content"] for m in edits] == ["Another", "A fruit?"]  # two branches after the first reply
+    assert [m["content"] for m in stored["messages"] if m["id"] in stored["branch"]][-2] == "A fruit?"  # the latest
 
 
 def test_conversation_header_capture_off_and_per_user_off(stack: Stack) -> None:
