@@ -96,11 +96,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 20) -> None:
+def wait_http(url: str, timeout: float = 20, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=HEADERS), timeout=1):
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or HEADERS), timeout=1):
                 return
         except OSError:
             time.sleep(0.1)
@@ -169,7 +169,7 @@ def capture_pair(nginx_v1: str) -> Iterator[tuple[dict[str, int], dict[str, str]
                 name, gateway_argv(ports[name], nginx_v1), PROXY_CORE, {**env, **extra}
             ).pid
         for name in ("gw_capture_off", "gw_capture_on"):
-            wait_http(f"http://127.0.0.1:{ports[name]}/v1/models")
+            wait_http(f"http://127.0.0.1:{ports[name]}/v1/models", headers=headers)
         yield ports, headers
     finally:
         procs.stop()
