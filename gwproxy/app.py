@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gwproxy import health
+from gwproxy import docs, health
 from gwproxy.auth import routes as auth_routes
 from gwproxy.auth.bootstrap import auth_context
 from gwproxy.capture import chat as chat_routes
@@ -73,6 +73,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     app.cleanup_ctx.append(switcher_context)
     app.on_response_prepare.append(echo_request_id)
     health.add_routes(app)
+    docs.add_routes(app)
     proxy_routes.add_routes(app)
     auth_routes.add_routes(app)
     ratelimit_routes.add_routes(app)

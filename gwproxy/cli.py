@@ -12,6 +12,7 @@ import asyncio
 import gc
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -186,8 +187,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 BANNER = """
 gwproxy demo is up: the gateway on http://localhost:{port} in front of the bundled vLLM
-simulator (model "{model}", also reachable as "current").
-Demo user "demo" (admin), API key for this run: {key}
+simulator (model "{model}", also reachable as "current"), which it runs and can swap.
+Demo user "demo" (admin), password {password}, API key for this run: {key}
 
 Try it with curl:
 
@@ -210,44 +211,88 @@ for chunk in stream:
 print()
 PY
 
+Swap the model (the second demo profile) and watch it happen:
+
+curl -X POST http://localhost:{port}/api/models/switch -H 'Authorization: Bearer {key}' \\
+  -H 'Content-Type: application/json' -d '{{"profile_id": "demo-model-large"}}'
+curl -N http://localhost:{port}/api/models/events -H 'Authorization: Bearer {key}'
+
+Examples: examples/ (GWPROXY_API_KEY={key} python examples/chat.py)
 Health: http://localhost:{port}/health   Metrics: http://localhost:{port}/metrics
+API docs: http://localhost:{port}/docs
 Press Ctrl-C to stop.
 """
 
 
+# The demo's two "models": the simulator, started and swapped by the process backend.
+DEMO_PROFILES: dict[str, dict[str, Any]] = {
+    "demo-model": {"name": "Demo model", "default": True},
+    "demo-model-large": {"name": "Demo model (large)"},
+}
+
+
+def _demo_profiles(directory: Path) -> None:
+    import json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    arch = {"parameters_b": 0.5, "layers": 4, "attention_heads": 8, "kv_heads": 2, "head_dim": 64, "context": 8192}
+    for pid, extra in DEMO_PROFILES.items():
+        body = {"model": f"gwproxy-sim/{pid}", "served_names": [pid], "architecture": arch, "max_model_len": 4096}
+        (directory / f"{pid}.yml").write_text(json.dumps({**body, **extra}))  # JSON is YAML
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
     from gwproxy.app import create_app
-    from gwproxy.sim import server
+    from gwproxy.keys import SWITCHER
 
     sim_port = _free_port()
+    work = Path(tempfile.mkdtemp(prefix="gwproxy-demo-"))
+    _demo_profiles(work / "profiles")
     cfg = _load(
         args,
         {
             "server.port": args.port,
             "server.host": args.host,
             "upstream.base_url": f"http://127.0.0.1:{sim_port}/v1",
+            "upstream.poll_interval": 1.0,
+            "switch.backend": "process",
+            "switch.profiles_dir": str(work / "profiles"),
+            "switch.state_dir": str(work / "state"),
+            "switch.hardware": "1 x Demo GPU 24GiB",
+            "switch.process_command": f"{sys.executable} -m gwproxy sim --ttft-ms 80 --itl-ms 25 --startup-delay 2",
+            "switch.vllm_host": "127.0.0.1",
+            "switch.ready_poll": 0.2,
+            "switch.stop_on_exit": True,
+            "capture.spool_dir": str(work / "spool"),
+            "server.docs": "true",
         },
     )
     logconf.configure(cfg.server.log_level, json=False)
-    sim_cfg = server.SimConfig(models=("demo-model",), ttft_ms=80, itl_ms=25)
 
     async def main(stop: asyncio.Event) -> None:
-        key = await _demo_account(cfg)
-        sim = await server.serve(sim_cfg, "127.0.0.1", sim_port)
-        gateway = await _serve_app(
-            create_app(cfg, demo=True), cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout
-        )
-        print(BANNER.format(port=cfg.server.port, model=sim_cfg.models[0], key=key), flush=True)
+        key, password = await _demo_account(cfg)
+        app = create_app(cfg, demo=True)
+        gateway = await _serve_app(app, cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout)
+        switcher = app[SWITCHER]
+        for _ in range(300):  # the default profile's simulator loads for about two seconds
+            if switcher.state.value in ("ready", "failed") or stop.is_set():
+                break
+            await asyncio.sleep(0.1)
+        print(BANNER.format(port=cfg.server.port, model=switcher.current, key=key, password=password), flush=True)
         await stop.wait()
-        await gateway.cleanup()
-        await sim.cleanup()
+        await gateway.cleanup()  # stops the simulator too (switch.stop_on_exit)
 
-    return _run_server(main)
+    try:
+        return _run_server(main)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-async def _demo_account(cfg: Config) -> str:
-    """Migrate the demo database and give its demo user a fresh API key (keys are stored only
-    as hashes, so each start makes a new one to print)."""
+async def _demo_account(cfg: Config) -> tuple[str, str]:
+    """Migrate the demo database and give its demo user a fresh password and API key (both are
+    stored only as hashes, so each start makes new ones to print)."""
     from gwproxy.auth.tokens import TokenCodec
     from gwproxy.auth.users import UserService
     from gwproxy.errors import NotFound
@@ -258,12 +303,14 @@ async def _demo_account(cfg: Config) -> str:
     try:
         await migrator.upgrade(engine)
         users = UserService(engine, TokenCodec(cfg.auth, demo=True), cfg.auth.refresh_expire_days)
+        password = secrets.token_urlsafe(12)
         try:
             user = await users.find_user("demo")
+            await users.set_password(user.id, password)
         except NotFound:
-            user = await users.create_user("demo", secrets.token_urlsafe(16), "admin")
+            user = await users.create_user("demo", password, "admin")
         key, _ = await users.create_key(user.id, "make run")
-        return key
+        return key, password
     finally:
         await engine.dispose()
 

@@ -63,6 +63,7 @@ class ServerConfig:
     workers: int = _key(1, _positive)
     cors_origins: str = _key("")
     allowed_hosts: str = _key("")
+    docs: str = _key("", lambda v: None if v in ("", "true", "false") else "must be '', 'true' or 'false'")
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

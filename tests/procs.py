@@ -52,6 +52,15 @@ class Proc:
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} did not answer {url} in {timeout}s:\n{self.output()}")
 
+    def wait_output(self, text: str, timeout: float = 60.0) -> str:
+        """The output once it holds ``text`` (a banner printed after start-up, say)."""
+        deadline = time.monotonic() + timeout
+        while text not in (out := self.output()):
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} never printed {text!r}:\n{out}")
+            time.sleep(0.05)
+        return out
+
     def output(self) -> str:
         if not self._log.closed:
             self._log.flush()

@@ -23,7 +23,9 @@ class Refresh(_Strict):
 
 class NewKey(_Strict):
     name = fields.String(load_default="", validate=validate.Length(max=128))
-    expires_days = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=0, min_inclusive=False))
+    expires_days = fields.Float(
+        load_default=None, allow_none=True, validate=validate.Range(min=0, max=36500, min_inclusive=False)
+    )
     user_id = fields.Integer(load_default=None, allow_none=True, strict=True)
 
 

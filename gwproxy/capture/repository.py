@@ -137,7 +137,7 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
 
 
 def _ts(value: datetime) -> float:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    return _utc(value).timestamp()
 
 
 def _remember(index: dict[tuple[int, str, str | None], _Stored], user: int, digest: str, stored: _Stored) -> None:
@@ -257,6 +257,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidRequest("'cursor' is not a cursor this API gave out", param="cursor") from None
 
 
+def _utc(value: datetime) -> datetime:
+    """SQLite gives stored times back without their zone: they were written in UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def conversation_view(row: Any) -> dict[str, Any]:
     m = row._mapping
     return {
@@ -264,8 +269,8 @@ def conversation_view(row: Any) -> dict[str, Any]:
         "title": m["title"],
         "model": m["model"],
         "metadata": orjson.loads(m["metadata"] or "{}"),
-        "created_at": m["created_at"],
-        "updated_at": m["updated_at"],
+        "created_at": _utc(m["created_at"]),
+        "updated_at": _utc(m["updated_at"]),
     }
 
 
@@ -312,7 +317,7 @@ def message_view(row: Any) -> dict[str, Any]:
         "parent_id": m["parent_id"],
         "role": m["role"],
         "content": content,
-        "created_at": m["created_at"],
+        "created_at": _utc(m["created_at"]),
         "request_id": m["request_id"],
     }
     for key in ("reasoning_content", "tool_call_id", "name", "model", "finish_reason", "tokens"):

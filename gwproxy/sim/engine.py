@@ -116,13 +116,16 @@ class Params:
     seed: int | None = None
 
 
+MAX_N = 128  # choices per request; a real server is bounded by its KV cache, the simulator by this
+
+
 def parse_params(body: dict[str, Any]) -> Params:
-    def int_field(name: str, default: int | None, minimum: int) -> int | None:
+    def int_field(name: str, default: int | None, minimum: int, maximum: int = 2**63 - 1) -> int | None:
         value = body.get(name)
         if value is None:
             return default
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise RequestError(f"{name} must be an integer >= {minimum}", param=name)
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+            raise RequestError(f"{name} must be an integer from {minimum} to {maximum}", param=name)
         return value
 
     stop = body.get("stop")
@@ -138,7 +141,7 @@ def parse_params(body: dict[str, Any]) -> Params:
     if max_tokens is None:
         max_tokens = int_field("max_tokens", None, 1)
     return Params(
-        n=int_field("n", 1, 1) or 1,
+        n=int_field("n", 1, 1, MAX_N) or 1,
         max_tokens=max_tokens,
         stop=[s for s in stops if s],
         ignore_eos=bool(body.get("ignore_eos", False)),

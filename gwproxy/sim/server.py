@@ -175,6 +175,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, chat=False)
 
 
+MAX_DIMENSIONS = 8192  # vLLM refuses more than the model has; no embedding model has more
+
+
 async def embeddings(request: web.Request) -> web.Response:
     cfg = request.app[SIM_CONFIG]
     body = await _json_body(request)
@@ -189,8 +192,8 @@ async def embeddings(request: web.Request) -> web.Response:
     else:
         raise RequestError("input must be a string, a list of strings or a list of token ids")
     dims = body.get("dimensions") or cfg.embedding_dim
-    if not isinstance(dims, int) or dims < 1:
-        raise RequestError("dimensions must be a positive integer")
+    if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS:
+        raise RequestError(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}", param="dimensions")
     tokens = sum(len(engine.encode(t)) for t in inputs)
     rid, created, _ = _identity(cfg, body, "embd")
     data = [{"index": i, "object": "embedding", "embedding": engine.embedding(t, dims)} for i, t in enumerate(inputs)]

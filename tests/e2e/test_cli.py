@@ -16,8 +16,7 @@ def test_demo_serves_the_printed_examples(log_dir: Path, tmp_path: Path) -> None
     env = {"GWPROXY_DATABASE_SQLITE_PATH": str(tmp_path / "demo.db")}
     proc = Proc("demo", ["demo", "--host", "127.0.0.1", "--port", str(port)], log_dir, env=env)
     try:
-        proc.wait_http(f"http://127.0.0.1:{port}/health/ready")
-        banner = proc.output()
+        banner = proc.wait_output("Press Ctrl-C to stop.")
         curl = banner[banner.index("\ncurl ") : banner.index("\n\n", banner.index("\ncurl "))]
         script = banner[banner.index("\npython - <<'PY'") : banner.index("\nPY\n") + 4]
         shell_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
