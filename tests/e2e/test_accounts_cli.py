@@ -111,8 +111,7 @@ def test_demo_proc_has_a_working_admin_key(log_dir: Path, tmp_path: Path) -> Non
         env={"GWPROXY_DATABASE_SQLITE_PATH": str(tmp_path / "d.db")},
     )
     try:
-        proc.wait_http(f"http://127.0.0.1:{port}/health/ready")
-        key = proc.output().split("API key for this run: ")[1].split()[0]
+        key = proc.wait_output("Press Ctrl-C to stop.").split("API key for this run: ")[1].split()[0]
         me = httpx.get(f"http://127.0.0.1:{port}/api/auth/me", headers={"Authorization": f"Bearer {key}"})
         assert me.status_code == 200 and me.json()["username"] == "demo" and me.json()["role"] == "admin"
     finally:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +121,35 @@ def test_image_entrypoint_runs_on_the_host(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def _compose(*files: str, env: dict[str, str], profile: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A compose client's own reading of the files (podman-compose's `config`, as `docker compose
+    config` would print it): parsing, interpolation and overlay merging, with nothing started."""
+    client = Path(sys.executable).with_name("podman-compose")
+    args = [str(client), *(["--profile", profile] if profile else [])]
+    args += [a for f in files for a in ("-f", str(ROOT / f))] + ["config"]
+    return subprocess.run(args, capture_output=True, text=True, timeout=60, env={**os.environ, **env}, cwd=ROOT)
+
+
+def test_a_compose_client_reads_the_stack_and_the_dev_overlay() -> None:
+    secret = {"JWT_SECRET": "x" * 48}
+    base = _compose("docker-compose.yml", env=secret)
+    assert base.returncode == 0, base.stderr
+    stack = yaml.safe_load(base.stdout)
+    assert stack["name"] == "gwproxy"
+    # By default the gateway runs vLLM itself; the fixed vLLM service is behind a profile.
+    assert set(stack["services"]) == {"postgres", "redis", "migrate", "gateway"}
+    gateway = stack["services"]["gateway"]
+    assert gateway["environment"]["JWT_SECRET"] == "x" * 48
+    assert gateway["environment"]["GWPROXY_SWITCH_BACKEND"] == "docker"
+    static = yaml.safe_load(_compose("docker-compose.yml", env=secret, profile="static-vllm").stdout)
+    assert static["services"]["vllm"]["image"].startswith("vllm/vllm-openai")
+    dev = yaml.safe_load(_compose("docker-compose.yml", "docker-compose.dev.yml", env=secret).stdout)
+    vllm = dev["services"]["vllm"]
+    assert "profiles" not in vllm and "deploy" not in vllm and "ipc" not in vllm  # !reset took them out
+    assert vllm["entrypoint"] == ["gwproxy"] and vllm["command"][0] == "sim"
+    assert dev["services"]["gateway"]["environment"]["GWPROXY_SWITCH_BACKEND"] == ""
+    assert dev["services"]["gateway"]["volumes"] == ["./gwproxy:/opt/venv/lib/python3.11/site-packages/gwproxy:ro"]
+    missing = _compose("docker-compose.yml", env={"JWT_SECRET": ""})
+    assert missing.returncode != 0 and "set JWT_SECRET to at least 32 random bytes" in missing.stderr
