@@ -53,6 +53,14 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})
 
 
+CLIENT_CLOSED = 499  # nginx's status for a client that went away before the response ended
+
+
+def status_of(exc: Exception) -> int:
+    """The status an exception leaving a handler is answered with: ours, aiohttp's, else 500."""
+    return exc.status if isinstance(exc, GatewayError | web.HTTPException) else 500
+
+
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"

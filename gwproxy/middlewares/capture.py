@@ -17,10 +17,8 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy.capture.record import CAPTURED_ROUTES, Record, Recorder, request_fields
 from gwproxy.config import CaptureConfig
-from gwproxy.errors import GatewayError
+from gwproxy.errors import CLIENT_CLOSED, status_of
 from gwproxy.keys import BODY, CAPTURE, PRINCIPAL, RECORDER, REQUEST_ID, TRACE
-
-CLIENT_CLOSED = 499  # nginx's status for a client that went away before the response ended
 
 
 def capture_middleware(cfg: CaptureConfig) -> Middleware:
@@ -40,11 +38,8 @@ def capture_middleware(cfg: CaptureConfig) -> Middleware:
             response = await handler(request)
             status = response.status
             return response
-        except GatewayError as exc:
-            status = exc.status
-            raise
-        except web.HTTPException as exc:
-            status = exc.status
+        except Exception as exc:
+            status = status_of(exc)
             raise
         except asyncio.CancelledError:  # the client went away: what it got so far is still a reply
             status = 200 if recorder.size else CLIENT_CLOSED

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy import log
-from gwproxy.errors import GatewayError
+from gwproxy.errors import CLIENT_CLOSED, status_of
 from gwproxy.keys import TRACE
 from gwproxy.metrics import Metrics
 from gwproxy.proxy.routes import ROOT_PATHS, route_label
@@ -41,16 +41,13 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
         status = 500
         try:
             resp = await handler(request)
-            status = 499 if trace.upstream_error == "client_gone" else resp.status
+            status = CLIENT_CLOSED if trace.upstream_error == "client_gone" else resp.status
             return resp
-        except GatewayError as exc:
-            status = exc.status
-            raise
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
         except asyncio.CancelledError:
-            status = 499
+            status = CLIENT_CLOSED
+            raise
+        except Exception as exc:
+            status = status_of(exc)
             raise
         finally:
             metrics.in_flight -= 1

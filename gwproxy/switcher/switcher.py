@@ -122,7 +122,6 @@ class Switcher:
         self.state = State.UNMANAGED if backend is None else State.STOPPED
         self.current: str | None = None  # profile id being served (or brought up)
         self.instance: Instance | None = None
-        self.launch: Launch | None = None
         self.job: Job | None = None
         self.error: str | None = None  # why the backend could not be used at start, if it could not
         self._task: asyncio.Task[None] | None = None
@@ -227,9 +226,8 @@ class Switcher:
             )
         job = Job(secrets.token_hex(6), profile_id, self.current, dry_run=dry_run, force=force)
         if dry_run:
-            job.plan = planner.plan(
-                self.profiles.profiles[profile_id], self._hardware or self._read_hardware(), self.cfg.reserve_gib
-            )
+            assert self._hardware is not None, "start() reads the hardware"
+            job.plan = planner.plan(self.profiles.profiles[profile_id], self._hardware, self.cfg.reserve_gib)
             job.state, job.phase = State.VALIDATING, "planned"
             self._finish(job, "dry_run", None if job.plan.fits else job.plan.reason)
             return job, False
@@ -248,6 +246,7 @@ class Switcher:
 
     async def start(self) -> None:
         """Recover what the backend left running, else start the default profile if asked to."""
+        await self.hardware()  # read once now, in a thread: a dry run plans with this reading
         if self.backend is None:
             return
         try:
@@ -321,7 +320,7 @@ class Switcher:
             self.instance = await self.backend.start(launch)
         except Exception as exc:  # the engine refused: image missing, bad command …
             raise SwitchFailed(f"could not start '{profile.id}': {type(exc).__name__}: {exc}") from exc
-        self.current, self.launch = profile.id, launch
+        self.current = profile.id
         await self._await_ready(job, self.instance, profile)
 
     async def _await_ready(self, job: Job, instance: Instance, profile: Profile | None) -> None:
