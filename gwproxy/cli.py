@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import os
 import secrets
@@ -121,7 +122,7 @@ def _serve_workers(cfg: Config) -> int:
 
     ctx = multiprocessing.get_context("fork")
     n = cfg.server.workers
-    workers = [ctx.Process(target=lambda: sys.exit(_serve_one(cfg, reuse_port=True))) for _ in range(n)]
+    workers = [ctx.Process(target=_serve_worker, args=(_worker_config(cfg, i),)) for i in range(n)]
     for w in workers:
         w.start()
 
@@ -135,6 +136,17 @@ def _serve_workers(cfg: Config) -> int:
     for w in workers:
         w.join()
     return max((w.exitcode or 0) for w in workers)
+
+
+def _serve_worker(cfg: Config) -> None:
+    sys.exit(_serve_one(cfg, reuse_port=True))
+
+
+def _worker_config(cfg: Config, index: int) -> Config:
+    """Worker ``index``'s configuration: its own capture spool (one writer per spool file), which
+    the worker of the same index replays after a restart."""
+    spool = str(Path(cfg.capture.spool_dir) / f"worker-{index}")
+    return dataclasses.replace(cfg, capture=dataclasses.replace(cfg.capture, spool_dir=spool))
 
 
 def _run_server(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:

@@ -214,6 +214,7 @@ class SwitchConfig:
 @dataclass(frozen=True, slots=True)
 class CaptureConfig:
     enabled: bool = _key(True)
+    process: bool = _key(True)  # the writer in its own process (another core), fed through a pipe
     max_bytes: int = _key(1024 * 1024, _positive)
     queue_size: int = _key(10000, _positive)
     batch_size: int = _key(200, _positive)

@@ -13,8 +13,7 @@ if TYPE_CHECKING:
     from gwproxy.auth.principal import Principal
     from gwproxy.auth.throttle import LoginThrottle
     from gwproxy.auth.users import UserService
-    from gwproxy.capture.record import Recorder
-    from gwproxy.capture.writer import CaptureWriter
+    from gwproxy.capture.record import Recorder, RecordSink
     from gwproxy.config import Config
     from gwproxy.metrics import Metrics
     from gwproxy.proxy.registry import UpstreamRegistry
@@ -34,7 +33,7 @@ DEMO: web.AppKey[bool] = web.AppKey("demo")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
-CAPTURE: web.AppKey[CaptureWriter] = web.AppKey("capture")
+CAPTURE: web.AppKey[RecordSink] = web.AppKey("capture")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 TRACE: web.RequestKey[Trace] = web.RequestKey("trace")

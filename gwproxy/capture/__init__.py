@@ -4,6 +4,8 @@
 ``assembly`` (pure: SSE or JSON → the assistant message), ``threads`` (pure: message prefix
 hashes that find the conversation a request continues), ``spool`` (the append-only disk file
 records wait in while the database is away), ``writer`` (the batch writer that owns the queue
-and the spool), ``repository`` (the queries) and the routes: ``/api/conversations``,
+and the spool), ``batch`` (storing one batch: threading and the inserts), ``worker`` (the
+writer's own process) and ``courier`` (the gateway's side of it), ``repository`` (the API's
+queries) and the routes: ``/api/conversations``,
 ``/api/usage`` and ``/api/chat``.
 """

@@ -17,7 +17,7 @@ from aiohttp import web
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from gwproxy.bodies import StrictBool, invalid, parse
-from gwproxy.capture import repository, threads
+from gwproxy.capture import batch, repository, threads
 from gwproxy.errors import InvalidRequest
 from gwproxy.keys import BODY, DATABASE, PRINCIPAL, RECORDER, RESPONSE_HEADERS, TRACE
 from gwproxy.proxy.routes import through_gate
@@ -61,7 +61,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if history and threads.prefix_hashes(messages[:1])[0] not in stored:
             body["messages"] = history + messages  # the client sent only the new turn
     elif principal.via != "anonymous":
-        cid, created = repository.new_id(), True
+        cid, created = batch.new_id(), True
     recorder = request.get(RECORDER)
     if recorder is not None:
         recorder.conversation_id, recorder.create_conversation = cid, created

@@ -8,8 +8,8 @@ survives a trip through the disk spool as one JSON line — and hands it to the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
@@ -37,11 +37,17 @@ class Record:
     duration_ms: float | None = None
 
     def dumps(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return orjson.dumps(self)  # orjson reads the dataclass as it is (``asdict`` deep-copies)
 
     @classmethod
     def loads(cls, raw: bytes) -> Record:
         return cls(**orjson.loads(raw))
+
+
+class RecordSink(Protocol):
+    """Where the capture middleware hands records: the writer, or the courier to its process."""
+
+    def submit(self, record: Record) -> None: ...
 
 
 class Recorder:

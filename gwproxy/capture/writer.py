@@ -26,8 +26,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy import log
-from gwproxy.capture import repository
 from gwproxy.capture.assembly import assemble
+from gwproxy.capture.batch import write_batch
 from gwproxy.capture.record import Record
 from gwproxy.capture.spool import Spool
 from gwproxy.config import CaptureConfig
@@ -50,6 +50,7 @@ class CaptureWriter:
         self._inflight: list[Record] = []  # taken from the queue, not yet written or spooled
         self._idle = asyncio.Event()  # clear while writing, spooling or replaying: not to be cut half-way
         self._idle.set()
+        self._full = asyncio.Event()  # set when a whole batch is queued
         self._closing = False
         metrics.capture_queue = self.queue.qsize
 
@@ -60,6 +61,8 @@ class CaptureWriter:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
             asyncio.get_running_loop().run_in_executor(None, self._spool_now, [record])
+        if self.queue.qsize() >= self.cfg.batch_size - 1 and not self._full.is_set():
+            self._full.set()  # the writer's wait for a batch is over: the one it holds + these
 
     # ---- the writer task -----------------------------------------------------------------------
 
@@ -100,25 +103,22 @@ class CaptureWriter:
                 self._idle.set()
 
     async def _collect(self, batch: list[Record]) -> None:
+        """Wait for a record, then for ``batch_seconds`` or until a full batch is queued, then take
+        up to ``batch_size``. One wake-up per batch, not one per record: the writer shares the
+        request handlers' event loop."""
         timeout = self.cfg.retry_seconds if self._spooling else None
         try:
             batch.append(await asyncio.wait_for(self.queue.get(), timeout))
         except TimeoutError:
             return
-        deadline = time.monotonic() + self.cfg.batch_seconds
-        while len(batch) < self.cfg.batch_size:
-            try:
-                batch.append(self.queue.get_nowait())
-                continue
-            except asyncio.QueueEmpty:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), left))
-            except TimeoutError:
-                break
+        size = self.cfg.batch_size
+        if self.queue.qsize() + 1 < size and self.cfg.batch_seconds > 0:
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.batch_seconds):
+                    await self._full.wait()
+        while len(batch) < size and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
 
     async def _write_or_spool(self, batch: list[Record]) -> None:
         if not self._spooling:
@@ -146,8 +146,7 @@ class CaptureWriter:
     async def _write(self, batch: Sequence[Record]) -> int:
         """Write new records in one transaction; returns how many were new."""
         items = [(r, assemble(r.response.encode(), sse=r.sse, chat=r.route != "/v1/completions")) for r in batch]
-        async with self.engine.begin() as conn:
-            written = await repository.store_batch(conn, items)
+        written = await write_batch(self.engine, items)
         self.metrics.capture_written += written
         return written
 
@@ -197,8 +196,18 @@ class CaptureWriter:
 
 
 async def capture_context(app: web.Application) -> AsyncIterator[None]:
-    cfg = app[CONFIG].capture
-    writer = CaptureWriter(cfg, app[DATABASE], app[METRICS])
+    """The writer in its own process (``capture.process``, the default) or in this event loop."""
+    config = app[CONFIG]
+    if config.capture.process:
+        from gwproxy.capture.courier import Courier  # imports the worker module, which imports this one
+
+        courier = Courier(config, app[METRICS])
+        app[CAPTURE] = courier
+        await courier.start()
+        yield
+        await courier.close()
+        return
+    writer = CaptureWriter(config.capture, app[DATABASE], app[METRICS])
     app[CAPTURE] = writer
     if writer._spooling:
         _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())

@@ -126,7 +126,7 @@ messages = Table(
     Column("prefix_hash", String(64), nullable=False),  # hash of the branch up to and with this message
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_messages_conversation", "conversation_id", "seq"),
-    Index("ix_messages_prefix_hash", "prefix_hash"),
+    Index("ix_messages_prefix_user_created", "prefix_hash", "user_id", "created_at"),  # newest per history
 )
 
 requests = Table(

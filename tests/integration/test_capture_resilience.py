@@ -4,15 +4,17 @@ records still queued, the same spool replayed twice. Real PostgreSQL, real gatew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import httpx
+import psutil
 import pytest
 
 from tests.conftest import gwproxy_cli
@@ -37,10 +39,10 @@ def _provision(pg: Postgres) -> tuple[dict[str, str], dict[str, str]]:
     return env, {"Authorization": f"Bearer {key}"}
 
 
-def _gateway(log_dir: Path, sim: int, env: dict[str, str], spool: Path, name: str) -> tuple[Proc, str]:
+def _gateway(log_dir: Path, sim: int, env: dict[str, str], spool: Path, name: str, **extra: str) -> tuple[Proc, str]:
     proc, port = start_gateway(
         log_dir, sim, name=name,
-        env={**env, "GWPROXY_CAPTURE_SPOOL_DIR": str(spool), "GWPROXY_CAPTURE_RETRY_SECONDS": "0.3",
+        env={**env, **extra, "GWPROXY_CAPTURE_SPOOL_DIR": str(spool), "GWPROXY_CAPTURE_RETRY_SECONDS": "0.3",
              "GWPROXY_CAPTURE_WRITE_TIMEOUT": "2", "GWPROXY_CAPTURE_BATCH_SECONDS": "0.05",
              "GWPROXY_RATELIMIT_ENABLED": "false",
              "GWPROXY_AUTH_KEY_CACHE_SECONDS": "600"},  # keys stay known while the database is away
@@ -81,6 +83,14 @@ def _metric(base: str, name: str) -> float:
     return float(m.group(1))
 
 
+def _wait_metric(base: str, name: str, ok: Callable[[float], bool], timeout: float = 20) -> float:
+    """The writer reports asynchronously (from its own process): poll until ``ok``."""
+    deadline = time.monotonic() + timeout
+    while not ok(value := _metric(base, name)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
+
+
 def _wait_stored(base: str, auth: dict[str, str], count: int, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     usage: dict[str, Any] = {}
@@ -113,26 +123,29 @@ def _check_every_turn_once(base: str, auth: dict[str, str]) -> None:
         assert stored["branch"] == [m["id"] for m in stored["messages"]]
 
 
+@pytest.mark.parametrize("process", ["true", "false"], ids=["writer-process", "writer-in-loop"])
 def test_database_stopped_during_200_streamed_chats(
-    log_dir: Path, sim: int, own_postgres: Postgres, tmp_path: Path
+    log_dir: Path, sim: int, own_postgres: Postgres, tmp_path: Path, process: str
 ) -> None:
     env, auth = _provision(own_postgres)
-    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-db-down")
+    proc, base = _gateway(
+        log_dir, sim, env, tmp_path / "spool", f"gw-db-down-{process}", GWPROXY_CAPTURE_PROCESS=process
+    )
     try:
         replies: dict[int, str] = {}
         asyncio.run(_run_turns(base, auth, range(0, 30), False, replies))  # database up
         own_postgres.halt()
         asyncio.run(_run_turns(base, auth, range(30, CONVERSATIONS), False, replies))  # down: all still answered
         asyncio.run(_run_turns(base, auth, range(0, 50), True, replies))
-        assert _metric(base, "gwproxy_capture_spooled") > 0
+        assert _wait_metric(base, "gwproxy_capture_spooled", lambda v: v > 0) > 0
         own_postgres.start()
         asyncio.run(_run_turns(base, auth, range(50, CONVERSATIONS), True, replies))  # back
         usage = _wait_stored(base, auth, 2 * CONVERSATIONS)
         assert usage["total"]["failed"] == 0
         _check_every_turn_once(base, auth)
-        assert _metric(base, "gwproxy_capture_replayed") > 0
+        assert _wait_metric(base, "gwproxy_capture_replayed", lambda v: v > 0) > 0
         assert _metric(base, "gwproxy_capture_dropped") == 0
-        assert _metric(base, "gwproxy_capture_queue_depth") == 0
+        assert _wait_metric(base, "gwproxy_capture_queue_depth", lambda v: v == 0) == 0
     finally:
         proc.stop()
 
@@ -176,5 +189,61 @@ def test_sigterm_with_records_pending_then_restart_replays_once(
         time.sleep(0.5)
         _wait_stored(base, auth, 2 * CONVERSATIONS)  # the duplicates added nothing
         _check_every_turn_once(base, auth)
+    finally:
+        again.stop()
+
+
+def _writer_process(proc: Proc) -> psutil.Process:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for child in psutil.Process(proc.popen.pid).children():
+            with contextlib.suppress(psutil.Error):
+                if "gwproxy.capture.worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                    return child
+        time.sleep(0.1)
+    raise AssertionError("no capture writer process")
+
+
+def test_the_writer_process_killed_is_replaced_and_what_came_meanwhile_is_spooled_then_written(
+    log_dir: Path, sim: int, own_postgres: Postgres, tmp_path: Path
+) -> None:
+    env, auth = _provision(own_postgres)
+    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-writer-killed")
+    try:
+        replies: dict[int, str] = {}
+        asyncio.run(_run_turns(base, auth, range(0, 50), False, replies))
+        _wait_stored(base, auth, 50)
+        assert _wait_metric(base, "gwproxy_capture_written", lambda v: v == 50) == 50
+        first = _writer_process(proc)
+        first.kill()  # a crash: what it had written stays, its counters carry over
+        proc.wait_output("capture writer process exited")
+        asyncio.run(_run_turns(base, auth, range(50, CONVERSATIONS), False, replies))  # spooled by the gateway
+        asyncio.run(_run_turns(base, auth, range(CONVERSATIONS), True, replies))
+        _wait_stored(base, auth, 2 * CONVERSATIONS)
+        _check_every_turn_once(base, auth)
+        assert _writer_process(proc).pid != first.pid
+        assert _wait_metric(base, "gwproxy_capture_written", lambda v: v == 2 * CONVERSATIONS) == 2 * CONVERSATIONS
+        assert _metric(base, "gwproxy_capture_dropped") == 0
+    finally:
+        proc.stop()
+
+
+def test_a_gateway_killed_outright_leaves_its_writer_to_finish(
+    log_dir: Path, sim: int, own_postgres: Postgres, tmp_path: Path
+) -> None:
+    env, auth = _provision(own_postgres)
+    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-killed")
+    replies: dict[int, str] = {}
+    try:
+        writer = _writer_process(proc)
+        asyncio.run(_run_turns(base, auth, range(0, 40), False, replies))
+        time.sleep(0.3)  # handed to the writer's pipe (every few milliseconds)
+        proc.popen.kill()  # no drain, no goodbye: the writer sees its input end
+        writer.wait(30)
+    finally:
+        proc.stop()
+    again, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-killed-2")
+    try:
+        _wait_stored(base, auth, 40)
     finally:
         again.stop()

@@ -75,6 +75,7 @@ async def test_foreign_host_is_refused(sim: int) -> None:
 
 def test_workers_share_the_port_and_stop_together(log_dir: Path, sim: int, tmp_path: Path) -> None:
     env, key = provision(tmp_path)
+    env["GWPROXY_CAPTURE_SPOOL_DIR"] = str(tmp_path / "spool")
     proc, port = start_gateway(log_dir, sim, "--workers", "2", env=env, name="gateway-workers")
     try:
         parent = psutil.Process(proc.popen.pid)
@@ -94,10 +95,21 @@ def test_workers_share_the_port_and_stop_together(log_dir: Path, sim: int, tmp_p
                 assert r.status_code == 200
                 seen.add(r.headers["X-Request-ID"][:16])  # the per-process id prefix
         assert len(seen) == 2, "both workers answered"
+        # Each worker captures through its own writer process and spool: none shares a spool file.
+        everyone = workers + [c for w in workers for c in w.children()]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            usage = httpx.get(f"http://127.0.0.1:{port}/api/usage", headers={"Authorization": f"Bearer {key}"})
+            if usage.json()["total"]["requests"] == 40:
+                break
+            time.sleep(0.2)
+        assert usage.json()["total"]["requests"] == 40
+        assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["worker-0", "worker-1"]
     finally:
         proc.stop(signal.SIGTERM)
     assert proc.popen.returncode == 0
-    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert len(everyone) == 4  # two workers, each with its capture writer
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in everyone)
 
 
 async def test_sigterm_lets_streams_finish(log_dir: Path, paced_sim: int, tmp_path: Path) -> None:

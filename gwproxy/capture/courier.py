@@ -1,0 +1,204 @@
+"""Courier: hands captured records to the writer process (``worker``), so that parsing,
+threading and database writes run on another core than the gateway's event loop.
+
+``submit`` (never blocks, never raises) serialises the record and queues the line; the lines
+are written to the worker's stdin together, ``FLUSH_SECONDS`` after the first of them (one
+write per burst, not one per request). The worker's counter reports become the gateway's
+capture metrics, so ``/metrics`` reads the same as with the writer in process.
+
+Nothing is dropped while the disk spool has room:
+- the worker dies (a bug, or killed): it is started again after ``RESTART_SECONDS``; lines
+  submitted meanwhile are appended to the spool, which the new worker replays first. Records the
+  dead worker had read but not written or spooled are lost, and the log says so.
+- the worker stops reading (stuck): lines wait here, up to ``capture.queue_size``; past that
+  they are dropped, counted and logged — the spool is the worker's to write while it runs.
+- shutdown (``close``): the remaining lines are written, stdin is closed, and the worker drains
+  (writes or spools its queue) and exits; the gateway waits for it, ``shutdown_seconds`` at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gwproxy import log
+from gwproxy.capture.record import Record
+from gwproxy.capture.spool import Spool
+from gwproxy.capture.worker import COUNTERS
+from gwproxy.config import Config
+from gwproxy.metrics import Metrics
+
+FLUSH_SECONDS = 0.005
+RESTART_SECONDS = 1.0
+MAX_UNREAD_BYTES = 8 * 1024 * 1024  # written to the pipe, not yet read by the worker
+
+_log = log.get("gwproxy.capture")
+
+
+class Courier:
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.cfg = config.capture
+        self.metrics = metrics
+        self._settings: dict[str, Any] = {
+            "capture": asdict(config.capture),
+            "database": asdict(config.database),
+            "log_level": config.server.log_level,
+            "json_logs": not config.server.debug,
+        }
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reports: asyncio.Task[None] | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._lines: list[bytes] = []  # submitted, not yet written to the pipe
+        self._flush_at: asyncio.TimerHandle | None = None
+        self._reported: dict[str, int] = {}  # the running worker's last report
+        self._before = dict.fromkeys(COUNTERS, 0)  # earlier workers' totals, and this side's own
+        self._closing = False
+        self._starting = False
+        metrics.capture_queue = lambda: len(self._lines) + self._reported.get("queue", 0)
+
+    # ---- the request side ----------------------------------------------------------------------
+
+    def submit(self, record: Record) -> None:
+        self._lines.append(record.dumps())
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        if not self._lines:
+            return
+        proc = self._proc
+        if self._starting:
+            self._hold()  # a worker is on its way (and may be reading the spool already)
+            return
+        if proc is None or proc.returncode is not None or proc.stdin is None or proc.stdin.is_closing():
+            self._spool(self._lines)  # no worker to read them: the next one replays the spool
+            self._lines = []
+            return
+        transport = proc.stdin.transport
+        if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            self._hold()  # the worker is not reading: keep them (bounded), try again shortly
+            return
+        proc.stdin.write(b"\n".join(self._lines) + b"\n")
+        self._lines = []
+
+    def _hold(self) -> None:
+        """Keep the lines (up to ``queue_size``) and try again shortly."""
+        excess = len(self._lines) - self.cfg.queue_size
+        if excess > 0:
+            self._before["dropped"] += excess
+            _log.error("capture writer process is not reading: records dropped", dropped=excess)
+            del self._lines[:excess]
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(RESTART_SECONDS / 10, self._flush)
+        self._publish()
+
+    def _spool(self, lines: list[bytes]) -> None:
+        """Only while no worker runs (the spool is the worker's file otherwise); blocking, rare."""
+        kept = Spool(Path(self.cfg.spool_dir), self.cfg.spool_max_bytes).append(lines)
+        self._before["spooled"] += kept
+        if kept < len(lines):
+            self._before["dropped"] += len(lines) - kept
+            _log.error("capture spool full: records dropped", dropped=len(lines) - kept)
+        self._publish()
+
+    # ---- the worker ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="gwproxy-capture-courier")
+
+    async def _spawn(self) -> None:
+        self._starting = True
+        read_fd, write_fd = os.pipe()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gwproxy.capture.worker",
+                stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,), start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+            self._starting = False
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(orjson.dumps({**self._settings, "report_fd": write_fd}) + b"\n")
+        self._reported = {}
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+        self._reports = asyncio.create_task(self._read_reports(reader))
+        _log.info("capture writer process started", pid=self._proc.pid)
+
+    async def _read_reports(self, reader: asyncio.StreamReader) -> None:
+        while line := await reader.readline():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self._reported = orjson.loads(line)
+                self._publish()
+
+    def _publish(self) -> None:
+        for name in COUNTERS:
+            setattr(self.metrics, f"capture_{name}", self._before[name] + self._reported.get(name, 0))
+
+    async def _supervise(self) -> None:
+        while True:
+            assert self._proc is not None
+            code = await self._proc.wait()
+            if self._reports is not None:
+                await self._reports  # its last report, if it made one
+                self._reports = None
+            if self._closing:
+                return
+            _log.error(
+                "capture writer process exited; starting another (records it held but had not "
+                "written or spooled are lost)", exit_code=code, queued=self._reported.get("queue", 0),
+            )  # fmt: skip
+            for name in COUNTERS:
+                self._before[name] += self._reported.get(name, 0)
+            self._reported = {}
+            self._publish()
+            await asyncio.sleep(RESTART_SECONDS)
+            self._flush()  # spools what came meanwhile, before the next worker reads the spool
+            try:
+                await self._spawn()
+            except OSError as exc:  # tried again after RESTART_SECONDS; records go to the spool
+                _log.error("capture writer process could not start", error=str(exc))
+                continue
+            self._flush()
+
+    async def close(self) -> None:
+        """Hand over what is left, close the worker's input and wait for it to drain and exit."""
+        self._closing = True
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+        self._flush_at = None
+        proc = self._proc
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            if self._lines:
+                proc.stdin.write(b"\n".join(self._lines) + b"\n")
+                self._lines = []
+            proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), self.cfg.write_timeout * 4 + 10)
+            except TimeoutError:
+                _log.error("capture writer process did not finish draining; killed", pid=proc.pid)
+                proc.kill()
+                await proc.wait()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._reports is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reports, 2)
+        if self._lines:
+            self._spool(self._lines)
+            self._lines = []

@@ -1,0 +1,137 @@
+"""Worker: the capture writer's own process (``python -m gwproxy.capture.worker``), started and
+fed by the gateway's ``Courier``.
+
+Protocol, over the pipes the gateway opened:
+- stdin: first line, the settings (JSON: ``capture``, ``database``, ``log_level``, ``json_logs``,
+  ``report_fd``); then one record per line (``Record.dumps``).
+- ``report_fd``: the writer's counters as one JSON line (``written``, ``spooled``, ``replayed``,
+  ``dropped``, ``rejected``, ``queue``) at start, whenever they change (at most every
+  ``REPORT_SECONDS``), and once more at exit.
+- stdout: log lines, into the gateway's own log stream.
+
+End of stdin (the gateway closing, or dying) or SIGTERM means: stop reading, drain — write what
+is queued, spool what cannot be written (``CaptureWriter.close``) — report, exit. The process
+runs in its own session, so a Ctrl-C meant for the gateway's terminal does not cut the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import Any
+
+import orjson
+import uvloop
+
+from gwproxy import log as logconf
+from gwproxy.capture.record import Record
+from gwproxy.capture.writer import CaptureWriter
+from gwproxy.config import CaptureConfig, DatabaseConfig
+from gwproxy.metrics import Metrics
+from gwproxy.store.engine import create_engine
+
+REPORT_SECONDS = 0.2
+COUNTERS = ("written", "spooled", "replayed", "dropped", "rejected")
+
+_log = logconf.get("gwproxy.capture")
+
+
+def counters(metrics: Metrics) -> dict[str, int]:
+    out = {name: int(getattr(metrics, f"capture_{name}")) for name in COUNTERS}
+    out["queue"] = metrics.capture_queue()
+    return out
+
+
+class _Intake(asyncio.Protocol):
+    """Lines from stdin → records for the writer; end of input sets ``done``."""
+
+    def __init__(self, writer: CaptureWriter, done: asyncio.Event) -> None:
+        self.writer = writer
+        self.done = done
+        self.partial = b""
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            if not line:
+                continue
+            try:
+                record = Record.loads(line)
+            except (orjson.JSONDecodeError, TypeError) as exc:  # not from this gateway's version
+                _log.error("capture worker: unreadable record line", error=str(exc), size=len(line))
+                continue
+            self.writer.submit(record)
+
+    def eof_received(self) -> bool | None:
+        self.done.set()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.done.set()
+
+
+async def _report(fd: int, metrics: Metrics, stop: asyncio.Event) -> None:
+    last: dict[str, int] = {}
+    while True:
+        now = counters(metrics)
+        if now != last:
+            os.write(fd, orjson.dumps(now) + b"\n")
+            last = now
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REPORT_SECONDS)
+
+
+async def run(settings: dict[str, Any]) -> None:
+    cfg = CaptureConfig(**settings["capture"])
+    engine = create_engine(DatabaseConfig(**settings["database"]))
+    metrics = Metrics()
+    writer = CaptureWriter(cfg, engine, metrics)
+    if writer._spooling:
+        _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())
+    writer.start()
+    loop = asyncio.get_running_loop()
+    done, reported = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, done.set)
+    reporter = asyncio.create_task(_report(settings["report_fd"], metrics, reported))
+    transport, _ = await loop.connect_read_pipe(lambda: _Intake(writer, done), sys.stdin.buffer)
+    try:
+        await done.wait()
+    finally:
+        transport.close()
+        await writer.close()
+        await engine.dispose()
+        reported.set()
+        await reporter
+
+
+def _first_line() -> bytes:
+    """The settings line, read from the descriptor a byte at a time: a buffered read could take
+    records past it that the pipe reader would then never see."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            break
+        line += byte
+    return bytes(line)
+
+
+NICENESS = 10
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when this process ends
+    os.nice(NICENESS)  # background work: where it shares a core, request handling comes first
+    settings = orjson.loads(_first_line())
+    logconf.configure(settings["log_level"], json=settings["json_logs"])
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()
