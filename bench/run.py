@@ -154,7 +154,7 @@ def provision_postgres(url: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @contextmanager
-def capture_pair(nginx_v1: str) -> Iterator[tuple[dict[str, int], dict[str, str]]]:
+def capture_pair(nginx_v1: str) -> Iterator[tuple[dict[str, int], dict[str, str], dict[str, str]]]:
     """Two gateways on one PostgreSQL server on loopback, capture off and on; with their key."""
     sys.path.insert(0, str(ROOT))
     from tests.services import Postgres  # the test suite's throwaway server (runs as postgres under root)
@@ -181,7 +181,7 @@ def capture_pair(nginx_v1: str) -> Iterator[tuple[dict[str, int], dict[str, str]
         writer = writer_process(ports["pid_gw_capture_on"])
         subprocess.run(["taskset", "-p", "-c", LOAD_CORE, str(writer)], check=True, capture_output=True)
         ports["pid_writer"] = writer
-        yield ports, headers
+        yield ports, headers, env
     finally:
         procs.stop()
         pg.stop()
@@ -239,6 +239,19 @@ def capture_rounds(
     rows = {name: {k: statistics.median(v) for k, v in got.items()} for name, got in samples.items()}
     rows["gw_capture_on"].update(capture_metrics(p["gw_capture_on"]))
     return rows
+
+
+def capture_instructions(env: dict[str, str], headers: dict[str, str], nginx_v1: str) -> dict[str, float]:
+    """The gateway process's instructions per request (callgrind), capture off and on: what the
+    request path itself pays, whatever the neighbours on a shared machine do."""
+    out = {}
+    for name, enabled in (("off", "false"), ("on", "true")):
+        port = free_port()
+        extra = {"GWPROXY_CAPTURE_ENABLED": enabled, "GWPROXY_CAPTURE_SPOOL_DIR": str(WORK / "spool" / f"ir-{name}")}
+        out[f"ir_{name}"] = instructions_per_request(
+            f"capture-{name}", gateway_argv(port, nginx_v1), port, 400, {**env, **extra}, headers
+        )
+    return out
 
 
 def settle(port: int, quiet: float = 0.8) -> None:
@@ -420,19 +433,22 @@ async def paced(url: str, streams: int, tokens: int) -> tuple[list[float], int, 
     return gaps, chunks, time.perf_counter() - t0
 
 
-def sequential(port: int, n: int) -> None:
+def sequential(port: int, n: int, headers: dict[str, str] | None = None) -> None:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     for _ in range(n):
-        conn.request("POST", "/v1/chat/completions", body=CHAT, headers=HEADERS)
+        conn.request("POST", "/v1/chat/completions", body=CHAT, headers=headers or HEADERS)
         resp = conn.getresponse()
         resp.read()
         assert resp.status == 200, resp.status
     conn.close()
 
 
-def instructions_per_request(name: str, argv: list[str], port: int, n: int, env: dict[str, str] | None = None) -> float:
+def instructions_per_request(
+    name: str, argv: list[str], port: int, n: int, env: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> float:  # fmt: skip
     """CPU instructions a proxy executes per request, counted by callgrind: unlike CPU time on a
     shared virtual machine, the count does not change with what the neighbours do."""
     out = WORK / f"callgrind.{name}"
@@ -443,10 +459,12 @@ def instructions_per_request(name: str, argv: list[str], port: int, n: int, env:
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv], stdout=log, stderr=log, env=env
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=300)
-        sequential(port, 50)
+        wait_http(f"http://127.0.0.1:{port}/v1/models", timeout=300, headers=headers)
+        sequential(port, 50, headers)
+        time.sleep(1)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        sequential(port, n)
+        sequential(port, n, headers)
+        time.sleep(1)  # the last records handed on
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
     finally:
         proc.terminate()
@@ -514,8 +532,9 @@ def main() -> None:
     env = provision()
     rows: dict[str, dict[str, float]] = {}
     if args.only == "capture":
-        with services(env) as p, capture_pair(f"http://127.0.0.1:{p['nginx']}/v1") as (cp, headers):
+        with services(env) as p, capture_pair(f"http://127.0.0.1:{p['nginx']}/v1") as (cp, headers, pg_env):
             rows = capture_rounds(cp, headers, f"http://127.0.0.1:{p['nginx']}/v1/chat/completions", seconds, rounds)
+            rows["gw_capture_on"].update(capture_instructions(pg_env, headers, f"http://127.0.0.1:{p['nginx']}/v1"))
         report = render_capture(rows, seconds, rounds, standalone=True)
         out = RESULTS / f"{datetime.date.today().isoformat()}-capture.md"
         out.write_text(report)
@@ -586,8 +605,9 @@ def main() -> None:
             rows["bare"]["kinstr_per_req"], rows["gateway"]["kinstr_per_req"] = bare_ir / 1000, gw_ir / 1000
             rows["gateway"]["kinstr_auth"] = (gw_ir - open_ir) / 1000
         rows["gateway"].update(asyncio.run(auth_cost(env)))
-        with capture_pair(f"http://127.0.0.1:{p['nginx']}/v1") as (cp, headers):
+        with capture_pair(f"http://127.0.0.1:{p['nginx']}/v1") as (cp, headers, pg_env):
             capture = capture_rounds(cp, headers, f"http://127.0.0.1:{p['nginx']}/v1/chat/completions", seconds, rounds)
+            capture["gw_capture_on"].update(capture_instructions(pg_env, headers, f"http://127.0.0.1:{p['nginx']}/v1"))
     report = render(rows, seconds, rounds, streams, args.quick) + "\n" + render_capture(capture, seconds, rounds)
     out = RESULTS / f"{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}.md"
     out.write_text(report)
@@ -697,6 +717,8 @@ def render_capture(rows: dict[str, dict[str, float]], seconds: int, rounds: int,
         f"| p99 at concurrency 32 (ms) | {off['c32_p99']:.2f} | {on['c32_p99']:.2f} |",
         f"| gateway process CPU per request (ms) | {off['cpu_ms_per_req']:.3f} | {on['cpu_ms_per_req']:.3f} |",
         f"| writer process CPU per request (ms, backlog included) | – | {on['writer_cpu_ms_per_req']:.3f} |",
+        f"| gateway process instructions per request (callgrind, sequential) | {on['ir_off'] / 1000:.0f} k | "
+        f"{on['ir_on'] / 1000:.0f} k |",
         "",
         f"Writer after the run: {on['capture_written']:.0f} written, {on['capture_spooled']:.0f} spooled, "
         f"{on['capture_dropped']:.0f} dropped, queue depth {on['capture_queue_depth']:.0f}.",
@@ -707,6 +729,7 @@ def render_capture(rows: dict[str, dict[str, float]], seconds: int, rounds: int,
     for name, value, limit, at_least in (
         ("added p50 with capture ≤ 1.1× without", added_on / max(added_off, 1e-9), 1.1, False),
         ("requests/s with capture ≥ 0.9× without (c32)", on["c32_rps"] / off["c32_rps"], 0.9, True),
+        ("gateway instructions per request with capture ≤ 1.1× without", on["ir_on"] / on["ir_off"], 1.1, False),
     ):
         ok = value >= limit if at_least else value <= limit
         lines.append(f"| {name} | {value:.2f} | {limit} | {'yes' if ok else 'NO'} |")

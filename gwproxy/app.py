@@ -27,7 +27,7 @@ from gwproxy.auth import routes as auth_routes
 from gwproxy.auth.bootstrap import auth_context
 from gwproxy.capture import chat as chat_routes
 from gwproxy.capture import routes as capture_routes
-from gwproxy.capture.writer import capture_context
+from gwproxy.capture.courier import capture_context
 from gwproxy.config import Config
 from gwproxy.cors import setup_cors
 from gwproxy.keys import CONFIG, DEMO, METRICS

@@ -1,9 +1,10 @@
 """Courier: hands captured records to the writer process (``worker``), so that parsing,
 threading and database writes run on another core than the gateway's event loop.
 
-``submit`` (never blocks, never raises) serialises the record and queues the line; the lines
-are written to the worker's stdin together, ``FLUSH_SECONDS`` after the first of them (one
-write per burst, not one per request). The worker's counter reports become the gateway's
+The worker starts with the first record (a gateway that captures nothing pays nothing), or at
+once when the spool holds records from an earlier run. ``submit`` (never blocks, never raises)
+serialises the record and queues the line; the lines are written to the worker's stdin
+together, ``FLUSH_SECONDS`` after the first of them (one write per burst, not one per request). The worker's counter reports become the gateway's
 capture metrics, so ``/metrics`` reads the same as with the writer in process.
 
 Nothing is dropped while the disk spool has room:
@@ -13,7 +14,8 @@ Nothing is dropped while the disk spool has room:
 - the worker stops reading (stuck): lines wait here, up to ``capture.queue_size``; past that
   they are dropped, counted and logged — the spool is the worker's to write while it runs.
 - shutdown (``close``): the remaining lines are written, stdin is closed, and the worker drains
-  (writes or spools its queue) and exits; the gateway waits for it, ``shutdown_seconds`` at most.
+  (writes or spools its queue) and exits; the gateway waits for it (``4 × write_timeout + 10`` s
+  at most, then kills it).
 """
 
 from __future__ import annotations
@@ -22,17 +24,21 @@ import asyncio
 import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 from gwproxy import log
 from gwproxy.capture.record import Record
 from gwproxy.capture.spool import Spool
 from gwproxy.capture.worker import COUNTERS
+from gwproxy.capture.writer import CaptureWriter
 from gwproxy.config import Config
+from gwproxy.keys import CAPTURE, CONFIG, DATABASE, METRICS
 from gwproxy.metrics import Metrics
 
 FLUSH_SECONDS = 0.005
@@ -61,12 +67,15 @@ class Courier:
         self._before = dict.fromkeys(COUNTERS, 0)  # earlier workers' totals, and this side's own
         self._closing = False
         self._starting = False
+        self._starter: asyncio.Task[None] | None = None
         metrics.capture_queue = lambda: len(self._lines) + self._reported.get("queue", 0)
 
     # ---- the request side ----------------------------------------------------------------------
 
     def submit(self, record: Record) -> None:
         self._lines.append(record.dumps())
+        if self._proc is None and self._starter is None and not self._closing:
+            self._starter = asyncio.create_task(self._start_worker())  # the first record: no cost before
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
 
@@ -112,8 +121,24 @@ class Courier:
     # ---- the worker ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._spawn()
+        """The worker starts with the first record, or now when the spool holds records to replay."""
+        if Spool(Path(self.cfg.spool_dir), self.cfg.spool_max_bytes).pending_bytes() > 0:
+            _log.info("capture spool has records from an earlier run; starting the writer to replay them")
+            self._starter = asyncio.create_task(self._start_worker())
+            await self._starter
+
+    async def _start_worker(self) -> None:
+        self._starting = True
+        try:
+            await self._spawn()
+        except OSError as exc:  # lines go to the spool meanwhile; the next record tries again
+            _log.error("capture writer process could not start", error=str(exc))
+            self._starting = False
+            await asyncio.sleep(RESTART_SECONDS)
+            self._starter = None
+            return
         self._supervisor = asyncio.create_task(self._supervise(), name="gwproxy-capture-courier")
+        self._flush()
 
     async def _spawn(self) -> None:
         self._starting = True
@@ -177,6 +202,9 @@ class Courier:
     async def close(self) -> None:
         """Hand over what is left, close the worker's input and wait for it to drain and exit."""
         self._closing = True
+        if self._starter is not None:
+            with contextlib.suppress(Exception):
+                await self._starter
         if self._flush_at is not None:
             self._flush_at.cancel()
         self._flush_at = None
@@ -202,3 +230,22 @@ class Courier:
         if self._lines:
             self._spool(self._lines)
             self._lines = []
+
+
+async def capture_context(app: web.Application) -> AsyncIterator[None]:
+    """The writer in its own process (``capture.process``, the default) or in this event loop."""
+    config = app[CONFIG]
+    if config.capture.process:
+        courier = Courier(config, app[METRICS])
+        app[CAPTURE] = courier
+        await courier.start()
+        yield
+        await courier.close()
+        return
+    writer = CaptureWriter(config.capture, app[DATABASE], app[METRICS])
+    app[CAPTURE] = writer
+    if writer._spooling:
+        _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())
+    writer.start()
+    yield
+    await writer.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -94,6 +95,9 @@ async def run(settings: dict[str, Any]) -> None:
     if writer._spooling:
         _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())
     writer.start()
+    # Start-up objects (SQLAlchemy's and asyncpg's) live as long as the process: keep them out of
+    # the cyclic collector's scans, which the queued records would otherwise trigger over and over.
+    gc.freeze()
     loop = asyncio.get_running_loop()
     done, reported = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, done.set)

@@ -18,10 +18,9 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,7 +30,6 @@ from gwproxy.capture.batch import write_batch
 from gwproxy.capture.record import Record
 from gwproxy.capture.spool import Spool
 from gwproxy.config import CaptureConfig
-from gwproxy.keys import CAPTURE, CONFIG, DATABASE, METRICS
 from gwproxy.metrics import Metrics
 
 _log = log.get("gwproxy.capture")
@@ -193,24 +191,3 @@ class CaptureWriter:
                     f.write(record.dumps() + b"\n")
                     f.flush()
                     os.fsync(f.fileno())
-
-
-async def capture_context(app: web.Application) -> AsyncIterator[None]:
-    """The writer in its own process (``capture.process``, the default) or in this event loop."""
-    config = app[CONFIG]
-    if config.capture.process:
-        from gwproxy.capture.courier import Courier  # imports the worker module, which imports this one
-
-        courier = Courier(config, app[METRICS])
-        app[CAPTURE] = courier
-        await courier.start()
-        yield
-        await courier.close()
-        return
-    writer = CaptureWriter(config.capture, app[DATABASE], app[METRICS])
-    app[CAPTURE] = writer
-    if writer._spooling:
-        _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())
-    writer.start()
-    yield
-    await writer.close()

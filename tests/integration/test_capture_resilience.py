@@ -235,8 +235,8 @@ def test_a_gateway_killed_outright_leaves_its_writer_to_finish(
     proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-killed")
     replies: dict[int, str] = {}
     try:
-        writer = _writer_process(proc)
         asyncio.run(_run_turns(base, auth, range(0, 40), False, replies))
+        writer = _writer_process(proc)  # started by the first record
         time.sleep(0.3)  # handed to the writer's pipe (every few milliseconds)
         proc.popen.kill()  # no drain, no goodbye: the writer sees its input end
         writer.wait(30)
