@@ -178,6 +178,7 @@ def capture_pair(nginx_v1: str) -> Iterator[tuple[dict[str, int], dict[str, str]
             wait_http(f"http://127.0.0.1:{ports[name]}/v1/models", headers=headers)
         # The writer process inherits the gateway's core; on a multi-core host it runs on any other,
         # so here it goes to the second core, with the load generator and PostgreSQL.
+        sequential(ports["gw_capture_on"], 1, headers)  # the writer process starts with the first record
         writer = writer_process(ports["pid_gw_capture_on"])
         subprocess.run(["taskset", "-p", "-c", LOAD_CORE, str(writer)], check=True, capture_output=True)
         ports["pid_writer"] = writer

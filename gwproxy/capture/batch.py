@@ -306,32 +306,26 @@ class SqlStore:
         return found
 
     async def latest(self, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], Stored]:
-        m = messages.c
-        query = (
-            select(m.id, m.conversation_id, m.seq, m.created_at)
-            .where(m.prefix_hash == bindparam("digest"), m.user_id == bindparam("user"))
-            .order_by(m.created_at.desc())
-            .limit(1)
-        )
-        return await self._one_each(query, [({"user": u, "digest": d}, (u, d)) for u, d in wanted])
+        return await self._newest(messages.c.user_id, wanted)
 
     async def latest_in(self, wanted: list[tuple[str, str]]) -> dict[tuple[str, str], Stored]:
+        return await self._newest(messages.c.conversation_id, wanted)
+
+    async def _newest(self, scope: Any, wanted: list[Any]) -> dict[Any, Stored]:
+        """The newest message per (``scope`` value, prefix hash), one indexed lookup each: a
+        local database answers each in microseconds."""
         m = messages.c
         query = (
             select(m.id, m.conversation_id, m.seq, m.created_at)
-            .where(m.prefix_hash == bindparam("digest"), m.conversation_id == bindparam("cid"))
+            .where(m.prefix_hash == bindparam("digest"), scope == bindparam("scope"))
             .order_by(m.created_at.desc())
             .limit(1)
         )
-        return await self._one_each(query, [({"cid": c, "digest": d}, (c, d)) for c, d in wanted])
-
-    async def _one_each(self, query: Any, wanted: list[tuple[dict[str, Any], Any]]) -> dict[Any, Stored]:
-        """One indexed lookup per key: a local database answers each in microseconds."""
         found: dict[Any, Stored] = {}
-        for params, key in wanted:
-            row = (await self.conn.execute(query, params)).first()
+        for key, digest in wanted:
+            row = (await self.conn.execute(query, {"scope": key, "digest": digest})).first()
             if row is not None:
-                found[key] = Stored(row.id, row.conversation_id, row.seq, _ts(row.created_at))
+                found[(key, digest)] = Stored(row.id, row.conversation_id, row.seq, _ts(row.created_at))
         return found
 
     async def write(self, plan: Plan) -> None:
