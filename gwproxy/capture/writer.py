@@ -1,4 +1,6 @@
-"""Writer: the single owner of the capture queue, the batch writes and the disk spool.
+"""Writer: the single owner of the capture queue, the batch writes and the disk spool. It runs
+in the writer process (``worker``, fed by the gateway's ``courier``), or in the gateway's event
+loop with ``capture.process = false``.
 
 Requests hand records to ``submit`` (never blocks, never raises): into a bounded queue, or, when
 the queue is full, straight to the spool. One background task takes batches (``batch_size``
