@@ -79,7 +79,10 @@ async def _report(fd: int, metrics: Metrics, stop: asyncio.Event) -> None:
     while True:
         now = counters(metrics)
         if now != last:
-            os.write(fd, orjson.dumps(now) + b"\n")
+            try:
+                os.write(fd, orjson.dumps(now) + b"\n")
+            except OSError:  # the gateway is gone (killed): nobody to tell, the drain goes on
+                return
             last = now
         if stop.is_set():
             return
