@@ -245,8 +245,6 @@ async def capture_context(app: web.Application) -> AsyncIterator[None]:
         return
     writer = CaptureWriter(config.capture, app[DATABASE], app[METRICS])
     app[CAPTURE] = writer
-    if writer._spooling:
-        _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())
     writer.start()
     yield
     await writer.close()

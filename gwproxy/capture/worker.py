@@ -95,8 +95,6 @@ async def run(settings: dict[str, Any]) -> None:
     engine = create_engine(DatabaseConfig(**settings["database"]))
     metrics = Metrics()
     writer = CaptureWriter(cfg, engine, metrics)
-    if writer._spooling:
-        _log.info("capture spool has records from an earlier run; replaying", bytes=writer.spool.pending_bytes())
     writer.start()
     # Start-up objects (SQLAlchemy's and asyncpg's) live as long as the process: keep them out of
     # the cyclic collector's scans, which the queued records would otherwise trigger over and over.

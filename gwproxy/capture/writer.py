@@ -67,6 +67,8 @@ class CaptureWriter:
     # ---- the writer task -----------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._spooling:
+            _log.info("capture spool has records from an earlier run; replaying", bytes=self.spool.pending_bytes())
         self._task = asyncio.create_task(self._run(), name="gwproxy-capture-writer")
 
     async def close(self) -> None:
@@ -104,8 +106,7 @@ class CaptureWriter:
 
     async def _collect(self, batch: list[Record]) -> None:
         """Wait for a record, then for ``batch_seconds`` or until a full batch is queued, then take
-        up to ``batch_size``. One wake-up per batch, not one per record: the writer shares the
-        request handlers' event loop."""
+        up to ``batch_size``. One wake-up per batch, not one per record."""
         timeout = self.cfg.retry_seconds if self._spooling else None
         try:
             batch.append(await asyncio.wait_for(self.queue.get(), timeout))
