@@ -359,9 +359,23 @@ class Driver(Protocol):
 
     async def execute(self, query: str, *args: Any) -> str: ...
 
+    async def executemany(self, query: str, args: Any) -> None: ...
+
     async def copy_records_to_table(self, table_name: str, *, records: Any, columns: Any) -> str: ...
 
 
+# Lookups by key go one index probe per key (``LATERAL … LIMIT 1``), whatever the planner's
+# statistics say: with ``= ANY($1)`` or a plain join it takes a 200-key batch against a table that
+# grew since autovacuum last analysed it (or that it believes small) for a scan of the whole table,
+# every batch, which grows with the table.
+_KNOWN = """
+SELECT w.id FROM unnest($1::text[]) AS w(id)
+CROSS JOIN LATERAL (SELECT 1 FROM requests WHERE request_id = w.id LIMIT 1) AS r
+"""
+_OWNERS = """
+SELECT w.id, c.user_id FROM unnest($1::text[]) AS w(id)
+CROSS JOIN LATERAL (SELECT user_id FROM conversations WHERE id = w.id LIMIT 1) AS c
+"""
 _LATEST = """
 SELECT w.user_id, w.digest, m.id, m.conversation_id, m.seq, m.created_at
 FROM unnest($1::bigint[], $2::text[]) AS w(user_id, digest)
@@ -378,12 +392,9 @@ CROSS JOIN LATERAL (
     WHERE prefix_hash = w.digest AND conversation_id = w.cid ORDER BY created_at DESC LIMIT 1
 ) AS m
 """
-_TOUCH = """
-UPDATE conversations AS c
-SET updated_at = GREATEST(c.updated_at, w.updated), model = COALESCE(w.model, c.model)
-FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS w(id, updated, model)
-WHERE c.id = w.id
-"""
+# One row per statement (``executemany`` pipelines them): an UPDATE joined to unnest() is planned
+# like the lookups above, as a scan of the whole table.
+_TOUCH = "UPDATE conversations SET updated_at = GREATEST(updated_at, $2), model = COALESCE($3, model) WHERE id = $1"
 
 
 class PgStore:
@@ -394,16 +405,12 @@ class PgStore:
         self.conn = conn
 
     async def known(self, request_ids: list[str]) -> set[str]:
-        rows = await self.conn.fetch("SELECT request_id FROM requests WHERE request_id = ANY($1::text[])", request_ids)
-        return {r[0] for r in rows}
+        return {r[0] for r in await self.conn.fetch(_KNOWN, request_ids)}
 
     async def owners(self, conversation_ids: list[str]) -> dict[str, int]:
         if not conversation_ids:
             return {}
-        rows = await self.conn.fetch(
-            "SELECT id, user_id FROM conversations WHERE id = ANY($1::text[])", conversation_ids
-        )
-        return {r[0]: r[1] for r in rows}
+        return {r[0]: r[1] for r in await self.conn.fetch(_OWNERS, conversation_ids)}
 
     async def latest(self, wanted: list[tuple[int, str]]) -> dict[tuple[int, str], Stored]:
         return await self._lookup(_LATEST, wanted)
@@ -424,8 +431,7 @@ class PgStore:
             await self._copy(messages, plan.messages)
         await self._copy(requests, plan.requests)
         if plan.touched:
-            ids = list(plan.touched)
-            await self.conn.execute(_TOUCH, ids, [plan.touched[i][0] for i in ids], [plan.touched[i][1] for i in ids])
+            await self.conn.executemany(_TOUCH, [(cid, *change) for cid, change in plan.touched.items()])
 
     async def _copy(self, table: Table, rows: Any) -> None:
         columns = [c.name for c in table.columns]

@@ -4,20 +4,27 @@ goes back, and a common opening shared by many conversations continues the newes
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy.auth.users import UserService
-from gwproxy.capture import repository
+from gwproxy.capture import batch, repository
 from gwproxy.capture.assembly import assemble
-from gwproxy.capture.batch import write_batch
+from gwproxy.capture.batch import PgStore, write_batch
 from gwproxy.capture.record import Record
+from gwproxy.config import DatabaseConfig
+from gwproxy.store import migrator
+from gwproxy.store.engine import create_engine
 from gwproxy.store.tables import conversations, messages, requests
 from tests.integration.test_store import CODEC
+from tests.services import Postgres
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 
@@ -157,3 +164,39 @@ async def test_a_common_opening_continues_the_newest_conversation_and_named_ones
     assert placed["n1"] == newest
     assert placed["n2"] == oldest
     assert placed["n3"] not in (newest, oldest) and bobs == bob
+
+
+async def test_postgres_lookups_probe_the_index_on_a_table_not_yet_analysed(postgres: Postgres) -> None:
+    """The writer's key lookups stay one index probe per key on a grown table with no statistics
+    (with ``= ANY($1)`` the planner scanned the whole ``requests`` table every batch)."""
+    url = postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    engine = create_engine(DatabaseConfig(url=url))
+    await migrator.upgrade(engine)
+    await engine.dispose()
+    conn = await asyncpg.connect(url)
+    try:
+        uid = await conn.fetchval(
+            "INSERT INTO users (username, password_hash, created_at) VALUES ('u', 'x', now()) RETURNING id"
+        )
+        now = datetime.now(UTC)
+        ids = [f"id-{i:06d}" for i in range(5000)]
+        await conn.copy_records_to_table(
+            "requests", records=[(i, uid, "/v1/chat/completions", 200, now) for i in ids],
+            columns=["request_id", "user_id", "route", "status", "created_at"],
+        )  # fmt: skip
+        await conn.copy_records_to_table(
+            "conversations", records=[(i[3:], uid, "t", now, now) for i in ids],
+            columns=["id", "user_id", "title", "created_at", "updated_at"],
+        )  # fmt: skip
+        keys = [f"id-{i:06d}" for i in range(0, 10_000, 50)]  # 200, half of them stored
+        assert len(await PgStore(conn).known(keys)) == 100
+        plans = {
+            "known": await conn.fetch(f"EXPLAIN {batch._KNOWN}", keys),
+            "owners": await conn.fetch(f"EXPLAIN {batch._OWNERS}", [k[3:] for k in keys]),
+            "touch": await conn.fetch(f"EXPLAIN {batch._TOUCH}", "000001", now, "m"),
+        }
+        for name, rows in plans.items():
+            text = "\n".join(r[0] for r in rows)
+            assert "Seq Scan on" not in text and "Index" in text, f"{name}:\n{text}"
+    finally:
+        await conn.close()
