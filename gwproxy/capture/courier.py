@@ -34,7 +34,6 @@ import orjson
 from aiohttp import web
 
 from gwproxy import log
-from gwproxy.capture.record import Record
 from gwproxy.capture.spool import Spool
 from gwproxy.capture.worker import COUNTERS
 from gwproxy.capture.writer import CaptureWriter
@@ -73,8 +72,8 @@ class Courier:
 
     # ---- the request side ----------------------------------------------------------------------
 
-    def submit(self, record: Record) -> None:
-        self._lines.append(record.dumps())
+    def submit(self, line: bytes) -> None:
+        self._lines.append(line)
         if self._proc is None and self._starter is None and not self._closing:
             self._starter = asyncio.create_task(self._start_worker())  # the first record: no cost before
         if self._flush_at is None:

@@ -1,9 +1,17 @@
 """Record: what one captured request leaves for the writer, and the recorder that gathers it.
 
-The ``Recorder`` is attached to the request by the capture middleware; the relay tees every
-chunk it sends the client into ``feed`` (a list append, up to ``limit`` bytes, then only a
-count). When the response is over the middleware turns it into a ``Record`` — plain data that
-survives a trip through the disk spool as one JSON line — and hands it to the writer.
+The ``Recorder`` is attached to the request by the capture middleware; the proxy leaves in it
+the request body it sent upstream, and the relay tees every chunk it sends the client into
+``feed`` (a list append, up to ``limit`` bytes, then only a count). When the response is over
+the middleware encodes what the writer needs as one line (``wire``) and hands it to the sink.
+
+Two encodings of one record:
+- the wire line, built on the request path: a JSON array in ``WIRE_FIELDS`` order after a
+  version number, with the request body embedded as it was sent (valid JSON already: it is not
+  parsed or serialised again) and nothing computed that the writer can compute later;
+- the spool line (``Record.dumps``): a JSON object by field name, for the disk spool and the
+  rejected file, which outlive the gateway's version.
+``Record.loads`` reads both.
 """
 
 from __future__ import annotations
@@ -41,19 +49,59 @@ class Record:
 
     @classmethod
     def loads(cls, raw: bytes) -> Record:
-        return cls(**orjson.loads(raw))
+        """A spool line (an object) or a wire line (an array); ``ValueError`` if it is neither."""
+        data = orjson.loads(raw)
+        if isinstance(data, dict):
+            return cls(**data)
+        if not isinstance(data, list) or not data or data[0] != WIRE_VERSION or len(data) != len(WIRE_FIELDS) + 1:
+            raise ValueError("not a capture record of this version")
+        fields = dict(zip(WIRE_FIELDS, data[1:], strict=True))
+        body = fields.pop("request")
+        request = request_fields(body if isinstance(body, dict) else None)
+        model = request.get("model")
+        ttft, duration = fields["ttft_ms"], fields["duration_ms"]
+        fields["ttft_ms"] = None if ttft is None else round(ttft, 3)
+        fields["duration_ms"] = None if duration is None else round(duration, 3)
+        return cls(request=request, model=model if isinstance(model, str) else None, **fields)
+
+
+WIRE_VERSION = 1
+WIRE_FIELDS = (
+    "request_id", "user_id", "key_id", "route", "status", "created_at", "request", "response", "sse",
+    "truncated", "conversation_id", "create_conversation", "prompt_tokens", "completion_tokens", "ttft_ms",
+    "duration_ms",
+)  # fmt: skip
+
+
+def wire(
+    request_id: str, user_id: int, key_id: int | None, route: str, status: int, created_at: float,
+    request: bytes | None, recorder: Recorder, conversation_id: str | None, prompt_tokens: int | None,
+    completion_tokens: int | None, ttft_ms: float | None, duration_ms: float,
+) -> bytes:  # fmt: skip
+    """One record as a wire line (see the module's docstring); ``request`` is a JSON body."""
+    if request is not None and b"\n" in request:
+        request = request.replace(b"\n", b" ")  # in valid JSON a raw newline is only ever whitespace
+    body = None if request is None else orjson.Fragment(request)
+    line = (
+        WIRE_VERSION, request_id, user_id, key_id, route, status, created_at, body, recorder.body(), recorder.sse,
+        recorder.truncated, conversation_id, recorder.create_conversation, prompt_tokens, completion_tokens,
+        ttft_ms, duration_ms,
+    )  # fmt: skip
+    return orjson.dumps(line)
 
 
 class RecordSink(Protocol):
-    """Where the capture middleware hands records: the writer, or the courier to its process."""
+    """Where the capture middleware hands records (wire lines): the writer, or the courier to the
+    writer's process."""
 
-    def submit(self, record: Record) -> None: ...
+    def submit(self, line: bytes) -> None: ...
 
 
 class Recorder:
-    __slots__ = ("chunks", "conversation_id", "create_conversation", "limit", "size", "sse", "truncated")
+    __slots__ = ("chunks", "conversation_id", "create_conversation", "limit", "request", "size", "sse", "truncated")
 
     def __init__(self, limit: int) -> None:
+        self.request: bytes | None = None  # the JSON body sent upstream (set by the proxy)
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = limit

@@ -3,7 +3,7 @@ fed by the gateway's ``Courier``.
 
 Protocol, over the pipes the gateway opened:
 - stdin: first line, the settings (JSON: ``capture``, ``database``, ``log_level``, ``json_logs``,
-  ``report_fd``); then one record per line (``Record.dumps``).
+  ``report_fd``); then one record per line (``record.wire``).
 - ``report_fd``: the writer's counters as one JSON line (``written``, ``spooled``, ``replayed``,
   ``dropped``, ``rejected``, ``queue``) at start, whenever they change (at most every
   ``REPORT_SECONDS``), and once more at exit.
@@ -28,7 +28,6 @@ import orjson
 import uvloop
 
 from gwproxy import log as logconf
-from gwproxy.capture.record import Record
 from gwproxy.capture.writer import CaptureWriter
 from gwproxy.config import CaptureConfig, DatabaseConfig
 from gwproxy.metrics import Metrics
@@ -47,7 +46,7 @@ def counters(metrics: Metrics) -> dict[str, int]:
 
 
 class _Intake(asyncio.Protocol):
-    """Lines from stdin → records for the writer; end of input sets ``done``."""
+    """Lines from stdin → the writer; end of input sets ``done``."""
 
     def __init__(self, writer: CaptureWriter, done: asyncio.Event) -> None:
         self.writer = writer
@@ -57,14 +56,8 @@ class _Intake(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         *lines, self.partial = (self.partial + data).split(b"\n")
         for line in lines:
-            if not line:
-                continue
-            try:
-                record = Record.loads(line)
-            except (orjson.JSONDecodeError, TypeError) as exc:  # not from this gateway's version
-                _log.error("capture worker: unreadable record line", error=str(exc), size=len(line))
-                continue
-            self.writer.submit(record)
+            if line:
+                self.writer.submit(line)
 
     def eof_received(self) -> bool | None:
         self.done.set()

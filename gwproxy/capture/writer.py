@@ -2,16 +2,16 @@
 in the writer process (``worker``, fed by the gateway's ``courier``), or in the gateway's event
 loop with ``capture.process = false``.
 
-Requests hand records to ``submit`` (never blocks, never raises): into a bounded queue, or, when
-the queue is full, straight to the spool. One background task takes batches (``batch_size``
-records, or whatever arrived within ``batch_seconds``), parses each response (``assembly``) and
-writes the batch in one transaction. If the database is down or slower than ``write_timeout``
-the batch goes to the spool, and so does everything after it until the spool has been replayed
-— in order — which is retried every ``retry_seconds``. A record the database refuses on its own
-(the batch fails, the database answers, the record fails alone) is set aside in
-``rejected.jsonl`` and logged. On shutdown the queue is drained: written if the database
-answers, spooled otherwise. Dropping happens only when the spool's ``max_bytes`` is reached, and
-is logged and counted.
+Requests hand records to ``submit`` as wire lines (never blocks, never raises): decoded into a
+bounded queue, or, when the queue is full, straight to the spool. One background task takes
+batches (``batch_size`` records, or whatever arrived within ``batch_seconds``), parses each
+response (``assembly``) and writes the batch in one transaction. If the database is down or
+slower than ``write_timeout`` the batch goes to the spool, and so does everything after it until
+the spool has been replayed — in order — which is retried every ``retry_seconds``. A record the
+database refuses on its own (the batch fails, the database answers, the record fails alone) is
+set aside in ``rejected.jsonl`` and logged, and so is a line that is not a record (from another
+version). On shutdown the queue is drained: written if the database answers, spooled otherwise.
+Dropping happens only when the spool's ``max_bytes`` is reached, and is logged and counted.
 """
 
 from __future__ import annotations
@@ -56,7 +56,12 @@ class CaptureWriter:
 
     # ---- the request side ----------------------------------------------------------------------
 
-    def submit(self, record: Record) -> None:
+    def submit(self, line: bytes) -> None:
+        try:
+            record = Record.loads(line)
+        except (ValueError, TypeError) as exc:  # orjson's decode error is a ValueError
+            self._set_aside(line, None, exc)
+            return
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
@@ -187,10 +192,14 @@ class CaptureWriter:
             try:
                 await self._write([record])
             except Exception as exc:
-                self.metrics.capture_rejected += 1
-                _log.error("capture record refused by the database, set aside", request_id=record.request_id,
-                           error=f"{type(exc).__name__}: {exc}")  # fmt: skip
-                with (Path(self.cfg.spool_dir) / "rejected.jsonl").open("ab") as f:
-                    f.write(record.dumps() + b"\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                self._set_aside(record.dumps(), record.request_id, exc)
+
+    def _set_aside(self, line: bytes, request_id: str | None, exc: Exception) -> None:
+        """Keep a record that cannot be written (refused, or unreadable) in ``rejected.jsonl``."""
+        self.metrics.capture_rejected += 1
+        what = "capture record refused by the database" if request_id else "capture line unreadable"
+        _log.error(f"{what}, set aside", request_id=request_id, error=f"{type(exc).__name__}: {exc}")
+        with (Path(self.cfg.spool_dir) / "rejected.jsonl").open("ab") as f:
+            f.write(line + b"\n")
+            f.flush()
+            os.fsync(f.fileno())

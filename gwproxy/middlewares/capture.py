@@ -1,10 +1,11 @@
-"""capture: attaches a ``Recorder`` to each chat request and hands its ``Record`` to the writer
+"""capture: attaches a ``Recorder`` to each chat request and hands its record (one wire line) to the writer
 once the response is over — finished, failed, or cut short by the client going away.
 
 Skipped (nothing recorded) when capture is off in the configuration, for the user (an admin's
 ``PATCH /api/admin/users/{id}`` with ``capture: false``), for the request
 (``X-Gwproxy-Capture: off``), or for an anonymous caller (auth off: there is no one to own the
-conversation). The only work on the request path is the tee and one ``put_nowait``.
+conversation). The work on the request path is the tee and one line's encoding (``record.wire``:
+the request body goes in as it was sent, nothing parsed); the writer does the rest.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gwproxy.capture.record import CAPTURED_ROUTES, Record, Recorder, request_fields
+from gwproxy.capture.record import CAPTURED_ROUTES, Recorder, request_fields, wire
 from gwproxy.config import CaptureConfig
 from gwproxy.errors import CLIENT_CLOSED, status_of
 from gwproxy.keys import BODY, CAPTURE, PRINCIPAL, RECORDER, REQUEST_ID, TRACE
@@ -46,28 +48,16 @@ def capture_middleware(cfg: CaptureConfig) -> Middleware:
             raise
         finally:
             trace = request[TRACE]
+            body = recorder.request
+            if body is None and request.get(BODY):  # refused before it went upstream: what was parsed
+                body = orjson.dumps(request_fields(request[BODY]))
             ttft = trace.ttft()
-            body = request.get(BODY)
-            request.app[CAPTURE].submit(
-                Record(
-                    request_id=request[REQUEST_ID],
-                    user_id=principal.user_id,
-                    key_id=principal.key_id,
-                    route=request.path,
-                    status=status,
-                    created_at=started,
-                    request=request_fields(body),
-                    response=recorder.body(),
-                    sse=recorder.sse,
-                    truncated=recorder.truncated,
-                    model=body.get("model") if body and isinstance(body.get("model"), str) else None,
-                    conversation_id=recorder.conversation_id or request.headers.get("X-Conversation-Id") or None,
-                    create_conversation=recorder.create_conversation,
-                    prompt_tokens=trace.prompt_tokens,
-                    completion_tokens=trace.completion_tokens,
-                    ttft_ms=None if ttft is None else round(ttft * 1000, 3),
-                    duration_ms=round((time.perf_counter() - trace.started) * 1000, 3),
-                )
-            )
+            line = wire(
+                request[REQUEST_ID], principal.user_id, principal.key_id, request.path, status, started, body,
+                recorder, recorder.conversation_id or request.headers.get("X-Conversation-Id") or None,
+                trace.prompt_tokens, trace.completion_tokens, None if ttft is None else ttft * 1000,
+                (time.perf_counter() - trace.started) * 1000,
+            )  # fmt: skip
+            request.app[CAPTURE].submit(line)
 
     return capture

@@ -114,6 +114,7 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
     cfg, registry, metrics = app[CONFIG], app[UPSTREAM], app[METRICS]
     trace = request[TRACE]
     own_path = path == request.path
+    recorder = request.get(RECORDER)
     tap: UsageTap | None = None
     if body and request.method == "POST" and (path in JSON_ROUTES or _is_json(request.content_type)):
         parsed = request.get(BODY) or parse_body(body)  # the rate limiter may have parsed it
@@ -135,6 +136,8 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
             tap = UsageTap(sse=parsed.get("stream") is True, strip=inject)
         if rewrite:
             body = orjson.dumps(parsed)
+        if recorder is not None:
+            recorder.request = body  # what capture stores is what went upstream
     # The path exactly as sent (with its query), or the endpoint a gateway route stands for.
     url = URL(registry.origin + request.raw_path, encoded=True) if own_path else URL(registry.origin + path)
     headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])
@@ -151,7 +154,7 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
             metrics.observe_overhead(overhead)
         watch.follow(upstream, cfg.upstream.idle_timeout)
         try:
-            return await relay(request, upstream, trace, tap, request.get(RECORDER), watch, metrics, extra)
+            return await relay(request, upstream, trace, tap, recorder, watch, metrics, extra)
         finally:
             upstream.release()
             if tap is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,8 +19,10 @@ from gwproxy.auth.users import UserService
 from gwproxy.capture import batch, repository
 from gwproxy.capture.assembly import assemble
 from gwproxy.capture.batch import PgStore, write_batch
-from gwproxy.capture.record import Record
-from gwproxy.config import DatabaseConfig
+from gwproxy.capture.record import Record, Recorder, wire
+from gwproxy.capture.writer import CaptureWriter
+from gwproxy.config import CaptureConfig, DatabaseConfig
+from gwproxy.metrics import Metrics
 from gwproxy.store import migrator
 from gwproxy.store.engine import create_engine
 from gwproxy.store.tables import conversations, messages, requests
@@ -164,6 +167,25 @@ async def test_a_common_opening_continues_the_newest_conversation_and_named_ones
     assert placed["n1"] == newest
     assert placed["n2"] == oldest
     assert placed["n3"] not in (newest, oldest) and bobs == bob
+
+
+async def test_the_writer_takes_wire_lines_and_sets_aside_what_it_cannot_read(
+    engine: AsyncEngine, users: tuple[int, int], tmp_path: Path
+) -> None:
+    alice, _ = users
+    cfg = CaptureConfig(spool_dir=str(tmp_path), batch_seconds=0)
+    metrics = Metrics()
+    writer = CaptureWriter(cfg, engine, metrics)
+    writer.start()
+    recorder = Recorder(1 << 20)
+    recorder.feed(answer("hello").encode())
+    body = orjson.dumps({"model": "m", "messages": [user("hi")], "stream_options": {"include_usage": True}})
+    writer.submit(wire("w1", alice, None, "/v1/chat/completions", 200, 100.0, body, recorder, None, 5, 2, 1.0, 2.0))
+    writer.submit(b'{"request_id": "torn')  # not a record: kept aside, never lost silently
+    await writer.close()
+    assert (metrics.capture_written, metrics.capture_rejected, metrics.capture_spooled) == (1, 1, 0)
+    assert (tmp_path / "rejected.jsonl").read_bytes() == b'{"request_id": "torn\n'
+    assert await shapes(engine, alice) == [("hi", [("user", "hi", 0, False), ("assistant", "hello", 1, True)])]
 
 
 async def test_postgres_lookups_probe_the_index_on_a_table_not_yet_analysed(postgres: Postgres) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from gwproxy.capture.assembly import assemble
-from gwproxy.capture.record import Record, Recorder
+from gwproxy.capture.record import Record, Recorder, wire
 from gwproxy.capture.spool import Spool
 from gwproxy.capture.threads import chain, normalise, prefix_hashes, title_from
 
@@ -137,6 +138,39 @@ def test_recorder_is_bounded() -> None:
     for piece in (b"abcd", b"efgh", b"ijkl", b"mnop"):
         rec.feed(piece)
     assert rec.body() == "abcdefghij" and rec.truncated and rec.size == 16
+
+
+def _wire_line(body: bytes | None, **over: object) -> bytes:
+    rec = Recorder(1 << 20)
+    rec.feed(b'{"choices":[{"message":{"content":"hi\\n"}}]}')
+    args: dict = dict(
+        request_id="req-w", user_id=7, key_id=3, route="/v1/chat/completions", status=200, created_at=1.5,
+        request=body, recorder=rec, conversation_id=None, prompt_tokens=4, completion_tokens=2,
+        ttft_ms=12.345678, duration_ms=20.0000004,
+    )  # fmt: skip
+    args.update(over)
+    return wire(**args)  # type: ignore[arg-type]
+
+
+def test_wire_line_embeds_the_request_body_and_decodes_to_the_record() -> None:
+    body = b'{\n  "model": "m",\n  "messages": [{"role": "user", "content": "a\\nb"}],\n  "tools": []\n}'
+    line = _wire_line(body)
+    assert b"\n" not in line  # one record, one line: the body's newlines were whitespace
+    rec = Record.loads(line)
+    assert rec.request == {"model": "m", "messages": [{"role": "user", "content": "a\nb"}]}  # no tools kept
+    assert rec.model == "m" and rec.user_id == 7 and rec.key_id == 3 and rec.created_at == 1.5
+    assert rec.response == '{"choices":[{"message":{"content":"hi\\n"}}]}' and not rec.sse and not rec.truncated
+    assert (rec.ttft_ms, rec.duration_ms, rec.prompt_tokens, rec.completion_tokens) == (12.346, 20.0, 4, 2)
+    assert Record.loads(rec.dumps()) == rec  # and the spool's form of it reads back the same
+
+
+def test_wire_line_without_a_body_and_unreadable_lines() -> None:
+    rec = Record.loads(_wire_line(None, status=429))
+    assert rec.request == {} and rec.model is None and rec.status == 429
+    bad_version = orjson.dumps([99, *orjson.loads(_wire_line(None))[1:]])
+    for line in (b"[1,2]", bad_version, b'"text"', b"{not json"):
+        with pytest.raises(ValueError):
+            Record.loads(line)
 
 
 def _record(i: int) -> Record:
