@@ -222,6 +222,15 @@ def test_api_chat_streams_like_v1_and_appends_to_its_conversation(stack: Stack) 
     assert missing.status_code == 404
 
 
+def test_a_request_refused_before_it_went_upstream_is_counted_under_the_model_it_named(stack: Stack) -> None:
+    who = _user_key(stack.env, "refused")
+    bad = api(stack, who, "POST", "/v1/chat/completions", json={"model": "current", "messages": "hi"})
+    assert bad.status_code == 400
+    usage = wait_requests(stack, who, 1)
+    assert usage["total"]["failed"] == 1 and [row["model"] for row in usage["data"]] == ["current"]
+    assert conversations(stack, who) == []
+
+
 def test_a_client_that_leaves_mid_stream_leaves_what_it_got(paced_stack: Stack) -> None:
     stack = paced_stack
     who = _user_key(stack.env, "leaver")
