@@ -726,15 +726,6 @@ def render(rows: dict[str, dict[str, float]], seconds: int, rounds: int, streams
     for name, value, limit, at_least in checks:
         ok = value >= limit if at_least else value <= limit
         lines.append(f"| {name} | {value:.2f} | {limit} | {'yes' if ok else 'NO'} |")
-    per_round = rows["rounds"]
-    lines += [
-        "",
-        "Per round (on/off): added p50 "
-        + ", ".join(f"{v:.2f}" for k, v in per_round.items() if k.startswith("added"))
-        + "; requests/s "
-        + ", ".join(f"{v:.2f}" for k, v in per_round.items() if k.startswith("rps"))
-        + ".",
-    ]
     return "\n".join(lines) + "\n"
 
 
