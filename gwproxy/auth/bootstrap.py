@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gwproxy import log
 from gwproxy.auth.authenticator import Authenticator
+from gwproxy.auth.passwords import dummy_hash
 from gwproxy.auth.throttle import LoginThrottle
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.auth.users import UserService
@@ -40,6 +41,7 @@ async def auth_context(app: web.Application) -> AsyncIterator[None]:
     # Without auth (or in the demo) a missing secret is replaced by one that dies with the process.
     codec = TokenCodec(cfg, demo=app.get(DEMO, False) or not cfg.enabled)
     users = UserService(app[DATABASE], codec, cfg.refresh_expire_days)
+    await dummy_hash()  # now, so that the first login for an unknown name takes no longer than the rest
     await ensure_admin(users, cfg)
     app[USERS] = users
     app[AUTHENTICATOR] = Authenticator(users, codec, cfg.key_cache_seconds)

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy import log
 from gwproxy.auth import credentials
-from gwproxy.auth.passwords import DUMMY_HASH, hash_password, verify_password
+from gwproxy.auth.passwords import dummy_hash, hash_password, verify_password
 from gwproxy.auth.principal import ROLES, Principal, Role
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.errors import Conflict, InvalidRequest, NotFound, Unauthorized
@@ -234,7 +234,7 @@ class UserService:
         """The active user with these credentials, else None (in about the same time either way)."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(users).where(users.c.username == username))).first()
-        hashed = row._mapping["password_hash"] if row is not None else DUMMY_HASH
+        hashed = row._mapping["password_hash"] if row is not None else await dummy_hash()
         ok = await verify_password(hashed, password)
         if row is None or not ok:
             return None
