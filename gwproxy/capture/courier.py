@@ -3,7 +3,7 @@ threading and database writes run on another core than the gateway's event loop.
 
 The worker starts with the first record (a gateway that captures nothing pays nothing), or at
 once when the spool holds records from an earlier run. ``submit`` (never blocks, never raises)
-serialises the record and queues the line; the lines are written to the worker's stdin
+queues a record's wire line (``record.wire``); the lines are written to the worker's stdin
 together, ``FLUSH_SECONDS`` after the first of them (one write per burst, not one per request).
 The worker's counter reports become the gateway's capture metrics, so ``/metrics`` reads the
 same as with the writer in process.
