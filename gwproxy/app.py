@@ -5,15 +5,18 @@ Middleware order, outermost first, and why:
 2. errors     — turns every failure below it into the OpenAI envelope, so the layers below
                 simply raise;
    hosts      — a foreign Host is refused before anything else is done for it;
+   shape      — a path with dot segments, a body over its route's size or in an encoding the
+                gateway cannot decode is refused before anything reads it (login included);
 3. metrics    — counts and times what the handler did, seeing failures as exceptions with
                 their status before errors renders them (401s included: they are requests too);
 4. auth       — establishes the principal; everything after it may rely on request[PRINCIPAL];
 5. ratelimit  — needs the principal; refuses before any upstream work, releases after it;
 6. capture    — innermost: records only what was admitted, and sees the response end (or the
                 client leave) before the limiter settles.
-Cleanup contexts, in dependency order: the database engine (checked to be migrated), the auth
-services on it, the capture writer (drained into the database or the spool before the engine
-closes), the rate limiter (its overrides live in the database), the upstream registry
+Cleanup contexts, in dependency order: the database engine (checked to be migrated), the bucket
+store (Redis or in process) and the login/credential guard on it, the auth services on both,
+the capture writer (drained into the database or the spool before the engine closes), the rate
+limiter (its overrides live in the database, its buckets in the store), the upstream registry
 (its pool is what /v1 uses), the switcher (it polls the upstream through the registry; the
 gate it owns is what /v1 waits on during a model switch).
 """
@@ -39,10 +42,11 @@ from gwproxy.middlewares.hosts import hosts_middleware
 from gwproxy.middlewares.metrics import metrics_middleware
 from gwproxy.middlewares.ratelimit import ratelimit_middleware
 from gwproxy.middlewares.request_id import echo_request_id, request_id_middleware
+from gwproxy.middlewares.shape import shape_middleware
 from gwproxy.proxy import routes as proxy_routes
 from gwproxy.proxy.registry import upstream_context
 from gwproxy.ratelimit import routes as ratelimit_routes
-from gwproxy.ratelimit.limiter import limiter_context
+from gwproxy.ratelimit.limiter import buckets_context, limiter_context
 from gwproxy.store.engine import database_context
 from gwproxy.switcher import routes as switcher_routes
 from gwproxy.switcher.context import switcher_context
@@ -55,8 +59,9 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
             request_id_middleware(),
             errors_middleware(),
             hosts_middleware(config.server.allowed_host_list()),
+            shape_middleware(config),
             metrics_middleware(metrics),
-            auth_middleware(config.auth),
+            auth_middleware(config.auth, config.ratelimit),
             ratelimit_middleware(config.ratelimit),
             capture_middleware(config.capture),
         ],
@@ -66,6 +71,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     app[METRICS] = metrics
     app[DEMO] = demo
     app.cleanup_ctx.append(database_context)
+    app.cleanup_ctx.append(buckets_context)
     app.cleanup_ctx.append(auth_context)
     app.cleanup_ctx.append(capture_context)
     app.cleanup_ctx.append(limiter_context)

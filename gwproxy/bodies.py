@@ -2,7 +2,8 @@
 
 ``load(request, schema)`` parses a request body once with orjson and validates it with a
 marshmallow schema, raising ``InvalidRequest`` that names the first bad field; ``json`` renders
-a payload with orjson (datetimes as ISO 8601).
+a payload with orjson (datetimes as ISO 8601). A string with a NUL character is refused wherever
+it appears (PostgreSQL cannot store one); ``identifier`` reads a numeric id from a path or query.
 """
 
 from __future__ import annotations
@@ -54,11 +55,46 @@ def parse(raw: bytes) -> Any:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
 
 
+MAX_ID = 2**63 - 1  # the largest id a database column holds
+
+
+def identifier(raw: str, name: str) -> int | None:
+    """``raw`` as a row id: ASCII digits that fit a BIGINT; None for anything else (the caller
+    says 400 or 404). ``str.isdigit`` and ``int`` accept '²' and other scripts' digits."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
+        return None
+    value = int(raw)
+    return value if value <= MAX_ID else None
+
+
+def nul_at(data: Any, path: str = "") -> str | None:
+    """The param path of the first string (or key) holding a NUL character, else None."""
+    if isinstance(data, str):
+        return path if "\x00" in data else None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return sub
+            found = nul_at(value, sub)
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            found = nul_at(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 async def load(request: web.Request, schema: Schema) -> dict[str, Any]:
     raw = await request.read()
     data = parse(raw) if raw else {}
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object")
+    bad = nul_at(data)
+    if bad is not None:
+        raise InvalidRequest(f"Invalid request: '{bad}' contains a NUL character", param=bad)
     try:
         loaded: dict[str, Any] = schema.load(data)
     except ValidationError as exc:

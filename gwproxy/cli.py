@@ -25,7 +25,8 @@ from aiohttp import web
 
 from gwproxy import __version__
 from gwproxy import log as logconf
-from gwproxy.config import Config, ConfigError, load_config
+from gwproxy.config import Config, ConfigError, ServerConfig, load_config, without_credentials
+from gwproxy.connections import GuardedRunner
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -56,15 +57,15 @@ def _run(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         loop.close()
 
 
-async def _serve_app(
-    app: web.Application, host: str, port: int, shutdown_timeout: float, reuse_port: bool = False
-) -> web.AppRunner:
+async def _serve_app(app: web.Application, server: ServerConfig, reuse_port: bool = False) -> web.AppRunner:
     """Start serving. On shutdown (``runner.cleanup``) the listening socket closes first, then
     requests in flight — streams included — get ``shutdown_timeout`` seconds to finish, then the
     cleanup contexts close in reverse order (limiter settles, pools close)."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = GuardedRunner(
+        app, guards=server, handler_cancellation=True, access_log=None, shutdown_timeout=server.shutdown_timeout
+    )
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port).start()
+    await web.TCPSite(runner, server.host, server.port, reuse_address=True, reuse_port=reuse_port).start()
     return runner
 
 
@@ -106,8 +107,9 @@ def _serve_one(cfg: Config, reuse_port: bool) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         app = create_app(cfg)
-        runner = await _serve_app(app, cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout, reuse_port)
-        log.info("gwproxy serving", host=cfg.server.host, port=cfg.server.port, upstream=cfg.upstream.base_url)
+        runner = await _serve_app(app, cfg.server, reuse_port)
+        upstream = without_credentials(cfg.upstream.base_url)
+        log.info("gwproxy serving", host=cfg.server.host, port=cfg.server.port, upstream=upstream)
         await stop.wait()
         log.info("gwproxy stopping", shutdown_timeout=cfg.server.shutdown_timeout)
         await runner.cleanup()
@@ -286,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     async def main(stop: asyncio.Event) -> None:
         key, password = await _demo_account(cfg)
         app = create_app(cfg, demo=True)
-        gateway = await _serve_app(app, cfg.server.host, cfg.server.port, cfg.server.shutdown_timeout)
+        gateway = await _serve_app(app, cfg.server)
         switcher = app[SWITCHER]
         for _ in range(300):  # the default profile's simulator loads for about two seconds
             if switcher.state.value in ("ready", "failed") or stop.is_set():

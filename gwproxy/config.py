@@ -64,6 +64,10 @@ class ServerConfig:
     cors_origins: str = _key("")
     allowed_hosts: str = _key("")
     docs: str = _key("", lambda v: None if v in ("", "true", "false") else "must be '', 'true' or 'false'")
+    api_max_body_bytes: int = _key(1024 * 1024, _positive)
+    header_timeout: float = _key(10.0, _positive)
+    keepalive_timeout: float = _key(75.0, _positive)
+    max_connections_per_address: int = _key(0, _non_negative)
 
     def cors_origin_list(self) -> list[str]:
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
@@ -91,6 +95,23 @@ class UpstreamConfig:
     @property
     def v1_url(self) -> str:
         return self.base_url.rstrip("/")
+
+    @property
+    def public_v1_url(self) -> str:
+        """``v1_url`` fit to show (status pages, errors, logs): credentials in it are masked."""
+        return without_credentials(self.v1_url)
+
+    @property
+    def public_origin(self) -> str:
+        return without_credentials(self.origin)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (the password is never shown)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +156,8 @@ class AuthConfig:
     metrics_public: bool = _key(True)
     login_max_failures: int = _key(5, _positive)
     login_lockout_seconds: float = _key(300.0, _positive)
+    login_username_interval: float = _key(2.0, _positive)
+    invalid_credentials_per_minute: int = _key(30, _positive)
     admin_username: str = _key("admin")
     admin_password: str = _key("")
 

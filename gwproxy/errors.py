@@ -10,6 +10,7 @@
     ├── NotFound                      404 not_found_error
     ├── Conflict                      409 conflict_error
     ├── PayloadTooLarge               413 invalid_request_error  code "payload_too_large"
+    ├── UnsupportedEncoding           415 invalid_request_error  code "unsupported_content_encoding"
     ├── TooManyRequests               429 rate_limit_error       code "rate_limit_exceeded"
     │                                                            (+ Retry-After)
     ├── UpstreamError                 502 upstream_error
@@ -105,6 +106,12 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "payload_too_large"
+
+
+class UnsupportedEncoding(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_content_encoding"
 
 
 class UpstreamError(GatewayError):

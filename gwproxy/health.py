@@ -37,7 +37,7 @@ async def index(request: web.Request) -> web.Response:
             "service": "gwproxy",
             "version": __version__,
             "description": "OpenAI-compatible gateway for self-hosted vLLM",
-            "upstream": registry.v1_url,
+            "upstream": registry.public_url,
             "models": list(registry.state.models),
             "endpoints": {
                 "openai": "/v1",
@@ -56,7 +56,7 @@ async def health(request: web.Request) -> web.Response:
             "status": "ok",
             "version": __version__,
             "uptime_s": round(time.time() - _STARTED, 3),
-            "components": {"upstream": _upstream(registry.state, registry.v1_url)},
+            "components": {"upstream": _upstream(registry.state, registry.public_url)},
         }
     )
 
@@ -73,7 +73,7 @@ async def ready(request: web.Request) -> web.Response:
     elif not state.models:
         reason = "upstream serves no model"
     return json(
-        {"ready": ok, "reason": reason, "upstream": _upstream(state, registry.v1_url)},
+        {"ready": ok, "reason": reason, "upstream": _upstream(state, registry.public_url)},
         status=200 if ok else 503,
     )
 

@@ -11,13 +11,14 @@ if TYPE_CHECKING:
 
     from gwproxy.auth.authenticator import Authenticator
     from gwproxy.auth.principal import Principal
-    from gwproxy.auth.throttle import LoginThrottle
     from gwproxy.auth.users import UserService
     from gwproxy.capture.record import Recorder, RecordSink
     from gwproxy.config import Config
     from gwproxy.metrics import Metrics
     from gwproxy.proxy.registry import UpstreamRegistry
+    from gwproxy.ratelimit.guard import Guard
     from gwproxy.ratelimit.limiter import Limiter
+    from gwproxy.ratelimit.store import BucketStore
     from gwproxy.switcher.gate import Gate
     from gwproxy.switcher.switcher import Switcher
     from gwproxy.trace import Trace
@@ -28,7 +29,8 @@ UPSTREAM: web.AppKey[UpstreamRegistry] = web.AppKey("upstream")
 DATABASE: web.AppKey[AsyncEngine] = web.AppKey("database")
 USERS: web.AppKey[UserService] = web.AppKey("users")
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
-LOGIN_THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("login_throttle")
+BUCKETS: web.AppKey[BucketStore] = web.AppKey("buckets")
+GUARD: web.AppKey[Guard] = web.AppKey("guard")
 DEMO: web.AppKey[bool] = web.AppKey("demo")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")

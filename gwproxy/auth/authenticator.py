@@ -4,9 +4,14 @@ the hot path free of database round trips.
 Accepted: ``Authorization: Bearer <jwt or API key>``, ``api-key: <key>``, ``x-api-key: <key>``.
 - A verified JWT is cached until it expires (verification is pure CPU, ~20 µs).
 - A user's state (active, role, name) is cached ``key_cache_seconds``; so is an API key's
-  lookup, including a miss; concurrent misses for one credential share one lookup. A revoked
-  key, or a disabled user's JWT or key, is therefore refused
-  at most that long after the change, on every replica.
+  lookup, including a miss, and whether an access token's session (``sid``) is still open;
+  concurrent misses for one credential share one lookup. A revoked key, a disabled user's JWT
+  or key, or an access token of a session that was logged out or revoked for refresh-token
+  reuse is therefore refused at most that long after the change, on every replica (at once on
+  the replica that saw the logout).
+- A credential that is not in the cache is checked only after ``checks`` (the guard) reserved a
+  check for the client's address, refunded when the credential was good: a client presenting
+  invalid keys or tokens is answered 429 after a few, without a database lookup each.
 Caches are bounded; the oldest entries go first.
 """
 
@@ -16,7 +21,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,6 +35,7 @@ _log = log.get("gwproxy.auth")
 
 K = TypeVar("K")
 V = TypeVar("V")
+T = TypeVar("T")
 
 MAX_ENTRIES = 50_000
 
@@ -56,6 +62,14 @@ class TtlCache(Generic[K, V]):
         self._data.clear()
 
 
+class Checks(Protocol):
+    """Reserves a credential check for a client address (``ratelimit.guard.Guard``)."""
+
+    async def reserve_check(self, address: str) -> Any: ...
+
+    async def check_passed(self, ticket: Any, address: str) -> None: ...
+
+
 def credential(headers: Mapping[str, str]) -> str | None:
     """The presented credential, or None when the request carries none."""
     auth = headers.get("Authorization")
@@ -75,8 +89,10 @@ class Authenticator:
         ttl: float,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        checks: Checks | None = None,
     ) -> None:
         self.users = users
+        self.checks = checks
         self.codec = codec
         self.ttl = ttl
         self.clock = clock
@@ -84,15 +100,17 @@ class Authenticator:
         self._jwts: TtlCache[str, Claims] = TtlCache()
         self._keys: TtlCache[str, Principal | None] = TtlCache()
         self._users: TtlCache[int, Principal | None] = TtlCache()
-        self._inflight: dict[object, asyncio.Future[Principal | None]] = {}
+        self._sessions: TtlCache[str, bool] = TtlCache()
+        self._inflight: dict[object, asyncio.Future[Any]] = {}
 
-    async def _once(self, key: object, lookup: Callable[[], Awaitable[Principal | None]]) -> Principal | None:
+    async def _once(self, key: object, lookup: Callable[[], Awaitable[T]]) -> T:
         """One database lookup per credential at a time: when a cache entry expires under load,
         the requests that find it gone wait for the first one's answer instead of all asking."""
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+            shared: T = await asyncio.shield(pending)
+            return shared
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             try:
@@ -113,7 +131,9 @@ class Authenticator:
         finally:
             del self._inflight[key]
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], address: str = "") -> Principal:
+        """The principal of the request's credential; ``address`` (the client's, resolved through
+        trusted proxies) is what a check of an uncached credential is charged to."""
         value = credential(headers)
         if value is None:
             raise Unauthorized(
@@ -123,31 +143,75 @@ class Authenticator:
         if value.startswith("gwp-"):
             found, principal = self._keys.get(value, mono)
             if not found:
-                principal = await self._once(value, lambda: self.users.resolve_key(value))
-                self._keys.put(value, principal, mono + self.ttl)
+                principal = await self._once(
+                    value, lambda: self._checked(address, lambda: self._lookup_key(value, mono))
+                )
             if principal is None:
                 raise Unauthorized("Invalid, revoked or expired API key")
             return principal
         found, claims = self._jwts.get(value, mono)
-        if not found or claims is None:
-            now = self.clock()
-            try:
-                claims = self.codec.verify(value, now)
-            except InvalidToken as exc:
-                raise Unauthorized(f"Invalid access token: {exc}") from None
-            self._jwts.put(value, claims, mono + (claims.expires_at - now))
-        elif claims.expires_at <= self.clock():
+        if found and claims is not None and claims.expires_at <= self.clock():
             raise Unauthorized("Invalid access token: token expired")
+        if found and claims is not None:
+            principal = await self._holder(claims, mono)
+        else:
+            principal = await self._once(
+                ("jwt", value), lambda: self._checked(address, lambda: self._verify(value, mono))
+            )
+        if principal is None:
+            raise Unauthorized("This account is disabled or no longer exists")
+        return principal
+
+    async def _checked(self, address: str, check: Callable[[], Awaitable[Principal | None]]) -> Principal | None:
+        """Run ``check`` under a reservation from the guard, refunded when it found a principal.
+        Called inside ``_once``: concurrent requests with one credential share one reservation."""
+        if self.checks is None:
+            return await check()
+        ticket = await self.checks.reserve_check(address)
+        principal = await check()
+        if principal is not None:
+            await self.checks.check_passed(ticket, address)
+        return principal
+
+    async def _lookup_key(self, value: str, mono: float) -> Principal | None:
+        principal = await self.users.resolve_key(value)
+        self._keys.put(value, principal, mono + self.ttl)
+        return principal
+
+    async def _verify(self, value: str, mono: float) -> Principal | None:
+        now = self.clock()
+        try:
+            claims = self.codec.verify(value, now)
+        except InvalidToken as exc:
+            raise Unauthorized(f"Invalid access token: {exc}") from None
+        self._jwts.put(value, claims, mono + (claims.expires_at - now))
+        return await self._holder(claims, mono)
+
+    async def _holder(self, claims: Claims, mono: float) -> Principal | None:
+        """The principal a verified token stands for, while its session is open."""
+        session = claims.session
+        found, open_ = self._sessions.get(session, mono)
+        if not found:
+            open_ = await self._session(session)
+            self._sessions.put(session, bool(open_), mono + self.ttl)
+        if not open_:
+            raise Unauthorized("Invalid access token: its session was logged out or revoked")
         found, user = self._users.get(claims.user_id, mono)
         if not found:
             user_id = claims.user_id
             user = await self._once(user_id, lambda: self.users.principal(user_id))
             self._users.put(user_id, user, mono + self.ttl)
-        if user is None:
-            raise Unauthorized("This account is disabled or no longer exists")
         return user
+
+    async def _session(self, session: str) -> bool:
+        return await self._once(("session", session), lambda: self.users.session_open(session))
+
+    def forget_session(self, session: str) -> None:
+        """This replica refuses the session's access tokens from now on (others within ``ttl``)."""
+        self._sessions.put(session, False, self.monotonic() + self.ttl)
 
     def forget(self) -> None:
         """Drop every cached decision (used after an admin changes a user on this replica)."""
         self._keys.clear()
         self._users.clear()
+        self._sessions.clear()

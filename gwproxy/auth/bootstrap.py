@@ -1,8 +1,9 @@
 """Bootstrap: the auth services of a running gateway, and its first admin.
 
-``auth_context`` builds the token codec, the users service, the authenticator and the login
-throttle on the app's database engine. When no admin exists and ``auth.admin_password`` (or
-``GWPROXY_ADMIN_PASSWORD``) is set, it creates ``auth.admin_username`` with that password.
+``auth_context`` builds the token codec, the users service and the authenticator on the app's
+database engine (and the guard that ``buckets_context`` made, which throttles credential checks).
+When no admin exists and ``auth.admin_password`` (or ``GWPROXY_ADMIN_PASSWORD``) is set, it
+creates ``auth.admin_username`` with that password.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from aiohttp import web
 from gwproxy import log
 from gwproxy.auth.authenticator import Authenticator
 from gwproxy.auth.passwords import dummy_hash
-from gwproxy.auth.throttle import LoginThrottle
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.auth.users import UserService
 from gwproxy.config import AuthConfig
 from gwproxy.errors import Conflict
-from gwproxy.keys import AUTHENTICATOR, CONFIG, DATABASE, DEMO, LOGIN_THROTTLE, USERS
+from gwproxy.keys import AUTHENTICATOR, CONFIG, DATABASE, DEMO, GUARD, USERS
 
 _log = log.get("gwproxy.auth")
 
@@ -44,6 +44,5 @@ async def auth_context(app: web.Application) -> AsyncIterator[None]:
     await dummy_hash()  # now, so that the first login for an unknown name takes no longer than the rest
     await ensure_admin(users, cfg)
     app[USERS] = users
-    app[AUTHENTICATOR] = Authenticator(users, codec, cfg.key_cache_seconds)
-    app[LOGIN_THROTTLE] = LoginThrottle(cfg.login_max_failures, cfg.login_lockout_seconds)
+    app[AUTHENTICATOR] = Authenticator(users, codec, cfg.key_cache_seconds, checks=app[GUARD])
     yield

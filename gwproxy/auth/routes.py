@@ -6,16 +6,15 @@ may name any ``user_id``. Another user's key answers 404, as if it did not exist
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from gwproxy import log
+from gwproxy.address import client_ip
 from gwproxy.auth import schemas
 from gwproxy.auth.principal import Principal
-from gwproxy.bodies import json, load
-from gwproxy.errors import Forbidden, InvalidRequest, NotFound, TooManyRequests, Unauthorized
-from gwproxy.keys import AUTHENTICATOR, LOGIN_THROTTLE, PRINCIPAL, USERS
+from gwproxy.bodies import identifier, json, load
+from gwproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from gwproxy.keys import AUTHENTICATOR, CONFIG, GUARD, PRINCIPAL, USERS
 
 _log = log.get("gwproxy.auth")
 
@@ -28,27 +27,26 @@ def require_admin(request: web.Request) -> Principal:
 
 
 def _int(request: web.Request, name: str) -> int:
-    try:
-        return int(request.match_info[name])
-    except ValueError:
-        raise NotFound(f"no such {name}") from None
+    value = identifier(request.match_info[name], name)
+    if value is None:
+        raise NotFound(f"no such {name}")
+    return value
 
 
 async def login(request: web.Request) -> web.Response:
+    """The attempt is reserved with the guard before the password is checked (``ratelimit.guard``
+    says how attempts are counted per username, address and both)."""
     body = await load(request, schemas.Login())
     username, password = body["username"], body["password"]
-    throttle = request.app[LOGIN_THROTTLE]
-    keys = (f"user:{username}", f"ip:{request.remote}")
-    now = time.monotonic()
-    wait = throttle.retry_after(keys, now)
-    if wait > 0:
-        raise TooManyRequests("Too many failed logins: try again later", retry_after=wait)
+    guard = request.app[GUARD]
+    trusted = request.app[CONFIG].ratelimit.trusted_networks()
+    address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+    ticket = await guard.reserve_login(username, address)
     user = await request.app[USERS].authenticate(username, password)
     if user is None:
-        throttle.failed(keys, now)
-        _log.info("login failed", username=username, remote=request.remote)
+        _log.info("login failed", username=username, remote=address)
         raise Unauthorized("Wrong username or password", code="invalid_credentials")
-    throttle.succeeded(keys[0])
+    await guard.login_succeeded(ticket, username, address)
     pair = await request.app[USERS].open_session(user)
     _log.info("login", user_id=user.id)
     return json(pair.public())
@@ -62,7 +60,8 @@ async def refresh(request: web.Request) -> web.Response:
 
 async def logout(request: web.Request) -> web.Response:
     body = await load(request, schemas.Refresh())
-    await request.app[USERS].close_session(body["refresh_token"])
+    session = await request.app[USERS].close_session(body["refresh_token"])
+    request.app[AUTHENTICATOR].forget_session(session)
     return web.Response(status=204)
 
 
@@ -93,10 +92,10 @@ async def list_keys(request: web.Request) -> web.Response:
         require_admin(request)
         user_id: int | None = None
     else:
-        try:
-            user_id = _target_user(principal, int(raw) if raw else None)
-        except ValueError:
-            raise InvalidRequest("user_id must be a number or 'all'", param="user_id") from None
+        asked = identifier(raw, "user_id") if raw else None
+        if raw and asked is None:
+            raise InvalidRequest("user_id must be a number or 'all'", param="user_id")
+        user_id = _target_user(principal, asked)
     keys = await request.app[USERS].list_keys(user_id)
     return json({"object": "list", "data": [k.public() for k in keys]})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import RAISE, Schema, fields, validate
 
-from gwproxy.bodies import StrictBool
+from gwproxy.bodies import MAX_ID, StrictBool
 
 
 class _Strict(Schema):
@@ -26,7 +26,9 @@ class NewKey(_Strict):
     expires_days = fields.Float(
         load_default=None, allow_none=True, validate=validate.Range(min=0, max=36500, min_inclusive=False)
     )
-    user_id = fields.Integer(load_default=None, allow_none=True, strict=True)
+    user_id = fields.Integer(
+        load_default=None, allow_none=True, strict=True, validate=validate.Range(min=1, max=MAX_ID)
+    )
 
 
 class NewUser(_Strict):

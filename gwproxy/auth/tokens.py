@@ -1,7 +1,8 @@
 """Tokens: signing and verifying access tokens (JWT) — pure, the clock passed in.
 
-An access token carries ``sub`` (the user id, as a string), ``role``, ``jti``, ``iat``, ``nbf``,
-``exp``, ``iss`` and ``aud``; all are required and checked on verification, and the algorithm
+An access token carries ``sub`` (the user id, as a string), ``role``, ``sid`` (the session: the
+refresh-token family it was issued with, so revoking the session refuses the token too), ``jti``,
+``iat``, ``nbf``, ``exp``, ``iss`` and ``aud``; all are required and checked on verification, and the algorithm
 is pinned to the configured one (so ``alg: none`` and algorithm swaps are refused). HS*
 algorithms use a shared secret of at least 32 bytes; RS*/ES* a PEM key pair.
 """
@@ -18,7 +19,7 @@ import jwt
 from gwproxy.config import AuthConfig, ConfigError
 
 MIN_SECRET_BYTES = 32
-REQUIRED = ["exp", "iat", "nbf", "sub", "iss", "aud", "jti"]
+REQUIRED = ["exp", "iat", "nbf", "sub", "iss", "aud", "jti", "sid"]
 
 
 class InvalidToken(Exception):
@@ -31,6 +32,7 @@ class Claims:
     role: str
     jti: str
     expires_at: float
+    session: str
 
 
 class TokenCodec:
@@ -54,11 +56,12 @@ class TokenCodec:
             self._sign_key = _read_key("auth.jwt_private_key_file", cfg.jwt_private_key_file)
             self._verify_key = _read_key("auth.jwt_public_key_file", cfg.jwt_public_key_file)
 
-    def issue(self, user_id: int, role: str, now: float) -> tuple[str, Claims]:
-        claims = Claims(user_id, role, secrets.token_hex(16), now + self.lifetime)
+    def issue(self, user_id: int, role: str, now: float, session: str) -> tuple[str, Claims]:
+        claims = Claims(user_id, role, secrets.token_hex(16), now + self.lifetime, session)
         payload = {
             "sub": str(user_id),
             "role": role,
+            "sid": session,
             "jti": claims.jti,
             "iat": int(now),
             "nbf": int(now),
@@ -95,7 +98,10 @@ class TokenCodec:
         role = payload.get("role")
         if role not in ("user", "admin"):
             raise InvalidToken("unknown role")
-        return Claims(user_id, role, str(payload["jti"]), float(exp))
+        session = payload["sid"]
+        if not isinstance(session, str) or not session:
+            raise InvalidToken("sid must name a session")
+        return Claims(user_id, role, str(payload["jti"]), float(exp), session)
 
 
 def _read_key(key: str, path: str) -> bytes:

@@ -324,71 +324,89 @@ class UserService:
     # -- sessions: access + refresh tokens ----------------------------------------------------
 
     async def open_session(self, user: User) -> TokenPair:
-        return await self._issue(user.id, user.role, secrets.token_hex(16))
-
-    async def _issue(self, user_id: int, role: Role, family: str) -> TokenPair:
-        now = self.clock()
-        access, claims = self.codec.issue(user_id, role, now.timestamp())
-        refresh = credentials.mint(credentials.REFRESH)
+        family = secrets.token_hex(16)
+        refresh, pair = self._mint(user.id, user.role, family)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(refresh_tokens).values(
-                    user_id=user_id,
-                    family=family,
-                    prefix=refresh.prefix,
-                    token_hash=refresh.digest,
-                    created_at=now,
-                    expires_at=now + self.refresh_lifetime,
-                )
-            )
-        return TokenPair(
+            await conn.execute(insert(refresh_tokens).values(**refresh))
+        return pair
+
+    def _mint(self, user_id: int, role: Role, family: str) -> tuple[dict[str, Any], TokenPair]:
+        """A new token pair of session ``family``: the refresh token's row to insert, and the pair."""
+        now = self.clock()
+        access, claims = self.codec.issue(user_id, role, now.timestamp(), family)
+        refresh = credentials.mint(credentials.REFRESH)
+        row = {
+            "user_id": user_id,
+            "family": family,
+            "prefix": refresh.prefix,
+            "token_hash": refresh.digest,
+            "created_at": now,
+            "expires_at": now + self.refresh_lifetime,
+        }
+        pair = TokenPair(
             access,
             int(claims.expires_at - now.timestamp()),
             refresh.value,
             int(self.refresh_lifetime.total_seconds()),
         )
+        return row, pair
 
     async def rotate(self, value: str) -> TokenPair:
-        """Trade a refresh token for a new pair. A token used twice revokes its whole family:
-        one of the two presenters is a thief, and the gateway cannot tell which."""
+        """Trade a refresh token for a new pair. A token presented a second time — after its
+        rotation, or at the same moment as the rotation that wins — revokes its whole session:
+        one of the two presenters is a thief, and the gateway cannot tell which.
+
+        The claim and the new token are one transaction, so a revocation that follows a lost race
+        sees (and revokes) the winner's new token too."""
         row = await self._refresh_row(value)
         m = row._mapping
-        now = self.clock()
-        reused = m["used_at"] is not None or m["revoked_at"] is not None
-        async with self.engine.begin() as conn:
-            if reused:
-                await conn.execute(
-                    update(refresh_tokens)
-                    .where(refresh_tokens.c.family == m["family"], refresh_tokens.c.revoked_at.is_(None))
-                    .values(revoked_at=now)
-                )
-                claimed = 0
-            else:
+        if m["used_at"] is None and m["revoked_at"] is None:
+            principal = await self.principal(m["user_id"])
+            if principal is None:
+                raise Unauthorized("this account is disabled")
+            minted, pair = self._mint(principal.user_id, principal.role, m["family"])
+            async with self.engine.begin() as conn:
                 result = await conn.execute(
                     update(refresh_tokens)
-                    .where(refresh_tokens.c.id == m["id"], refresh_tokens.c.used_at.is_(None))
-                    .values(used_at=now)
+                    .where(
+                        refresh_tokens.c.id == m["id"],
+                        refresh_tokens.c.used_at.is_(None),
+                        refresh_tokens.c.revoked_at.is_(None),
+                    )
+                    .values(used_at=self.clock())
                 )
-                claimed = result.rowcount
-        # Raised after the block: inside it, the revocation would be rolled back with the error.
-        if reused:
-            _log.warning("refresh token reused: family revoked", user_id=m["user_id"])
-            raise Unauthorized("refresh token already used: all sessions from it are revoked")
-        if claimed != 1:  # a concurrent rotation won the race
-            raise Unauthorized("refresh token already used")
-        principal = await self.principal(m["user_id"])
-        if principal is None:
-            raise Unauthorized("this account is disabled")
-        return await self._issue(principal.user_id, principal.role, m["family"])
+                if result.rowcount == 1:
+                    await conn.execute(insert(refresh_tokens).values(**minted))
+                    return pair
+        await self.revoke_session(m["family"])
+        _log.warning("refresh token reused: session revoked", user_id=m["user_id"])
+        raise Unauthorized("refresh token already used: all sessions from it are revoked")
 
-    async def close_session(self, value: str) -> None:
-        row = await self._refresh_row(value)
+    async def close_session(self, value: str) -> str:
+        """Revoke the session of this refresh token (logout); returns the session id."""
+        family = str((await self._refresh_row(value))._mapping["family"])
+        await self.revoke_session(family)
+        return family
+
+    async def revoke_session(self, family: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
                 update(refresh_tokens)
-                .where(refresh_tokens.c.family == row._mapping["family"], refresh_tokens.c.revoked_at.is_(None))
+                .where(refresh_tokens.c.family == family, refresh_tokens.c.revoked_at.is_(None))
                 .values(revoked_at=self.clock())
             )
+
+    async def session_open(self, family: str) -> bool:
+        """Whether the session still holds an unrevoked refresh token (its access tokens count)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(refresh_tokens.c.id)
+                    .where(refresh_tokens.c.family == family, refresh_tokens.c.revoked_at.is_(None))
+                    .limit(1)
+                )
+            ).first()
+        return row is not None
 
     async def _refresh_row(self, value: str) -> Row[Any]:
         parts = credentials.split(value, credentials.REFRESH)

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from gwproxy.capture.record import without_nul
+
 
 @dataclass(slots=True)
 class Assembled:
@@ -152,4 +154,11 @@ def assemble_json(body: bytes, chat: bool = True) -> Assembled:
 
 
 def assemble(body: bytes, *, sse: bool, chat: bool) -> Assembled:
-    return assemble_stream(body, chat) if sse else assemble_json(body, chat)
+    """The reply in ``body``. A NUL character the model sent (``\\u0000`` in its JSON) is read as
+    U+FFFD, as in the request (``Record.loads``): PostgreSQL cannot store it in text."""
+    out = assemble_stream(body, chat) if sse else assemble_json(body, chat)
+    if b"\\u0000" in body:
+        out.model, out.content, out.reasoning, out.tool_calls, out.error = without_nul(
+            [out.model, out.content, out.reasoning, out.tool_calls, out.error]
+        )
+    return out

@@ -49,8 +49,12 @@ class Record:
 
     @classmethod
     def loads(cls, raw: bytes) -> Record:
-        """A spool line (an object) or a wire line (an array); ``ValueError`` if it is neither."""
+        """A spool line (an object) or a wire line (an array); ``ValueError`` if it is neither.
+        NUL characters (which a client may send and PostgreSQL cannot store in text) are read
+        as U+FFFD, so such a turn is stored like any other, on either database."""
         data = orjson.loads(raw)
+        if b"\\u0000" in raw:
+            data = without_nul(data)
         if isinstance(data, dict):
             return cls(**data)
         if not isinstance(data, list) or not data or data[0] != WIRE_VERSION or len(data) != len(WIRE_FIELDS) + 1:
@@ -122,6 +126,17 @@ class Recorder:
 
     def body(self) -> str:
         return b"".join(self.chunks).decode(errors="replace")
+
+
+def without_nul(data: Any) -> Any:
+    """``data`` with every NUL character in its strings (and keys) replaced by U+FFFD."""
+    if isinstance(data, str):
+        return data.replace("\x00", "\ufffd")
+    if isinstance(data, list):
+        return [without_nul(v) for v in data]
+    if isinstance(data, dict):
+        return {without_nul(k): without_nul(v) for k, v in data.items()}
+    return data
 
 
 def request_fields(body: dict[str, Any] | None) -> dict[str, Any]:

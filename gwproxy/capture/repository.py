@@ -33,8 +33,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, cid = orjson.loads(raw)
-        return datetime.fromisoformat(stamp), str(cid)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+        when = datetime.fromisoformat(stamp)
+        cid = str(cid)
+        if "\x00" in cid:
+            raise ValueError("NUL in a cursor")
+        return (when.astimezone(UTC) if when.tzinfo else when), cid
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise InvalidRequest("'cursor' is not a cursor this API gave out", param="cursor") from None
 
 

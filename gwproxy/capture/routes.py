@@ -16,13 +16,14 @@ Another user's conversation is answered 404, exactly like one that does not exis
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from marshmallow import RAISE, Schema, fields, validate
 
-from gwproxy.bodies import json, load
+from gwproxy.bodies import identifier, json, load
 from gwproxy.capture import repository
 from gwproxy.capture.threads import text_of
 from gwproxy.errors import Forbidden, InvalidRequest
@@ -58,16 +59,19 @@ def _date(request: web.Request, name: str) -> datetime | None:
         return None
     try:
         when = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be an ISO 8601 date or time, got {value!r}", param=name) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+        # In UTC, as stored; a time whose UTC is outside years 1-9999 cannot be compared.
+        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            f"'{name}' must be an ISO 8601 date or time within years 1-9999 UTC, got {value!r}", param=name
+        ) from None
 
 
 def _limit(request: web.Request) -> int:
-    raw = request.query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    value = identifier(request.query.get("limit", "20"), "limit")
+    if value is None or not 1 <= value <= MAX_PAGE:
         raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
-    return int(raw)
+    return value
 
 
 async def list_conversations(request: web.Request) -> web.Response:
@@ -117,22 +121,43 @@ async def delete_conversation(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+_INLINE_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def inline(text: str) -> str:
+    """Text for one line of Markdown that renders as itself: no structure, no HTML, one line."""
+    text = " ".join(str(text).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _INLINE_SPECIAL.sub(r"\\\1", text)
+
+
+def fenced(text: str, info: str = "text") -> list[str]:
+    """``text`` as a fenced block that no line of it can close: the fence is longer than the
+    longest run of backticks inside, so headings, fences and HTML in it stay text."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + info, text, fence]
+
+
 def markdown(conversation: dict[str, Any]) -> str:
+    """The current branch as Markdown. Everything that came from a client or a model is escaped
+    (titles, roles, names) or fenced (contents), so an export cannot forge its own structure."""
     by_id = {m["id"]: m for m in conversation["messages"]}
-    lines = [f"# {conversation['title'] or 'Conversation'}", ""]
-    lines += [f"- id: `{conversation['id']}`", f"- model: {conversation['model'] or '-'}",
+    lines = [f"# {inline(conversation['title']) or 'Conversation'}", ""]
+    lines += [f"- id: {inline(conversation['id'])}", f"- model: {inline(conversation['model'] or '-')}",
               f"- created: {conversation['created_at'].isoformat()}", ""]  # fmt: skip
     for mid in conversation["branch"]:
         m = by_id[mid]
-        lines += [f"## {m['role']}", ""]
+        lines += [f"## {inline(m['role'])}", ""]
         if m.get("reasoning_content"):
-            lines += ["<details><summary>reasoning</summary>", "", m["reasoning_content"], "", "</details>", ""]
+            lines += ["Reasoning:", "", *fenced(m["reasoning_content"]), ""]
         text = text_of(m["content"])
         if text:
-            lines += [text, ""]
+            lines += [*fenced(text), ""]
         for call in m.get("tool_calls") or ():
             fn = call.get("function") or {}
-            lines += [f"Tool call `{fn.get('name')}`:", "", "```json", str(fn.get("arguments", "")), "```", ""]
+            arguments = fenced(str(fn.get("arguments", "")), "json")
+            lines += [f"Tool call {inline(fn.get('name') or '')}:", "", *arguments, ""]
     return "\n".join(lines)
 
 
@@ -160,10 +185,10 @@ async def usage(request: web.Request) -> web.Response:
             raise Forbidden("Only admins may see other users' usage")
         if asked == "all":
             user_id = None
-        elif asked.isdigit():
-            user_id = int(asked)
         else:
-            raise InvalidRequest("'user_id' must be a user id or 'all'", param="user_id")
+            user_id = identifier(asked, "user_id")
+            if user_id is None:
+                raise InvalidRequest("'user_id' must be a user id or 'all'", param="user_id")
     async with request.app[DATABASE].connect() as conn:
         rows = await repository.usage(conn, user_id, _date(request, "since"), _date(request, "until"))
     totals = {

@@ -10,8 +10,9 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gwproxy.address import client_ip
 from gwproxy.auth.principal import ANONYMOUS
-from gwproxy.config import AuthConfig
+from gwproxy.config import AuthConfig, RateLimitConfig
 from gwproxy.errors import Forbidden
 from gwproxy.keys import AUTHENTICATOR, PRINCIPAL
 from gwproxy.proxy.routes import ROOT_PATHS
@@ -26,7 +27,9 @@ def needs_auth(path: str) -> bool:
     return path in GUARDED_ROOTS
 
 
-def auth_middleware(cfg: AuthConfig) -> Middleware:
+def auth_middleware(cfg: AuthConfig, limits: RateLimitConfig) -> Middleware:
+    trusted = limits.trusted_networks()
+
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
@@ -37,9 +40,11 @@ def auth_middleware(cfg: AuthConfig) -> Middleware:
         if not cfg.enabled:
             request[PRINCIPAL] = ANONYMOUS
         elif needs_auth(path):
-            request[PRINCIPAL] = await request.app[AUTHENTICATOR].authenticate(request.headers)
+            address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+            request[PRINCIPAL] = await request.app[AUTHENTICATOR].authenticate(request.headers, address)
         elif path == "/metrics" and not cfg.metrics_public:
-            principal = await request.app[AUTHENTICATOR].authenticate(request.headers)
+            address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+            principal = await request.app[AUTHENTICATOR].authenticate(request.headers, address)
             if not principal.is_admin:
                 raise Forbidden("/metrics is for admins (auth.metrics_public = false)")
         return await handler(request)

@@ -6,11 +6,17 @@ Skipped (nothing recorded) when capture is off in the configuration, for the use
 (``X-Gwproxy-Capture: off``), or for an anonymous caller (auth off: there is no one to own the
 conversation). The work on the request path is the tee and one line's encoding (``record.wire``:
 the request body goes in as it was sent, nothing parsed); the writer does the rest.
+
+A record is keyed by an id minted here for it (128 random bits), never by the client's
+``X-Request-ID``: the writer stores a key once, so a key a client could choose or predict would let
+it suppress another user's turns or have its own repeated requests counted once. The client's id
+stays what it is for: the response header, the upstream request and the log lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 
 import orjson
@@ -20,7 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 from gwproxy.capture.record import CAPTURED_ROUTES, Recorder, request_fields, wire
 from gwproxy.config import CaptureConfig
 from gwproxy.errors import CLIENT_CLOSED, status_of
-from gwproxy.keys import BODY, CAPTURE, PRINCIPAL, RECORDER, REQUEST_ID, TRACE
+from gwproxy.keys import BODY, CAPTURE, PRINCIPAL, RECORDER, TRACE
 
 
 def capture_middleware(cfg: CaptureConfig) -> Middleware:
@@ -53,7 +59,7 @@ def capture_middleware(cfg: CaptureConfig) -> Middleware:
                 body = orjson.dumps(request_fields(request[BODY]))
             ttft = trace.ttft()
             line = wire(
-                request[REQUEST_ID], principal.user_id, principal.key_id, request.path, status, started, body,
+                secrets.token_hex(16), principal.user_id, principal.key_id, request.path, status, started, body,
                 recorder, recorder.conversation_id or request.headers.get("X-Conversation-Id") or None,
                 trace.prompt_tokens, trace.completion_tokens, None if ttft is None else ttft * 1000,
                 (time.perf_counter() - trace.started) * 1000,

@@ -11,13 +11,16 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gwproxy.address import client_ip
 from gwproxy.config import RateLimitConfig
 from gwproxy.keys import BODY, LIMITER, PRINCIPAL, RESPONSE_HEADERS, TRACE
 from gwproxy.middlewares.auth import GUARDED_ROOTS
-from gwproxy.proxy.routes import JSON_ROUTES, parse_body
-from gwproxy.ratelimit.policy import client_ip, estimate_tokens
+from gwproxy.proxy.routes import parse_body
+from gwproxy.ratelimit.policy import estimate_tokens
 
-TOKEN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/api/chat"})
+# Routes charged to the token bucket: they generate (or, for embeddings, read) tokens. Nothing else
+# is: listing models or tokenizing costs requests, not tokens.
+TOKEN_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/api/chat"})
 
 
 def limited(path: str) -> bool:
@@ -31,12 +34,13 @@ def ratelimit_middleware(cfg: RateLimitConfig) -> Middleware:
     async def ratelimit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not cfg.enabled or request.method == "OPTIONS" or not limited(request.path):
             return await handler(request)
-        body = None
-        if request.path in TOKEN_ROUTES and request.method == "POST" and request.path in JSON_ROUTES:
+        estimate = None
+        if request.path in TOKEN_ROUTES and request.method == "POST":
             raw = await request.read()
-            if raw:
-                body = request[BODY] = parse_body(raw)
-        estimate = estimate_tokens(body, cfg.default_max_tokens)
+            body = parse_body(raw) if raw else None
+            if body is not None:
+                request[BODY] = body
+            estimate = estimate_tokens(body, cfg.default_max_tokens, generates=request.path != "/v1/embeddings")
         ip = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
         limiter = request.app[LIMITER]
         admission = await limiter.admit(request[PRINCIPAL], ip, estimate)

@@ -38,7 +38,10 @@ def request_id_middleware() -> Middleware:
 
 
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Also adds the headers other layers left in ``request[RESPONSE_HEADERS]`` (rate limits)."""
+    """Also adds the headers other layers left in ``request[RESPONSE_HEADERS]`` (rate limits), and
+    ``X-Content-Type-Options: nosniff`` to every response: no browser guesses a type for what the
+    gateway serves (an exported conversation, an upstream's error page)."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
     rid = request.get(REQUEST_ID)
     if rid is not None:
         response.headers["X-Request-ID"] = rid

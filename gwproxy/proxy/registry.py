@@ -42,6 +42,8 @@ class UpstreamRegistry:
         self.cfg = cfg
         self.origin = cfg.origin
         self.v1_url = cfg.v1_url
+        self.public_origin = cfg.public_origin  # the forms to show: credentials masked
+        self.public_url = cfg.public_v1_url
         self.state = UpstreamState()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -98,12 +100,12 @@ class UpstreamRegistry:
                 models = tuple(str(c["id"]) for c in cards if isinstance(c, dict) and "id" in c)
             new = UpstreamState(True, models, time.time(), None)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError) as exc:
-            new = UpstreamState(False, self.state.models, time.time(), f"{type(exc).__name__}: {exc}")
+            new = UpstreamState(False, self.state.models, time.time(), log.redact(f"{type(exc).__name__}: {exc}"))
         if (new.reachable, new.models) != (self.state.reachable, self.state.models):
             if new.reachable:
-                _log.info("upstream up", url=self.v1_url, models=list(new.models))
+                _log.info("upstream up", url=self.public_url, models=list(new.models))
             else:
-                _log.warning("upstream unreachable", url=self.v1_url, error=new.error)
+                _log.warning("upstream unreachable", url=self.public_url, error=new.error)
         self.state = new
         return new
 
@@ -113,7 +115,7 @@ class UpstreamRegistry:
             return model
         if not self.state.models:
             raise ModelNotReady(
-                f"model alias '{model}' cannot be resolved: the upstream {self.v1_url} serves no "
+                f"model alias '{model}' cannot be resolved: the upstream {self.public_url} serves no "
                 "model yet (is it still loading?)"
             )
         return self.state.models[0]

@@ -52,11 +52,21 @@ KNOWN_ROUTES = frozenset(
 )
 # Routes whose body is JSON whatever the Content-Type says (curl -d sends a form type).
 JSON_ROUTES = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize", "/api/chat"}
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/tokenize",
+        "/detokenize",
+        "/api/chat",
+    }
 )
-USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
-# Client headers that never go upstream: hop-by-hop, recomputed, or the gateway's credentials.
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization", "api-key", "x-api-key"}
+USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+RESPONSES = "/v1/responses"  # usage in its final event: never injected or stripped
+# Client headers that never go upstream: hop-by-hop, recomputed, the gateway's credentials, or
+# describing an encoding aiohttp already undid (the body read is the decoded one).
+_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "content-encoding", "authorization", "api-key", "x-api-key"}
 
 
 def route_label(path: str) -> str:
@@ -128,7 +138,9 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
                 parsed["model"] = served
                 rewrite = True
             trace.model = registry.label(served)
-        if path in USAGE_ROUTES:
+        if path == RESPONSES:
+            tap = UsageTap(sse=parsed.get("stream") is True, strip=False, responses=True)
+        elif path in USAGE_ROUTES:
             inject = usage.wants_injection(parsed)
             if inject:
                 usage.inject(parsed)
@@ -138,8 +150,14 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
             body = orjson.dumps(parsed)
         if recorder is not None:
             recorder.request = body  # what capture stores is what went upstream
-    # The path exactly as sent (with its query), or the endpoint a gateway route stands for.
-    url = URL(registry.origin + request.raw_path, encoded=True) if own_path else URL(registry.origin + path)
+    # The path as sent, query included (from the parsed target: an absolute-form target's scheme
+    # and host are not the upstream's), or the endpoint a gateway route stands for.
+    if own_path:
+        target = request.rel_url
+        query = target.raw_query_string
+        url = URL(registry.origin + target.raw_path + ("?" + query if query else ""), encoded=True)
+    else:
+        url = URL(registry.origin + path)
     headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])
     trace.upstream_started = time.perf_counter()
     watchdog = registry.watchdog
@@ -180,20 +198,20 @@ async def _send(
             raise  # the client went away
         task.uncancel()
         metrics.count_upstream_error("timeout")
-        raise UpstreamTimeout(f"The upstream {registry.origin} did not answer within {watch.limit:g}s") from None
+        raise UpstreamTimeout(f"The upstream {registry.public_origin} did not answer within {watch.limit:g}s") from None
     except aiohttp.ServerTimeoutError:
         metrics.count_upstream_error("timeout")
-        raise UpstreamTimeout(f"Connecting to the upstream {registry.origin} timed out") from None
+        raise UpstreamTimeout(f"Connecting to the upstream {registry.public_origin} timed out") from None
     except aiohttp.ClientConnectorError as exc:
         metrics.count_upstream_error("refused")
         raise UpstreamUnavailable(
-            f"The upstream {registry.origin} is unreachable ({exc.os_error.strerror or exc}); "
+            f"The upstream {registry.public_origin} is unreachable ({exc.os_error.strerror or exc}); "
             "is vLLM running and loaded?"
         ) from None
     except aiohttp.ClientError as exc:
         metrics.count_upstream_error("disconnected")
         raise UpstreamUnavailable(
-            f"The upstream {registry.origin} failed before answering: {type(exc).__name__}"
+            f"The upstream {registry.public_origin} failed before answering: {type(exc).__name__}"
         ) from None
 
 

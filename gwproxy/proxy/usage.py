@@ -6,6 +6,10 @@ it (``inject``) and the ``UsageTap`` removes that one usage-only event before ``
 in stripping mode it holds back an incomplete trailing event until its end arrives (events are
 written whole by vLLM, so this almost never delays anything); in watching mode it forwards every
 chunk as it came and keeps only a copy of the incomplete tail to scan.
+
+``/v1/responses`` reports usage as ``input_tokens``/``output_tokens``; its stream always ends with
+a ``response.completed`` (or ``response.incomplete``) event that carries it, so nothing is
+injected or stripped there: the tap only reads that event.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import re
 from typing import Any
 
 _USAGE_EVENT = b'"choices":[],"usage":{'
+_RESPONSE_DONE = re.compile(rb'"type":"response\.(?:completed|incomplete)"')
 _USAGE_KEY = b'"usage":{'
-_PROMPT = re.compile(rb'"prompt_tokens":(\d+)')
-_COMPLETION = re.compile(rb'"completion_tokens":(\d+)')
+_PROMPT = re.compile(rb'"(?:prompt|input)_tokens":(\d+)')
+_COMPLETION = re.compile(rb'"(?:completion|output)_tokens":(\d+)')
 _TAIL_KEEP = 4096  # bytes of a JSON body kept to find its usage object
 
 
@@ -41,7 +46,17 @@ def parse_usage(segment: bytes) -> tuple[int, int] | None:
     at = segment.rfind(_USAGE_KEY)
     if at < 0:
         return None
-    obj = segment[at : segment.find(b"}", at) + 1 or None]
+    depth, end = 0, len(segment)  # the object's end: it may hold objects (the Responses API's details)
+    for i in range(at + len(_USAGE_KEY) - 1, len(segment)):
+        c = segment[i]
+        if c == 0x7B:  # {
+            depth += 1
+        elif c == 0x7D:  # }
+            depth -= 1
+            if depth == 0:
+                end = i + 1
+                break
+    obj = segment[at:end]
     prompt, completion = _PROMPT.search(obj), _COMPLETION.search(obj)
     if prompt is None:
         return None
@@ -51,11 +66,12 @@ def parse_usage(segment: bytes) -> tuple[int, int] | None:
 class UsageTap:
     """Feeds on response chunks; ``usage`` is (prompt, completion) once seen."""
 
-    __slots__ = ("events", "sse", "strip", "tail", "usage")
+    __slots__ = ("events", "responses", "sse", "strip", "tail", "usage")
 
-    def __init__(self, *, sse: bool, strip: bool) -> None:
+    def __init__(self, *, sse: bool, strip: bool, responses: bool = False) -> None:
         self.sse = sse
         self.strip = strip and sse
+        self.responses = responses  # a /v1/responses stream: usage is in its final event
         self.tail = b""
         self.usage: tuple[int, int] | None = None
         self.events = 0  # complete SSE events seen (a fallback measure of progress)
@@ -72,6 +88,11 @@ class UsageTap:
             return b"" if self.strip else chunk
         complete, self.tail = data[:cut], data[cut:]
         self.events += complete.count(b"\n\n")
+        if self.responses:
+            done = _RESPONSE_DONE.search(complete)
+            if done is not None:
+                self.usage = parse_usage(complete[done.start() : complete.find(b"\n\n", done.start())])
+            return chunk
         at = complete.find(_USAGE_EVENT)
         if at >= 0:
             start = complete.rfind(b"data: ", 0, at)

@@ -18,9 +18,10 @@ from aiohttp import web
 
 from gwproxy.auth.principal import Principal
 from gwproxy.errors import TooManyRequests
-from gwproxy.keys import CONFIG, DATABASE, LIMITER, METRICS
+from gwproxy.keys import BUCKETS, CONFIG, DATABASE, GUARD, LIMITER, METRICS
 from gwproxy.metrics import Metrics
 from gwproxy.ratelimit.bucket import Decision
+from gwproxy.ratelimit.guard import Guard
 from gwproxy.ratelimit.policy import Plan, Policy
 from gwproxy.ratelimit.store import BucketStore, MemoryStore, Ticket
 from gwproxy.trace import Trace
@@ -66,9 +67,21 @@ class Limiter:
         self.metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def admit(self, principal: Principal, ip: str, estimate: tuple[int, int]) -> Admission:
+    async def admit(self, principal: Principal, ip: str, estimate: tuple[int, int] | None) -> Admission:
+        """Admit the request or raise 429. A request whose token estimate exceeds the whole
+        tokens-per-minute allowance could never be admitted: it is refused with
+        ``x-should-retry: false`` (OpenAI SDKs then do not retry) instead of clamped and forgiven."""
         user, key = await self.policy.limits_for(principal)
         plan = self.policy.plan(principal, ip, user, key, estimate)
+        if plan.token_bucket is not None and plan.estimate > plan.token_bucket[1].capacity:
+            self.metrics.count_ratelimited("tokens")
+            limit = int(plan.token_bucket[1].capacity)
+            raise TooManyRequests(
+                f"Request too large for tokens per min (TPM): Limit {limit}, Requested {plan.estimate}. "
+                "Reduce the prompt or max_tokens to run successfully.",
+                retry_after=60.0,
+                headers={"x-should-retry": "false"},
+            )
         decision, ticket = await self.store.admit(plan.keys, plan.limits, plan.costs, plan.slot)
         headers = headers_for(plan, decision)
         if not decision.allowed or ticket is None:
@@ -125,9 +138,10 @@ class Limiter:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-async def limiter_context(app: web.Application) -> AsyncIterator[None]:
+async def buckets_context(app: web.Application) -> AsyncIterator[None]:
+    """The bucket store (Redis when configured, else in process) and the login/credential guard
+    on it; before the auth services, which use the guard."""
     cfg = app[CONFIG]
-    policy = Policy(cfg.ratelimit, app[DATABASE], cfg.auth.key_cache_seconds)
     client: Any = None
     store: BucketStore
     if cfg.ratelimit.redis_url:
@@ -141,9 +155,17 @@ async def limiter_context(app: web.Application) -> AsyncIterator[None]:
         store = RedisStore(client, app[METRICS], fail_open=cfg.ratelimit.fail_open)
     else:
         store = MemoryStore()
-    limiter = Limiter(policy, store, app[METRICS])
+    app[BUCKETS] = store
+    app[GUARD] = Guard(store, cfg.auth)
+    yield
+    if client is not None:
+        await client.aclose()
+
+
+async def limiter_context(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    policy = Policy(cfg.ratelimit, app[DATABASE], cfg.auth.key_cache_seconds)
+    limiter = Limiter(policy, app[BUCKETS], app[METRICS])
     app[LIMITER] = limiter
     yield
     await limiter.close()
-    if client is not None:
-        await client.aclose()

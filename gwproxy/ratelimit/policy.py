@@ -11,16 +11,13 @@ address stands in for the user. Defaults come from
 configuration; an admin's per-user or per-key overrides come from the database, cached for
 ``ttl`` seconds, so a change reaches every replica within that time.
 
-The client address is the peer's, unless the peer is a trusted proxy: then the right-most
-``X-Forwarded-For`` entry that is not itself a trusted proxy.
+The client address is ``gwproxy.address.client_ip``'s.
 """
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,8 +31,6 @@ from gwproxy.config import RateLimitConfig
 from gwproxy.ratelimit.bucket import Limit
 from gwproxy.ratelimit.store import Slot
 from gwproxy.store.tables import rate_limits
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,51 +69,34 @@ def _request_limit(limits: Limits) -> Limit:
     return Limit.per_window(limits.requests, limits.window)
 
 
-def client_ip(peer: str | None, forwarded: str | None, trusted: Sequence[Network]) -> str:
-    if peer is None:
-        return "unknown"
-    if not forwarded or not _trusted(peer, trusted):
-        return peer
-    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _trusted(hop, trusted):
-            try:
-                return str(ipaddress.ip_address(hop))
-            except ValueError:
-                return peer  # a forged or garbled entry: fall back to what we know
-    return hops[0] if hops else peer
+def _chars(value: Any) -> int:
+    """Characters of text in a prompt, message content or Responses API input (a token id: 4)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int):
+        return 4
+    if isinstance(value, list):
+        return sum(_chars(v) for v in value)
+    if isinstance(value, dict):
+        return _chars(value.get("content")) + _chars(value.get("text"))
+    return 0
 
 
-def _trusted(addr: str, trusted: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
-
-
-def estimate_tokens(body: dict[str, Any] | None, default_max_tokens: int) -> tuple[int, int]:
+def estimate_tokens(body: dict[str, Any] | None, default_max_tokens: int, generates: bool = True) -> tuple[int, int]:
     """(prompt, completion) token estimates: a quarter of the prompt's characters (a token is
-    ~4 characters), and max_tokens (times n)."""
+    ~4 characters), and the most the request may generate (``max_tokens`` and its newer names, or
+    ``default_max_tokens``; times ``n``; 0 for a route that generates nothing)."""
     if body is None:
-        return 0, default_max_tokens
-    out = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
+        return 0, default_max_tokens if generates else 0
+    chars = _chars(body.get("messages")) + _chars(body.get("prompt")) + _chars(body.get("input"))
+    chars += _chars(body.get("instructions"))
+    if not generates:
+        return chars // 4, 0
+    out = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+    if not isinstance(out, int) or isinstance(out, bool):
+        out = default_max_tokens
     n = body.get("n") if isinstance(body.get("n"), int) else 1
-    chars = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for m in messages:
-            content = m.get("content") if isinstance(m, dict) else None
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
-    prompt = body.get("prompt") if messages is None else None
-    if isinstance(prompt, str):
-        chars += len(prompt)
-    elif isinstance(prompt, list):
-        chars += sum(len(p) if isinstance(p, str) else 1 for p in prompt)
-    return chars // 4, int(out if isinstance(out, int) else default_max_tokens) * max(1, n or 1)
+    return chars // 4, out * max(1, n or 1)
 
 
 class Policy:
@@ -163,7 +141,10 @@ class Policy:
         """Drop cached overrides (this replica sees an admin's change at once; others within ttl)."""
         self._cache.clear()
 
-    def plan(self, principal: Principal, ip: str, user: Limits, key: Limits | None, estimate: tuple[int, int]) -> Plan:
+    def plan(
+        self, principal: Principal, ip: str, user: Limits, key: Limits | None, estimate: tuple[int, int] | None
+    ) -> Plan:
+        """The buckets of a request; ``estimate`` None: a route that is not charged tokens."""
         if principal.via == "anonymous":
             # Without auth nobody is a user: the address is the only identity, and its bucket
             # is the only request bucket (one shared "anonymous" bucket would throttle everyone).
@@ -181,7 +162,7 @@ class Policy:
         costs: list[float] = [1.0] * len(keys)
         token_bucket = None
         tpm = key.tokens_per_minute if key is not None and key.tokens_per_minute else user.tokens_per_minute
-        if tpm:
+        if tpm and estimate is not None:
             token_bucket = (f"gwrl:{who}:tok", Limit.per_window(tpm, 60.0))
             keys.append(token_bucket[0])
             limits.append(token_bucket[1])
@@ -189,7 +170,8 @@ class Policy:
             names.append("tokens")
         concurrency = key.concurrency if key is not None and key.concurrency else user.concurrency
         slot = Slot(f"gwrl:{who}:inflight", concurrency) if concurrency else None
-        return Plan(keys, limits, costs, names, slot, token_bucket, estimate[0], sum(estimate))
+        prompt, total = (estimate[0], sum(estimate)) if estimate is not None else (0, 0)
+        return Plan(keys, limits, costs, names, slot, token_bucket, prompt, total)
 
 
 async def set_overrides(

@@ -15,29 +15,39 @@ from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import select
 
 from gwproxy.auth.routes import require_admin
-from gwproxy.bodies import json, load
+from gwproxy.bodies import identifier, json, load
 from gwproxy.errors import NotFound
 from gwproxy.keys import DATABASE, LIMITER, USERS
 from gwproxy.ratelimit.policy import OVERRIDABLE, set_overrides
 from gwproxy.store.tables import api_keys, rate_limits
+
+INT32 = 2**31 - 1  # the columns are INTEGER
 
 
 class LimitsBody(Schema):
     class Meta:
         unknown = RAISE
 
-    requests = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=1))
-    window = fields.Float(allow_none=True, load_default=None, validate=validate.Range(min=0, min_inclusive=False))
-    tokens_per_minute = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=0))
-    concurrency = fields.Integer(strict=True, allow_none=True, load_default=None, validate=validate.Range(min=0))
+    requests = fields.Integer(
+        strict=True, allow_none=True, load_default=None, validate=validate.Range(min=1, max=INT32)
+    )
+    window = fields.Float(
+        allow_none=True, load_default=None, validate=validate.Range(min=0, min_inclusive=False, max=10 * 365 * 86400)
+    )
+    tokens_per_minute = fields.Integer(
+        strict=True, allow_none=True, load_default=None, validate=validate.Range(min=0, max=INT32)
+    )
+    concurrency = fields.Integer(
+        strict=True, allow_none=True, load_default=None, validate=validate.Range(min=0, max=INT32)
+    )
 
 
 def _target(request: web.Request) -> tuple[str, int]:
     kind = "user_id" if "user_id" in request.match_info else "key_id"
-    try:
-        return kind, int(request.match_info[kind])
-    except ValueError:
-        raise NotFound(f"no such {kind}") from None
+    value = identifier(request.match_info[kind], kind)
+    if value is None:
+        raise NotFound(f"no such {kind}")
+    return kind, value
 
 
 async def _exists(request: web.Request, kind: str, ident: int) -> None:

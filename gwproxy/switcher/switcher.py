@@ -151,7 +151,7 @@ class Switcher:
             else None,
             "served_models": list(up.models),
             "upstream": {
-                "url": self.registry.v1_url,
+                "url": self.registry.public_url,
                 "reachable": up.reachable,
                 "checked_at": up.checked_at,
                 "error": up.error,

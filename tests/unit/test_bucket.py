@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gwproxy.address import client_ip
 from gwproxy.config import RateLimitConfig
 from gwproxy.ratelimit.bucket import Limit, State, level, settle, take
-from gwproxy.ratelimit.policy import client_ip, estimate_tokens
+from gwproxy.ratelimit.policy import estimate_tokens
 
 TEN_PER_10S = Limit.per_window(10, 10)  # burst 10, 1 token per second
 

@@ -1,26 +1,80 @@
+import pytest
+
 from gwproxy.auth import credentials
-from gwproxy.auth.throttle import LoginThrottle
+from gwproxy.config import AuthConfig
+from gwproxy.errors import TooManyRequests
+from gwproxy.ratelimit.guard import Guard
+from gwproxy.ratelimit.store import MemoryStore
 
 
-def test_throttle_locks_after_failures_and_expires() -> None:
-    t = LoginThrottle(max_failures=3, lockout=60)
-    keys = ("user:bob", "ip:1.2.3.4")
-    for i in range(3):
-        assert t.retry_after(keys, 100 + i) == 0
-        t.failed(keys, 100 + i)
-    assert t.retry_after(keys, 103) == 59  # 60 s after the latest failure
-    assert t.retry_after(("user:bob", "ip:9.9.9.9"), 103) == 59  # the username is locked anywhere
-    assert t.retry_after(("user:eve", "ip:1.2.3.4"), 103) == 59  # and the address for any username
-    assert t.retry_after(keys, 163) == 0
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_success_clears_the_username_only() -> None:
-    t = LoginThrottle(max_failures=2, lockout=60)
-    t.failed(("user:bob", "ip:a"), 0)
-    t.succeeded("user:bob")
-    t.failed(("user:bob", "ip:a"), 1)
-    assert t.retry_after(("user:bob", "ip:b"), 2) == 0
-    assert t.retry_after(("user:x", "ip:a"), 2) == 59
+def guard(clock: Clock, **kw: float) -> Guard:
+    cfg = {"login_max_failures": 3, "login_lockout_seconds": 60.0, "login_username_interval": 2.0, **kw}
+    return Guard(MemoryStore(clock), AuthConfig(**cfg))  # type: ignore[arg-type]
+
+
+async def test_login_attempts_are_reserved_before_checking_and_slow_only_that_pair() -> None:
+    clock = Clock()
+    g = guard(clock)
+    for _ in range(3):
+        await g.reserve_login("bob", "1.2.3.4")  # three wrong guesses: nothing refunded
+    with pytest.raises(TooManyRequests) as refused:
+        await g.reserve_login("bob", "1.2.3.4")
+    assert refused.value.headers["Retry-After"] == "20"  # one more attempt every 60 / 3 s
+    await g.reserve_login("bob", "9.9.9.9")  # the owner elsewhere is not locked out
+    await g.reserve_login("eve", "1.2.3.4")  # nor another user at the attacker's address
+    clock.now += 20
+    await g.reserve_login("bob", "1.2.3.4")
+
+
+async def test_a_success_refunds_and_forgets_that_pairs_failures() -> None:
+    clock = Clock()
+    g = guard(clock)
+    for _ in range(2):
+        await g.reserve_login("bob", "a")
+    ticket = await g.reserve_login("bob", "a")
+    await g.login_succeeded(ticket, "bob", "a")
+    for _ in range(3):
+        await g.reserve_login("bob", "a")
+
+
+async def test_an_address_trying_many_usernames_is_slowed() -> None:
+    g = guard(Clock())
+    for i in range(12):  # four times login_max_failures
+        await g.reserve_login(f"user{i}", "6.6.6.6")
+    with pytest.raises(TooManyRequests):
+        await g.reserve_login("another", "6.6.6.6")
+
+
+async def test_a_distributed_attack_on_one_username_meets_a_gentle_delay() -> None:
+    clock = Clock()
+    g = guard(clock)
+    for i in range(12):
+        await g.reserve_login("admin", f"10.0.0.{i}")
+    with pytest.raises(TooManyRequests) as refused:
+        await g.reserve_login("admin", "10.0.1.1")  # the owner too, but only briefly:
+    assert refused.value.headers["Retry-After"] == "2"
+    clock.now += 2
+    await g.reserve_login("admin", "10.0.1.1")
+
+
+async def test_credential_checks_are_charged_only_when_invalid() -> None:
+    g = guard(Clock(), invalid_credentials_per_minute=3)
+    for _ in range(10):
+        ticket = await g.reserve_check("1.1.1.1")
+        await g.check_passed(ticket, "1.1.1.1")  # good credentials: refunded
+    for _ in range(3):
+        await g.reserve_check("1.1.1.1")
+    with pytest.raises(TooManyRequests, match="invalid credentials"):
+        await g.reserve_check("1.1.1.1")
+    await g.reserve_check("2.2.2.2")
 
 
 def test_credentials_shape_and_lookup() -> None:

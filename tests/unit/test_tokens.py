@@ -29,6 +29,7 @@ def claims(**over: object) -> dict[str, object]:
         "sub": "7",
         "role": "user",
         "jti": "j",
+        "sid": "s1",
         "iat": int(NOW),
         "nbf": int(NOW),
         "exp": int(NOW) + 60,
@@ -40,9 +41,9 @@ def claims(**over: object) -> dict[str, object]:
 
 
 def test_round_trip_carries_user_role_and_expiry() -> None:
-    token, issued = codec().issue(7, "admin", NOW)
+    token, issued = codec().issue(7, "admin", NOW, "s1")
     got = codec().verify(token, NOW + 1)
-    assert (got.user_id, got.role, got.jti) == (7, "admin", issued.jti)
+    assert (got.user_id, got.role, got.jti, got.session) == (7, "admin", issued.jti, "s1")
     assert got.expires_at == NOW + 24 * 3600
     header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     assert header["alg"] == "HS256"
@@ -75,6 +76,8 @@ def test_algorithm_swap_is_refused() -> None:
         (claims(sub="abc"), NOW, "sub"),
         (claims(jti=None), NOW, "jti"),
         (claims(exp=None), NOW, "exp"),
+        (claims(sid=None), NOW, "sid"),  # a token tied to no session cannot be revoked with one
+        (claims(sid=""), NOW, "sid"),
     ],
 )
 def test_claims_are_checked(payload: dict[str, object], now: float, why: str) -> None:
@@ -83,7 +86,7 @@ def test_claims_are_checked(payload: dict[str, object], now: float, why: str) ->
 
 
 def test_tampered_payload_is_refused() -> None:
-    token, _ = codec().issue(7, "user", NOW)
+    token, _ = codec().issue(7, "user", NOW, "s1")
     head, body, sig = token.split(".")
     data = json.loads(base64.urlsafe_b64decode(body + "=="))
     data["role"] = "admin"
@@ -99,7 +102,7 @@ def test_short_or_missing_secret_is_a_config_error() -> None:
         TokenCodec(AuthConfig(jwt_secret="short"))
     with pytest.raises(ConfigError, match="auth.jwt_secret"):
         TokenCodec(AuthConfig())
-    assert TokenCodec(AuthConfig(), demo=True).issue(1, "user", time.time())[0]
+    assert TokenCodec(AuthConfig(), demo=True).issue(1, "user", time.time(), "s1")[0]
 
 
 def test_es256_with_key_files(tmp_path: Path) -> None:
@@ -112,7 +115,7 @@ def test_es256_with_key_files(tmp_path: Path) -> None:
         key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     c = TokenCodec(AuthConfig(jwt_algorithm="ES256", jwt_private_key_file=str(priv), jwt_public_key_file=str(pub)))
-    token, _ = c.issue(3, "user", NOW)
+    token, _ = c.issue(3, "user", NOW, "s1")
     assert c.verify(token, NOW).user_id == 3
     with pytest.raises(InvalidToken):  # an HS256 token "signed" with the public key: the classic confusion
         c.verify(jwt.encode(claims(), "x" * 40, algorithm="HS256"), NOW)
