@@ -156,7 +156,11 @@ def assemble_json(body: bytes, chat: bool = True) -> Assembled:
 def assemble(body: bytes, *, sse: bool, chat: bool) -> Assembled:
     """The reply in ``body``. A NUL character the model sent (``\\u0000`` in its JSON) is read as
     U+FFFD, as in the request (``Record.loads``): PostgreSQL cannot store it in text."""
-    out = assemble_stream(body, chat) if sse else assemble_json(body, chat)
+    return scrubbed(assemble_stream(body, chat) if sse else assemble_json(body, chat), body)
+
+
+def scrubbed(out: Assembled, body: bytes) -> Assembled:
+    """``out`` with NUL characters read as U+FFFD, when ``body`` (its JSON) held any."""
     if b"\\u0000" in body:
         out.model, out.content, out.reasoning, out.tool_calls, out.error = without_nul(
             [out.model, out.content, out.reasoning, out.tool_calls, out.error]

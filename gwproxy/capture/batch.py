@@ -33,9 +33,9 @@ import orjson
 from sqlalchemy import Table, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gwproxy.capture import threads
+from gwproxy.capture import responses, threads
 from gwproxy.capture.assembly import Assembled
-from gwproxy.capture.record import Record
+from gwproxy.capture.record import RESPONSES_ROUTE, Record
 from gwproxy.store.tables import conversations, messages, requests
 
 _RANDOM = bytearray()
@@ -160,6 +160,8 @@ def _content(content: Any) -> tuple[str | None, bool]:
 
 def _turn_messages(record: Record) -> list[dict[str, Any]]:
     req = record.request
+    if record.route == RESPONSES_ROUTE:
+        return responses.turn_messages(req)
     if record.route == "/v1/completions":
         prompt = req.get("prompt")
         text = prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode()

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 import orjson
 
-CAPTURED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/api/chat"})
+CAPTURED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/api/chat"})
+RESPONSES_ROUTE = "/v1/responses"
 
 
 @dataclass(slots=True)
@@ -143,4 +144,4 @@ def request_fields(body: dict[str, Any] | None) -> dict[str, Any]:
     """The parts of a request body the writer needs (no sampling parameters, no tools)."""
     if not body:
         return {}
-    return {k: body[k] for k in ("model", "messages", "prompt") if k in body}
+    return {k: body[k] for k in ("model", "messages", "prompt", "input", "instructions") if k in body}

@@ -27,14 +27,23 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy import log
-from gwproxy.capture.assembly import assemble
+from gwproxy.capture.assembly import Assembled, assemble
 from gwproxy.capture.batch import write_batch
-from gwproxy.capture.record import Record
+from gwproxy.capture.record import RESPONSES_ROUTE, Record
+from gwproxy.capture.responses import assemble_response
 from gwproxy.capture.spool import Spool
 from gwproxy.config import CaptureConfig
 from gwproxy.metrics import Metrics
 
 _log = log.get("gwproxy.capture")
+
+
+def reply_of(record: Record) -> Assembled:
+    """The assistant message a captured response carried."""
+    body = record.response.encode()
+    if record.route == RESPONSES_ROUTE:
+        return assemble_response(body, sse=record.sse)
+    return assemble(body, sse=record.sse, chat=record.route != "/v1/completions")
 
 
 class CaptureWriter:
@@ -151,7 +160,7 @@ class CaptureWriter:
 
     async def _write(self, batch: Sequence[Record]) -> int:
         """Write new records in one transaction; returns how many were new."""
-        items = [(r, assemble(r.response.encode(), sse=r.sse, chat=r.route != "/v1/completions")) for r in batch]
+        items = [(r, reply_of(r)) for r in batch]
         written = await write_batch(self.engine, items)
         self.metrics.capture_written += written
         return written

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from gwproxy.sim import engine, wire
+from gwproxy.sim import engine, responses, wire
 from gwproxy.sim.engine import RequestError
 
 VLLM_VERSION = "0.11.0"
@@ -107,17 +107,25 @@ def _prompts(body: dict[str, Any]) -> list[str]:
     raise RequestError("prompt must be a string, a list of strings or a list of token ids")
 
 
-async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+async def _generate(request: web.Request, chat: bool, api: str = "") -> web.StreamResponse:
+    """A completion (``chat`` or not), or with ``api="responses"`` a Responses API answer."""
     cfg, metrics = request.app[SIM_CONFIG], request.app[SIM_METRICS]
     started = time.monotonic()
     body = await _json_body(request)
     model = _model(cfg, body)
-    prompts = [engine.render_chat(body.get("messages"))] if chat else _prompts(body)
+    gen_body = body
+    if api == "responses":
+        prompt, gen_body = responses.prepare(body)
+        prompts = [prompt]
+    else:
+        prompts = [engine.render_chat(body.get("messages"))] if chat else _prompts(body)
     prompt_tokens = sum(len(engine.encode(p)) for p in prompts)
-    params = engine.parse_params(body)
+    params = engine.parse_params(gen_body)
     rid, created, digest = _identity(cfg, body, "chatcmpl" if chat else "cmpl")
+    if api == "responses":
+        rid = "resp_" + rid.partition("-")[2]
     longest = max(len(engine.encode(p)) for p in prompts)
-    choices = engine.generate(body, params, longest, cfg.max_model_len, digest, count=len(prompts))
+    choices = engine.generate(gen_body, params, longest, cfg.max_model_len, digest, count=len(prompts))
     completion_tokens = sum(c.tokens for c in choices)
     stream = body.get("stream") is True
     options = body.get("stream_options") or {}
@@ -132,16 +140,24 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             steps = max((c.tokens for c in choices), default=0)
             await _sleep(cfg.ttft_ms + cfg.itl_ms * max(0, steps - 1))
             metrics.generation.inc(completion_tokens)
-            make = wire.chat_completion if chat else wire.completion
-            payload = make(rid, created, model, choices, prompt_tokens)
+            if api == "responses":
+                payload = orjson.dumps(responses.response(rid, created, model, body, choices[0], prompt_tokens))
+            else:
+                make = wire.chat_completion if chat else wire.completion
+                payload = make(rid, created, model, choices, prompt_tokens)
             reason = choices[0].finish_reason if choices else "stop"
             return web.Response(body=payload, content_type="application/json")
-        make_stream: Callable[..., Iterator[list[bytes]]] = wire.chat_stream if chat else wire.completion_stream
+        events: Iterable[list[bytes]]
+        if api == "responses":
+            events = responses.stream(rid, created, model, body, choices[0], prompt_tokens)
+        else:
+            make_stream: Callable[..., Iterator[list[bytes]]] = wire.chat_stream if chat else wire.completion_stream
+            events = make_stream(rid, created, model, choices, prompt_tokens, include_usage)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
         first = True
         last = time.monotonic()
-        for step in make_stream(rid, created, model, choices, prompt_tokens, include_usage):
+        for step in events:
             await _sleep(cfg.ttft_ms if first else cfg.itl_ms)
             now = time.monotonic()
             if first:
@@ -173,6 +189,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, chat=False)
+
+
+async def responses_(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True, api="responses")
 
 
 MAX_DIMENSIONS = 8192  # vLLM refuses more than the model has; no embedding model has more
@@ -282,6 +302,7 @@ def create_sim_app(cfg: SimConfig) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    app.router.add_post("/v1/responses", responses_)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
