@@ -90,8 +90,9 @@ class UsageTap:
         self.events += complete.count(b"\n\n")
         if self.responses:
             done = _RESPONSE_DONE.search(complete)
-            if done is not None:
-                self.usage = parse_usage(complete[done.start() : complete.find(b"\n\n", done.start())])
+            if done is not None:  # the whole event: its "type" comes after the response it carries
+                start = complete.rfind(b"\n\n", 0, done.start()) + 2
+                self.usage = parse_usage(complete[start : complete.find(b"\n\n", done.start())])
             return chunk
         at = complete.find(_USAGE_EVENT)
         if at >= 0:
