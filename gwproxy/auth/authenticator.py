@@ -168,7 +168,11 @@ class Authenticator:
         if self.checks is None:
             return await check()
         ticket = await self.checks.reserve_check(address)
-        principal = await check()
+        try:
+            principal = await check()
+        except (SQLAlchemyError, OSError):  # the database is away: the client is not charged for it
+            await self.checks.check_passed(ticket, address)
+            raise
         if principal is not None:
             await self.checks.check_passed(ticket, address)
         return principal
