@@ -189,6 +189,7 @@ class RateLimitConfig:
     default_max_tokens: int = _key(512, _positive)
     trusted_proxies: str = _key("", _networks)
     fail_open: bool = _key(True)
+    lease_seconds: float = _key(30.0, _positive)
 
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -131,6 +132,15 @@ class Redis:
                     return
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server holds its connections and answers nothing (``thaw`` resumes it)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.proc is not None:

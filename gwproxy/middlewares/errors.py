@@ -1,5 +1,7 @@
 """errors: the one place where failures become responses — ``GatewayError`` and aiohttp's HTTP
-exceptions as the OpenAI error envelope, anything unexpected as a logged 500 envelope."""
+exceptions as the OpenAI error envelope, the database being unreachable (connection refused,
+dropped or timed out, on any route that reads it) as 503 ``database_unavailable`` with
+``Retry-After``, anything unexpected as a logged 500 envelope."""
 
 from __future__ import annotations
 
@@ -7,12 +9,22 @@ import asyncio
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from sqlalchemy import exc as db
 
 from gwproxy import log
-from gwproxy.errors import GatewayError, error_response, render, render_http
+from gwproxy.errors import GatewayError, ServiceUnavailable, error_response, render, render_http
 from gwproxy.keys import REQUEST_ID
 
 _log = log.get("gwproxy.errors")
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (not that a statement was wrong)."""
+    if isinstance(exc, db.OperationalError | db.InterfaceError | db.DisconnectionError | db.TimeoutError):
+        return True
+    if isinstance(exc, db.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 def errors_middleware() -> Middleware:
@@ -30,7 +42,14 @@ def errors_middleware() -> Middleware:
             return render_http(exc)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            if database_away(exc):
+                _log.warning("database unavailable", path=request.path, error=f"{type(exc).__name__}: {exc}")
+                return render(
+                    ServiceUnavailable(
+                        "The database is unavailable right now; retry shortly", code="database_unavailable"
+                    )
+                )
             _log.exception("unhandled error", path=request.path)
             return error_response(
                 500,

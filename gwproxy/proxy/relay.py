@@ -8,7 +8,8 @@ Contract:
 - with capture on, each chunk the client gets is also handed to the request's ``Recorder``;
 - the client going away (a failed write, or the handler cancelled) closes the upstream
   response at once, so vLLM aborts the generation;
-- the upstream failing mid-body (died, or silent for ``idle_timeout``) ends an SSE stream with
+- the upstream failing mid-body (died, silent for ``first_byte_timeout`` before its first chunk
+  or for ``idle_timeout`` between two chunks) ends an SSE stream with
   an error event in vLLM's format followed by ``data: [DONE]`` (silence is detected by the
   ``Watchdog``, not a timer per read); a plain body is cut off, so the
   client sees an incomplete response rather than a truncated one that looks whole.
@@ -93,9 +94,10 @@ async def relay(
             try:
                 chunk = await upstream.content.readany()
             except UpstreamIdle:
+                waited = "its first chunk" if trace.first_chunk is None else "the next chunk"
                 return await _fail(
                     request, resp, sse, trace, metrics, "idle_timeout",
-                    f"upstream sent nothing for {watch.limit:g}s", 504,
+                    f"upstream sent nothing for {watch.limit:g}s waiting for {waited}", 504,
                 )  # fmt: skip
             except aiohttp.ClientError:
                 return await _fail(
@@ -107,6 +109,7 @@ async def relay(
             watch.last = now = time.monotonic()
             if trace.first_chunk is None:
                 trace.first_chunk = now
+                watch.first_chunk()
             if tap is not None:
                 chunk = tap.feed(chunk)
                 if not chunk:

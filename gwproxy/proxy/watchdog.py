@@ -1,8 +1,11 @@
 """Watchdog: one task that enforces the upstream timeouts of every request in flight.
 
 A request registers a ``Watch`` while it waits for the upstream's response headers (limit: the
-first-byte timeout) and keeps it, with ``follow``, while it relays the body (limit: the idle
-timeout); the relay stamps ``Watch.last`` after each chunk — one float store, where a timer per
+first-byte timeout) and keeps it, with ``follow``, while it relays the body: until the body's
+first chunk the limit stays the first-byte timeout (vLLM sends a stream's headers at once and its
+first event after queueing and prefill, which may take as long as a non-streamed answer's
+headers), then the relay's ``first_chunk`` switches it to the idle timeout, the longest silence
+allowed between chunks. The relay stamps ``Watch.last`` after each chunk — one float store, where a timer per
 read would cost a timer-heap insert and removal per chunk. Every ``interval`` seconds the watchdog
 expires the watches silent for longer than their limit: a request still waiting for headers is
 cancelled (``expired`` tells the handler it was the watchdog), a body read is failed with
@@ -22,20 +25,26 @@ class UpstreamIdle(Exception):
 
 
 class Watch:
-    __slots__ = ("expired", "last", "limit", "response", "task")
+    __slots__ = ("expired", "idle", "last", "limit", "response", "task")
 
     def __init__(self, task: asyncio.Task[object] | None, limit: float) -> None:
         self.task = task
         self.limit = limit
+        self.idle = limit
         self.response: aiohttp.ClientResponse | None = None
         self.last = time.monotonic()
         self.expired = False
 
-    def follow(self, response: aiohttp.ClientResponse, limit: float) -> None:
-        """From now on, watch ``response``'s body for silences longer than ``limit``."""
+    def follow(self, response: aiohttp.ClientResponse, idle: float) -> None:
+        """From now on watch ``response``'s body: its first chunk within the limit already set
+        (the first-byte timeout), each later one within ``idle`` of the one before."""
         self.response = response
-        self.limit = limit
+        self.idle = idle
         self.last = time.monotonic()
+
+    def first_chunk(self) -> None:
+        """The body's first chunk arrived: silences are measured against ``idle`` from now on."""
+        self.limit = self.idle
 
 
 class Watchdog:

@@ -12,7 +12,6 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
@@ -142,24 +141,22 @@ async def buckets_context(app: web.Application) -> AsyncIterator[None]:
     """The bucket store (Redis when configured, else in process) and the login/credential guard
     on it; before the auth services, which use the guard."""
     cfg = app[CONFIG]
-    client: Any = None
     store: BucketStore
-    if cfg.ratelimit.redis_url:
-        import redis.asyncio as redis
-
-        from gwproxy.ratelimit.redis_store import RedisStore
-
-        client = redis.Redis.from_url(
-            cfg.ratelimit.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=10
-        )
-        store = RedisStore(client, app[METRICS], fail_open=cfg.ratelimit.fail_open)
-    else:
+    if not cfg.ratelimit.redis_url:
         store = MemoryStore()
-    app[BUCKETS] = store
-    app[GUARD] = Guard(store, cfg.auth)
+        app[BUCKETS] = store
+        app[GUARD] = Guard(store, cfg.auth)
+        yield
+        return
+    from gwproxy.ratelimit.redis_store import RedisStore, connect
+
+    client = connect(cfg.ratelimit.redis_url)
+    redis_store = RedisStore(client, app[METRICS], fail_open=cfg.ratelimit.fail_open, lease=cfg.ratelimit.lease_seconds)
+    app[BUCKETS] = redis_store
+    app[GUARD] = Guard(redis_store, cfg.auth)
     yield
-    if client is not None:
-        await client.aclose()
+    await redis_store.close()
+    await client.aclose()
 
 
 async def limiter_context(app: web.Application) -> AsyncIterator[None]:

@@ -169,7 +169,7 @@ class Policy:
             costs.append(float(sum(estimate)))
             names.append("tokens")
         concurrency = key.concurrency if key is not None and key.concurrency else user.concurrency
-        slot = Slot(f"gwrl:{who}:inflight", concurrency) if concurrency else None
+        slot = Slot(f"gwrl:{who}:leases", concurrency) if concurrency else None
         prompt, total = (estimate[0], sum(estimate)) if estimate is not None else (0, 0)
         return Plan(keys, limits, costs, names, slot, token_bucket, prompt, total)
 

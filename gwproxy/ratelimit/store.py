@@ -3,7 +3,9 @@ embedded default, or in Redis (``redis_store.RedisStore``), shared by every repl
 
 A store answers two calls. ``admit`` checks and takes from all of a request's buckets at once and
 claims a concurrency slot if the request has one; ``settle`` charges the difference between the
-estimated and the real token usage and releases the slot, after the response. The ``Ticket``
+estimated and the real token usage and releases the slot, after the response. In Redis a slot is a
+lease that expires unless renewed (``redis_store``), so a release that never arrives holds nobody
+out for longer than one lease. The ``Ticket``
 returned by ``admit`` says which store granted it, so a slot taken in memory during a Redis
 outage is released in memory too.
 """
@@ -29,6 +31,7 @@ class Slot:
 class Ticket:
     store: BucketStore
     slot: Slot | None
+    lease: str = ""  # the Redis store's id of the slot's lease (renewed while the request runs)
 
 
 class BucketStore(Protocol):

@@ -182,8 +182,8 @@ async def slot_count(redis_server: Redis) -> int:
 
     client = aioredis.Redis.from_url(redis_server.url)
     total = 0
-    for key in await client.keys("gwrl:*:inflight"):
-        total += int(await client.get(key) or 0)
+    for key in await client.keys("gwrl:*:leases"):
+        total += await client.zcount(key, time.time(), "+inf")  # leases not yet ended
     await client.aclose()
     return total
 
