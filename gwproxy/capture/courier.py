@@ -8,10 +8,13 @@ together, ``FLUSH_SECONDS`` after the first of them (one write per burst, not on
 The worker's counter reports become the gateway's capture metrics, so ``/metrics`` reads the
 same as with the writer in process.
 
-Nothing is dropped while the disk spool has room:
-- the worker dies (a bug, or killed): it is started again after ``RESTART_SECONDS``; lines
-  submitted meanwhile are appended to the spool, which the new worker replays first. Records the
-  dead worker had read but not written or spooled are lost, and the log says so.
+Nothing is dropped while the disk spool has room. Each line handed to a worker is numbered and
+kept here until the worker acknowledges it written or spooled (``worker``'s ``acked`` report):
+- the worker dies (a bug, or killed): it is started again after ``RESTART_SECONDS``; the lines
+  it had not acknowledged go first, then the lines submitted meanwhile, to the spool (while no
+  worker runs) or to the new worker, which replays the spool first. A line the dead worker had
+  written but not yet acknowledged is resent and skipped by the writer (its id is stored), so each
+  turn is stored once, in order.
 - the worker stops reading (stuck): lines wait here, up to ``capture.queue_size``; past that
   they are dropped, counted and logged — the spool is the worker's to write while it runs.
 - shutdown (``close``): the remaining lines are written, stdin is closed, and the worker drains
@@ -62,6 +65,8 @@ class Courier:
         self._reports: asyncio.Task[None] | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._lines: list[bytes] = []  # submitted, not yet written to the pipe
+        self._unacked: dict[int, bytes] = {}  # written to the running worker, not yet acknowledged
+        self._seq = 0  # the number of the last line written to the running worker
         self._flush_at: asyncio.TimerHandle | None = None
         self._reported: dict[str, int] = {}  # the running worker's last report
         self._before = dict.fromkeys(COUNTERS, 0)  # earlier workers' totals, and this side's own
@@ -95,8 +100,30 @@ class Courier:
         if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
             self._hold()  # the worker is not reading: keep them (bounded), try again shortly
             return
-        proc.stdin.write(b"\n".join(self._lines) + b"\n")
+        self._send(proc, self._lines)
         self._lines = []
+
+    def _send(self, proc: asyncio.subprocess.Process, lines: list[bytes]) -> None:
+        """Number the lines, keep them until acknowledged, write them to the worker in one write."""
+        assert proc.stdin is not None
+        out = []
+        for line in lines:
+            self._seq += 1
+            self._unacked[self._seq] = line
+            out.append(b"%d %b" % (self._seq, line))
+        proc.stdin.write(b"\n".join(out) + b"\n")
+
+    def _acknowledged(self, acked: int) -> None:
+        while self._unacked:
+            first = next(iter(self._unacked))
+            if first > acked:
+                return
+            del self._unacked[first]
+
+    def _take_unacked(self) -> list[bytes]:
+        lines = list(self._unacked.values())
+        self._unacked.clear()
+        return lines
 
     def _hold(self) -> None:
         """Keep the lines (up to ``queue_size``) and try again shortly."""
@@ -157,6 +184,7 @@ class Courier:
         assert self._proc.stdin is not None
         self._proc.stdin.write(orjson.dumps({**self._settings, "report_fd": write_fd}) + b"\n")
         self._reported = {}
+        self._seq = 0
         reader = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
@@ -167,6 +195,7 @@ class Courier:
         while line := await reader.readline():
             with contextlib.suppress(orjson.JSONDecodeError):
                 self._reported = orjson.loads(line)
+                self._acknowledged(self._reported.pop("acked", 0))
                 self._publish()
 
     def _publish(self) -> None:
@@ -182,10 +211,12 @@ class Courier:
                 self._reports = None
             if self._closing:
                 return
+            resend = self._take_unacked()
             _log.error(
-                "capture writer process exited; starting another (records it held but had not "
-                "written or spooled are lost)", exit_code=code, queued=self._reported.get("queue", 0),
+                "capture writer process exited; starting another, which gets the records it had not "
+                "confirmed first", exit_code=code, resent=len(resend),
             )  # fmt: skip
+            self._lines[:0] = resend
             for name in COUNTERS:
                 self._before[name] += self._reported.get(name, 0)
             self._reported = {}
@@ -211,7 +242,7 @@ class Courier:
         proc = self._proc
         if proc is not None and proc.returncode is None and proc.stdin is not None:
             if self._lines:
-                proc.stdin.write(b"\n".join(self._lines) + b"\n")
+                self._send(proc, self._lines)
                 self._lines = []
             proc.stdin.close()
             try:
@@ -227,6 +258,7 @@ class Courier:
         if self._reports is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._reports, 2)
+        self._lines[:0] = self._take_unacked()  # not confirmed by its last report: keep them (once, by id)
         if self._lines:
             self._spool(self._lines)
             self._lines = []

@@ -3,10 +3,14 @@ fed by the gateway's ``Courier``.
 
 Protocol, over the pipes the gateway opened:
 - stdin: first line, the settings (JSON: ``capture``, ``database``, ``log_level``, ``json_logs``,
-  ``report_fd``); then one record per line (``record.wire``).
+  ``report_fd``); then one record per line: the courier's number for it (1, 2, 3, … for this
+  process), a space, the wire line (``record.wire``).
 - ``report_fd``: the writer's counters as one JSON line (``written``, ``spooled``, ``replayed``,
-  ``dropped``, ``rejected``, ``queue``) at start, whenever they change (at most every
-  ``REPORT_SECONDS``), and once more at exit.
+  ``dropped``, ``rejected``, ``queue``) and ``acked``, the highest number up to which every line
+  is written, spooled or set aside, at start, whenever they change (at most every
+  ``REPORT_SECONDS``), and once more at exit. The courier keeps each line until it is acked and
+  gives the unacked ones to the next worker if this one dies; the writer skips a record whose id
+  is already stored, so a line written but not yet acked is stored once.
 - stdout: log lines, into the gateway's own log stream.
 
 End of stdin (the gateway closing, or dying) or SIGTERM means: stop reading, drain — write what
@@ -40,14 +44,30 @@ COUNTERS = ("written", "spooled", "replayed", "dropped", "rejected")
 _log = logconf.get("gwproxy.capture")
 
 
-def counters(metrics: Metrics) -> dict[str, int]:
+def counters(metrics: Metrics, acks: Acks | None = None) -> dict[str, int]:
     out = {name: int(getattr(metrics, f"capture_{name}")) for name in COUNTERS}
     out["queue"] = metrics.capture_queue()
+    if acks is not None:
+        out["acked"] = acks.acked
     return out
 
 
+class Acks:
+    """The highest line number up to which every line is done (numbers may finish out of order)."""
+
+    def __init__(self) -> None:
+        self.acked = 0
+        self._done: set[int] = set()
+
+    def confirm(self, seqs: list[int]) -> None:
+        self._done.update(seqs)
+        while self.acked + 1 in self._done:
+            self.acked += 1
+            self._done.remove(self.acked)
+
+
 class _Intake(asyncio.Protocol):
-    """Lines from stdin → the writer; end of input sets ``done``."""
+    """Numbered lines from stdin → the writer; end of input sets ``done``."""
 
     def __init__(self, writer: CaptureWriter, done: asyncio.Event) -> None:
         self.writer = writer
@@ -58,7 +78,8 @@ class _Intake(asyncio.Protocol):
         *lines, self.partial = (self.partial + data).split(b"\n")
         for line in lines:
             if line:
-                self.writer.submit(line)
+                number, _, record = line.partition(b" ")
+                self.writer.submit(record, int(number))
 
     def eof_received(self) -> bool | None:
         self.done.set()
@@ -68,10 +89,10 @@ class _Intake(asyncio.Protocol):
         self.done.set()
 
 
-async def _report(fd: int, metrics: Metrics, stop: asyncio.Event) -> None:
+async def _report(fd: int, metrics: Metrics, acks: Acks, stop: asyncio.Event) -> None:
     last: dict[str, int] = {}
     while True:
-        now = counters(metrics)
+        now = counters(metrics, acks)
         if now != last:
             try:
                 os.write(fd, orjson.dumps(now) + b"\n")
@@ -89,6 +110,8 @@ async def run(settings: dict[str, Any]) -> None:
     engine = create_engine(DatabaseConfig(**settings["database"]))
     metrics = Metrics()
     writer = CaptureWriter(cfg, engine, metrics)
+    acks = Acks()
+    writer.confirm = acks.confirm
     writer.start()
     # Start-up objects (SQLAlchemy's and asyncpg's) live as long as the process: keep them out of
     # the cyclic collector's scans, which the queued records would otherwise trigger over and over.
@@ -100,7 +123,7 @@ async def run(settings: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     done, reported = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, done.set)
-    reporter = asyncio.create_task(_report(settings["report_fd"], metrics, reported))
+    reporter = asyncio.create_task(_report(settings["report_fd"], metrics, acks, reported))
     transport, _ = await loop.connect_read_pipe(lambda: _Intake(writer, done), sys.stdin.buffer)
     try:
         await done.wait()

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sqlalchemy import text
@@ -61,20 +61,29 @@ class CaptureWriter:
         self._idle.set()
         self._full = asyncio.Event()  # set when a whole batch is queued
         self._closing = False
+        self._seqs: dict[str, int] = {}  # request id → the courier's number for its line, until done
+        self.confirm: Callable[[list[int]], None] | None = None  # told the numbers of lines written or spooled
         metrics.capture_queue = self.queue.qsize
 
     # ---- the request side ----------------------------------------------------------------------
 
-    def submit(self, line: bytes) -> None:
+    def submit(self, line: bytes, seq: int = 0) -> None:
+        """Queue one wire line; ``seq`` (the courier's number for it, 0 for none) is passed to
+        ``confirm`` once the record is written, spooled or set aside — never before."""
         try:
             record = Record.loads(line)
         except (ValueError, TypeError) as exc:  # orjson's decode error is a ValueError
             self._set_aside(line, None, exc)
+            if seq and self.confirm is not None:
+                self.confirm([seq])
             return
+        if seq:
+            self._seqs[record.request_id] = seq
         try:
             self.queue.put_nowait(record)
         except asyncio.QueueFull:
-            asyncio.get_running_loop().run_in_executor(None, self._spool_now, [record])
+            spooled = asyncio.get_running_loop().run_in_executor(None, self._spool_now, [record])
+            spooled.add_done_callback(lambda _: self._done([record]))
         if self.queue.qsize() >= self.cfg.batch_size - 1 and not self._full.is_set():
             self._full.set()  # the writer's wait for a batch is over: the one it holds + these
 
@@ -139,12 +148,21 @@ class CaptureWriter:
         if not self._spooling:
             try:
                 await asyncio.wait_for(self._write(batch), self.cfg.write_timeout)
+                self._done(batch)
                 return
             except Exception as exc:  # database down, slow, or refusing: keep the records on disk
                 _log.warning("capture write failed, spooling", records=len(batch), error=f"{type(exc).__name__}: {exc}")
                 self._spooling = True
                 self._last_retry = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(None, self._spool_now, batch)
+        self._done(batch)
+
+    def _done(self, batch: Sequence[Record]) -> None:
+        """Tell the courier these records are safe (written, or on disk in the spool)."""
+        if self._seqs and self.confirm is not None:
+            seqs = [seq for r in batch if (seq := self._seqs.pop(r.request_id, 0))]
+            if seqs:
+                self.confirm(seqs)
 
     def _spool_now(self, batch: Sequence[Record]) -> None:
         lines = [r.dumps() for r in batch]

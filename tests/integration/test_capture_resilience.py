@@ -248,3 +248,32 @@ def test_a_gateway_killed_outright_leaves_its_writer_to_finish(
         _wait_stored(base, auth, 40)
     finally:
         again.stop()
+
+
+def test_writer_killed_twice_under_load_loses_duplicates_and_splits_nothing(
+    log_dir: Path, sim: int, own_postgres: Postgres, tmp_path: Path
+) -> None:
+    """SIGKILL of the writer process in the middle of each round of 100 streamed chats (200 turns
+    in all): every turn stored once, every second turn in its first turn's conversation."""
+    env, auth = _provision(own_postgres)
+    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-writer-killed-under-load")
+
+    async def round_with_a_kill(second: bool, replies: dict[int, str]) -> None:
+        turns = asyncio.create_task(_run_turns(base, auth, range(CONVERSATIONS), second, replies))
+        await asyncio.sleep(0.4)  # some turns handed to the writer, some written, more to come
+        writer = await asyncio.to_thread(_writer_process, proc)
+        writer.kill()
+        await turns
+
+    try:
+        replies: dict[int, str] = {}
+        asyncio.run(round_with_a_kill(False, replies))
+        proc.wait_output("capture writer process exited")
+        _wait_stored(base, auth, CONVERSATIONS)  # the first turns, before the second ones need them
+        asyncio.run(round_with_a_kill(True, replies))
+        _wait_stored(base, auth, 2 * CONVERSATIONS)
+        _check_every_turn_once(base, auth)
+        assert _metric(base, "gwproxy_capture_dropped") == 0
+        assert proc.output().count("capture writer process exited") == 2
+    finally:
+        proc.stop()
