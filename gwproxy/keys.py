@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from gwproxy.auth.authenticator import Authenticator
     from gwproxy.auth.principal import Principal
     from gwproxy.auth.users import UserService
+    from gwproxy.capture.chat import RecentTurns
     from gwproxy.capture.record import Recorder, RecordSink
     from gwproxy.config import Config
     from gwproxy.metrics import Metrics
@@ -36,6 +37,7 @@ LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
 CAPTURE: web.AppKey[RecordSink] = web.AppKey("capture")
+RECENT_TURNS: web.AppKey[RecentTurns] = web.AppKey("recent_turns")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 TRACE: web.RequestKey[Trace] = web.RequestKey("trace")

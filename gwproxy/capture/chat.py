@@ -6,21 +6,61 @@ conversation's id in ``X-Conversation-Id``. With a ``conversation_id`` the messa
 to that conversation: if they do not already start with its history (a client that sends only
 the new turn), the history of its current branch is put in front before the request goes
 upstream. Without one a new conversation is started. Limits and capture apply as on ``/v1``.
+
+Read-your-writes: the id handed out is usable at once. A new conversation's row is created
+before the request goes upstream (the writer adds the turn to it later), so no replica answers
+404 for it; and for ``RECENT_SECONDS`` after a turn this replica answers a continuation from
+the branch it just served (what went upstream and the reply, ``RecentTurns``) instead of the
+database, which has it only once the writer's batch is in. On another replica within that time a
+continuation reads the database, which may not hold the last turn yet (send the whole history, or
+keep a conversation on one replica, to be sure). While the database is away a new conversation
+still starts (its row comes with the writer's spool replay).
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from typing import Any
 
 import orjson
 from aiohttp import web
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
+from gwproxy import log
 from gwproxy.bodies import StrictBool, invalid, parse
 from gwproxy.capture import batch, repository, threads
+from gwproxy.capture.assembly import assemble
 from gwproxy.errors import InvalidRequest
-from gwproxy.keys import BODY, DATABASE, PRINCIPAL, RECORDER, RESPONSE_HEADERS, TRACE
+from gwproxy.keys import BODY, DATABASE, PRINCIPAL, RECENT_TURNS, RECORDER, RESPONSE_HEADERS, TRACE
 from gwproxy.proxy.routes import through_gate
+from gwproxy.store.engine import database_away
+
+_log = log.get("gwproxy.chat")
+
+RECENT_SECONDS = 30.0  # longer than a batch plus a write timeout: by then the database has the turn
+RECENT_MAX = 10_000  # conversations remembered (the oldest go first)
+
+
+class RecentTurns:
+    """The branch each conversation had after its last ``/api/chat`` turn here, for
+    ``RECENT_SECONDS``: what the database will hold once the writer's batch is in."""
+
+    def __init__(self, clock: Any = time.monotonic) -> None:
+        self.clock = clock
+        self._branches: OrderedDict[str, tuple[int, float, list[dict[str, Any]]]] = OrderedDict()
+
+    def put(self, cid: str, user_id: int, branch: list[dict[str, Any]]) -> None:
+        self._branches[cid] = (user_id, self.clock() + RECENT_SECONDS, branch)
+        self._branches.move_to_end(cid)
+        while len(self._branches) > RECENT_MAX:
+            self._branches.popitem(last=False)
+
+    def get(self, cid: str, user_id: int) -> list[dict[str, Any]] | None:
+        hit = self._branches.get(cid)
+        if hit is None or hit[0] != user_id or hit[1] <= self.clock():
+            return None
+        return hit[2]
 
 
 class ChatBody(Schema):
@@ -55,22 +95,45 @@ async def chat(request: web.Request) -> web.StreamResponse:
     cid = body.pop("conversation_id")
     messages = body["messages"]
     created = False
+    recent = request.app[RECENT_TURNS]
+    recorder = request.get(RECORDER)
     if cid and principal.via != "anonymous":
-        history = await _history(request, principal.user_id, cid)
+        history = recent.get(cid, principal.user_id) or await _history(request, principal.user_id, cid)
         stored = set(threads.prefix_hashes(history))
         if history and threads.prefix_hashes(messages[:1])[0] not in stored:
             body["messages"] = history + messages  # the client sent only the new turn
     elif principal.via != "anonymous":
         cid, created = batch.new_id(), True
-    recorder = request.get(RECORDER)
+        if recorder is not None:
+            await _create(request, principal.user_id, cid, messages, body.get("model"))
     if recorder is not None:
         recorder.conversation_id, recorder.create_conversation = cid, created
     if cid:  # echoed by the on_response_prepare hook with the rate-limit headers
         request[RESPONSE_HEADERS] = {**request.get(RESPONSE_HEADERS, {}), "X-Conversation-Id": cid}
     request[BODY] = body
     request[TRACE].route = "/api/chat"
-    return await through_gate(request, orjson.dumps(body), "/v1/chat/completions")
+    response = await through_gate(request, orjson.dumps(body), "/v1/chat/completions")
+    if cid and recorder is not None and response.status == 200 and not recorder.truncated:
+        reply = assemble(recorder.body().encode(), sse=recorder.sse, chat=True)
+        if reply.complete:
+            recent.put(cid, principal.user_id, [*body["messages"], reply.message()])
+    return response
+
+
+async def _create(request: web.Request, user_id: int, cid: str, messages: list[dict[str, Any]], model: Any) -> None:
+    """The new conversation's row, now, so that its id is known everywhere before the turn is
+    written; while the database is away the writer creates it later (the record says so)."""
+    try:
+        async with request.app[DATABASE].begin() as conn:
+            await repository.create_conversation(
+                conn, user_id, threads.title_from(messages), model if isinstance(model, str) else None, {}, cid
+            )
+    except Exception as exc:
+        if not database_away(exc):
+            raise
+        _log.warning("conversation row deferred to the writer: database unavailable", conversation_id=cid)
 
 
 def add_routes(app: web.Application) -> None:
+    app[RECENT_TURNS] = RecentTurns()
     app.router.add_post("/api/chat", chat)

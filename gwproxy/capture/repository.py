@@ -136,10 +136,16 @@ def current_branch(all_messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def create_conversation(
-    conn: AsyncConnection, user_id: int, title: str, model: str | None, metadata: dict[str, Any]
+    conn: AsyncConnection,
+    user_id: int,
+    title: str,
+    model: str | None,
+    metadata: dict[str, Any],
+    cid: str | None = None,
 ) -> dict[str, Any]:
+    """A new conversation (with the id given, or a new one)."""
     now = datetime.now(UTC)
-    cid = new_id()
+    cid = cid or new_id()
     await conn.execute(
         insert(conversations).values(
             id=cid, user_id=user_id, title=title, model=model, metadata=orjson.dumps(metadata).decode(),

@@ -9,22 +9,13 @@ import asyncio
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from sqlalchemy import exc as db
 
 from gwproxy import log
 from gwproxy.errors import GatewayError, ServiceUnavailable, error_response, render, render_http
 from gwproxy.keys import REQUEST_ID
+from gwproxy.store.engine import database_away
 
 _log = log.get("gwproxy.errors")
-
-
-def database_away(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database cannot be reached (not that a statement was wrong)."""
-    if isinstance(exc, db.OperationalError | db.InterfaceError | db.DisconnectionError | db.TimeoutError):
-        return True
-    if isinstance(exc, db.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, ConnectionError | TimeoutError)
 
 
 def errors_middleware() -> Middleware:

@@ -4,7 +4,8 @@
 ``postgres://``) gets asyncpg, ``sqlite:///file`` gets aiosqlite, and an empty URL means the
 SQLite file ``database.sqlite_path``. SQLite connections enable foreign keys and WAL.
 ``schema_state`` tells whether the database is at Alembic's head revision, which ``gwproxy
-serve`` requires before it starts.
+serve`` requires before it starts. ``database_away`` tells a failure to reach the database from
+a statement's own error.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import event, text
+from sqlalchemy import exc as db
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -93,3 +95,12 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
 def describe(cfg: DatabaseConfig) -> str:
     """The database's URL without its password, for messages."""
     return make_url(database_url(cfg)).render_as_string(hide_password=True)
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (not that a statement was wrong)."""
+    if isinstance(exc, db.OperationalError | db.InterfaceError | db.DisconnectionError | db.TimeoutError):
+        return True
+    if isinstance(exc, db.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, ConnectionError | TimeoutError)

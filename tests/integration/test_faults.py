@@ -9,11 +9,13 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 
+from gwproxy.keys import USERS
 from tests.conftest import MODEL, Gateway, gwproxy_cli, provision, start_app
 from tests.integration.test_ratelimit import fire
 from tests.procs import start_gateway, start_sim
@@ -92,15 +94,14 @@ async def test_the_database_away_is_a_503_on_every_api_route(
             async with s.post(f"{base}/api/chat", json={"messages": CHAT["messages"], "max_tokens": 4}) as r:
                 assert r.status == 200
                 cid = r.headers["X-Conversation-Id"]
-            for _ in range(100):  # the writer stores the first turn
-                async with s.get(f"{base}/api/conversations/{cid}") as r:
-                    if r.status == 200:
-                        break
-                await asyncio.sleep(0.05)
+            async with s.post(f"{base}/api/conversations", json={"title": "older"}) as r:
+                older = (await r.json())["id"]  # known to the database only
             own_postgres.halt()
             turn = {"conversation_id": cid, "messages": [{"role": "user", "content": "and then?"}], "max_tokens": 4}
+            async with s.post(f"{base}/api/chat", json=turn) as r:
+                assert r.status == 200  # just served here: its branch is at hand without the database
             for method, path, body in (
-                ("POST", "/api/chat", turn),
+                ("POST", "/api/chat", {**turn, "conversation_id": older}),
                 ("GET", "/api/conversations", None),
                 ("GET", f"/api/conversations/{cid}", None),
                 ("GET", "/api/usage", None),
@@ -113,7 +114,7 @@ async def test_the_database_away_is_a_503_on_every_api_route(
                 assert r.status == 200  # chats go on: captured turns are spooled meanwhile
             own_postgres.start()
             for _ in range(100):
-                async with s.post(f"{base}/api/chat", json=turn) as r:
+                async with s.post(f"{base}/api/chat", json={**turn, "conversation_id": older}) as r:
                     if r.status == 200:
                         break
                 await asyncio.sleep(0.1)
@@ -220,3 +221,63 @@ async def test_after_a_frozen_redis_nobody_is_held_out_past_one_lease(
             redis_server.thaw()
     waited = await held_out_for(g.url, g.auth, 15)
     assert waited <= 3 + 1.5, waited  # one lease, and the second Redis is retried after a failure
+
+
+# -- read-your-writes: the conversation id /api/chat hands out is usable at once --------------
+
+
+async def _chat_site(sim: int, db_url: str, tmp: Path) -> tuple[Any, dict[str, str]]:
+    server = await start_app(
+        sim, db_url, GWPROXY_AUTH_ENABLED="true", GWPROXY_CAPTURE_PROCESS="false",
+        GWPROXY_CAPTURE_SPOOL_DIR=str(tmp / "spool"), GWPROXY_CAPTURE_BATCH_SECONDS="0.5",
+        GWPROXY_RATELIMIT_ENABLED="false",
+    )  # fmt: skip
+    users = server.app[USERS]
+    try:
+        user = await users.create_user("reader", "reader-password")
+    except Exception:  # a second replica on the same database
+        user = await users.find_user("reader")
+    key, _ = await users.create_key(user.id)
+    return server, {"Authorization": f"Bearer {key}"}
+
+
+async def test_a_conversation_id_is_usable_the_moment_it_is_handed_out(
+    sim: int, db_url: str, engine: Any, tmp_path: Path
+) -> None:
+    server, auth = await _chat_site(sim, db_url, tmp_path / "a")
+    other, other_auth = await _chat_site(sim, db_url, tmp_path / "b")
+    base = str(server.make_url("/api/chat"))
+    try:
+        async with aiohttp.ClientSession(headers=auth) as s:
+
+            async def two_turns(n: int) -> str:
+                first = {"messages": [{"role": "user", "content": f"conversation {n}"}], "max_tokens": 6}
+                async with s.post(base, json=first) as r:
+                    assert r.status == 200
+                    cid = r.headers["X-Conversation-Id"]
+                follow = {"conversation_id": cid, "messages": [{"role": "user", "content": "and then?"}],
+                          "max_tokens": 6, "stream": n % 2 == 0}  # fmt: skip
+                async with s.post(base, json=follow) as r:  # at once: the writer has not written turn one
+                    assert r.status == 200, await r.text()
+                    await r.read()
+                return cid
+
+            cids = await asyncio.gather(*(two_turns(n) for n in range(20)))
+            async with aiohttp.ClientSession(headers=other_auth) as o:  # another replica, at once too
+                async with o.get(other.make_url(f"/api/conversations/{cids[-1]}")) as r:
+                    assert r.status == 200
+            for n, cid in enumerate(cids):
+                for _ in range(100):
+                    async with s.get(server.make_url(f"/api/conversations/{cid}")) as r:
+                        stored = await r.json()
+                    if len(stored["messages"]) == 4:
+                        break
+                    await asyncio.sleep(0.05)
+                assert [m["role"] for m in stored["messages"]] == ["user", "assistant", "user", "assistant"], stored
+                assert stored["branch"] == [m["id"] for m in stored["messages"]]  # one branch: history was sent
+                assert stored["title"] == f"conversation {n}"
+            async with s.get(server.make_url("/api/conversations"), params={"limit": 100}) as r:
+                assert len((await r.json())["data"]) == 20  # no turn started a conversation of its own
+    finally:
+        await server.close()
+        await other.close()
