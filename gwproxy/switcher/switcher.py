@@ -13,8 +13,9 @@ up to ``switch.hold_seconds``, then get 503 with ``Retry-After``); requests in f
 model get ``switch.drain_seconds`` to finish before it is stopped. Progress comes from the
 instance's log lines (``backend.progress``); readiness is ``/health`` answering 200 and the
 profile's served name listed by ``/v1/models``. A restarted gateway asks the backend what it
-left running (``find``) and resumes from there. Every change is published to subscribers (the
-``/api/models/events`` stream).
+left running (``find``) and resumes from there; a switch it was in the middle of (``intent``) is
+then resumed, or reported failed after ``intent.MAX_ATTEMPTS`` interruptions. Every change is
+published to subscribers (the ``/api/models/events`` stream).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,7 +38,7 @@ from gwproxy import log
 from gwproxy.config import SwitchConfig
 from gwproxy.errors import Conflict, NotFound
 from gwproxy.proxy.registry import UpstreamRegistry
-from gwproxy.switcher import planner
+from gwproxy.switcher import intent, planner
 from gwproxy.switcher.backend import Backend, Instance, Launch, progress
 from gwproxy.switcher.gate import Gate
 from gwproxy.switcher.hardware import Hardware, HardwareSource
@@ -66,6 +68,7 @@ class Job:
     previous: str | None
     dry_run: bool = False
     force: bool = False
+    resumed: bool = False  # started by an earlier gateway, which was stopped or killed mid-switch
     state: State = State.PENDING
     phase: str = "queued"
     progress: float = 0.0
@@ -87,6 +90,7 @@ class Job:
             "previous_profile_id": self.previous,
             "dry_run": self.dry_run,
             "force": self.force,
+            "resumed": self.resumed,
             "state": self.state.value,
             "phase": self.phase,
             "progress": round(self.progress, 3),
@@ -123,7 +127,7 @@ class Switcher:
         self.current: str | None = None  # profile id being served (or brought up)
         self.instance: Instance | None = None
         self.job: Job | None = None
-        self.error: str | None = None  # why the backend could not be used at start, if it could not
+        self.error: str | None = None  # why the backend is unusable, or an interrupted switch was given up
         self._task: asyncio.Task[None] | None = None
         self._read_hardware = read_hardware
         self._load_profiles = load_profiles
@@ -131,6 +135,8 @@ class Switcher:
         self._hardware_at = 0.0
         self._subscribers: set[asyncio.Queue[bytes]] = set()
         self._log_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._state_dir = Path(cfg.state_dir)
+        self._intent_job: str | None = None  # the job whose intent is on disk
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -198,6 +204,9 @@ class Switcher:
 
     def _finish(self, job: Job, outcome: str, error: str | None = None) -> None:
         job.outcome, job.error, job.finished_at = outcome, error, time.time()
+        if job.id == self._intent_job:
+            intent.clear(self._state_dir)
+            self._intent_job = None
         if outcome in ("switched", "already_serving"):
             job.progress = 1.0
         self._publish(job)
@@ -232,8 +241,13 @@ class Switcher:
             self._finish(job, "dry_run", None if job.plan.fits else job.plan.reason)
             return job, False
         self.job = job
+        self._remember(job, attempts=1)
         self._task = asyncio.create_task(self._run(job), name=f"gwproxy-switch-{job.id}")
         return job, False
+
+    def _remember(self, job: Job, attempts: int) -> None:
+        intent.save(self._state_dir, intent.Intent(job.id, job.profile_id, job.previous, job.force, attempts))
+        self._intent_job = job.id
 
     def reload(self) -> ProfileSet:
         self.profiles = self._load_profiles()
@@ -256,13 +270,47 @@ class Switcher:
             self.error = f"the {self.backend.name} backend is not usable: {type(exc).__name__}: {exc}"
             _log.error("switcher backend unusable", backend=self.backend.name, error=self.error)
             return
-        if found is not None:
-            job = Job(secrets.token_hex(6), found.profile_id, found.previous, phase="recovering")
-            self.job, self.instance, self.current = job, found, found.profile_id
-            _log.info("found a running model instance", profile=found.profile_id, handle=found.handle[:12])
-            self._task = asyncio.create_task(self._recover(job, found), name="gwproxy-switch-recover")
+        pending = intent.load(self._state_dir)
+        if found is not None or pending is not None:
+            self._task = asyncio.create_task(self._restart(found, pending), name="gwproxy-switch-recover")
         elif self.cfg.start_on_boot and self.profiles.default is not None:
             self.switch(self.profiles.default.id)
+
+    async def _restart(self, found: Instance | None, pending: intent.Intent | None) -> None:
+        """Recover the instance the backend left running, then resume the switch a previous gateway
+        was making (its job id kept), or report it failed when it was interrupted too often."""
+        if found is not None:
+            same = pending is not None and pending.profile_id == found.profile_id
+            job = Job(pending.job if same and pending else secrets.token_hex(6), found.profile_id, found.previous,
+                      phase="recovering", resumed=same)  # fmt: skip
+            self.job, self.instance, self.current = job, found, found.profile_id
+            if same:
+                self._intent_job = job.id  # the switch was past its start: recovering finishes it
+                pending = None
+            _log.info("found a running model instance", profile=found.profile_id, handle=found.handle[:12])
+            await self._recover(job, found)
+        if pending is None:
+            return
+        job = Job(pending.job, pending.profile_id, self.current, force=pending.force, resumed=True)
+        self.job = job
+        self._intent_job = job.id
+        if pending.attempts >= intent.MAX_ATTEMPTS or pending.profile_id not in self.profiles.profiles:
+            why = (
+                f"interrupted by {pending.attempts} gateway restarts; not resumed again (switch again to retry)"
+                if pending.profile_id in self.profiles.profiles
+                else f"profile '{pending.profile_id}' no longer exists"
+            )
+            _log.error("interrupted switch not resumed", job=job.id, profile=job.profile_id, reason=why)
+            job.state = State.FAILED
+            self.error = f"the switch to '{pending.profile_id}' (job {job.id}) was {why}"
+            self._finish(job, "failed", self.error)
+            fallback = self.profiles.profiles.get(pending.previous or "") or self.profiles.default
+            if self.instance is None and self.cfg.start_on_boot and fallback is not None:
+                self.switch(fallback.id)  # serve what was served before (or the default), as a boot would
+            return
+        _log.warning("resuming a switch interrupted by a gateway restart", job=job.id, profile=job.profile_id)
+        self._remember(job, attempts=pending.attempts + 1)
+        await self._run(job)
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

@@ -204,3 +204,64 @@ async def test_gateway_restarted_mid_switch_recovers(
                 assert r.status == 200 and (await r.json())["model"] == "slow"
         finally:
             again.proc.stop()
+
+
+async def test_a_switch_cut_by_a_gateway_kill_in_its_drain_is_resumed(
+    switching_env: tuple[dict[str, str], int, Path], tmp_path: Path
+) -> None:
+    """SIGKILL while the switch waits for a stream on the old model: the restarted gateway adopts
+    the old model, then carries on with the switch it was asked for (the same job)."""
+    env, upstream, state = switching_env
+    gw = _start(tmp_path, env, upstream, "gw-drain-kill-1")
+    async with aiohttp.ClientSession() as s:
+        await wait_status(s, gw.url, gw.auth, state="ready", current_profile="alpha", job_done=True)
+        long_body = {"model": "alpha", "messages": [{"role": "user", "content": "x"}],
+                     "max_tokens": 2000, "ignore_eos": True, "stream": True}  # fmt: skip
+        long = await s.post(f"{gw.url}/v1/chat/completions", json=long_body, headers=gw.auth)
+        code, started = await switch(s, gw.url, gw.auth, "beta")
+        assert code == 202
+        await wait_status(s, gw.url, gw.auth, state="stopping")  # draining the long stream
+        gw.proc.stop(signal.SIGKILL)
+        long.close()
+        assert json.loads((state / "switch-intent.json").read_text())["profile_id"] == "beta"
+
+        again = _start(tmp_path, env, upstream, "gw-drain-kill-2")
+        try:
+            status = await wait_status(s, again.url, again.auth, state="ready", current_profile="beta",
+                                       job_done=True, timeout=90)  # fmt: skip
+            job = status["job"]
+            assert job["id"] == started["job"]["id"] and job["resumed"] and job["outcome"] == "switched"
+            assert job["previous_profile_id"] == "alpha"
+            assert not (state / "switch-intent.json").exists()
+            body = {"model": "current", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+            async with s.post(f"{again.url}/v1/chat/completions", json=body, headers=again.auth) as r:
+                assert r.status == 200 and (await r.json())["model"] == "beta"
+        finally:
+            again.proc.stop()
+
+
+async def test_a_switch_interrupted_too_often_is_reported_failed(
+    switching_env: tuple[dict[str, str], int, Path], tmp_path: Path
+) -> None:
+    """An intent recorded by two gateways already: not resumed, reported failed in the events and in
+    status, and the model that was served before is started as a boot would."""
+    env, upstream, state = switching_env
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "switch-intent.json").write_text(
+        json.dumps({"job": "0123456789ab", "profile_id": "beta", "previous": "alpha", "force": False, "attempts": 2})
+    )
+    gw = _start(tmp_path, env, upstream, "gw-intent-failed")
+    try:
+        async with aiohttp.ClientSession() as s:
+            status = await wait_status(s, gw.url, gw.auth, state="ready", current_profile="alpha", job_done=True)
+            assert "switch to 'beta' (job 0123456789ab)" in status["error"]
+            assert "interrupted by 2 gateway restarts" in status["error"]
+            assert not (state / "switch-intent.json").exists()
+            async with s.get(f"{gw.url}/api/models/events", headers=gw.auth) as r:  # the stream opens with it too
+                async for raw in r.content:  # its first event: the status
+                    if raw.startswith(b"data:"):
+                        assert "interrupted by 2 gateway restarts" in raw.decode()
+                        break
+        assert "interrupted switch not resumed" in gw.proc.output()
+    finally:
+        gw.proc.stop()
