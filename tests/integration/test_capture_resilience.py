@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import gwproxy_cli
+from tests.conftest import gwproxy_cli, provision
 from tests.procs import Proc, start_gateway
 from tests.services import Postgres
 
@@ -250,13 +250,18 @@ def test_a_gateway_killed_outright_leaves_its_writer_to_finish(
         again.stop()
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_writer_killed_twice_under_load_loses_duplicates_and_splits_nothing(
-    log_dir: Path, sim: int, own_postgres: Postgres, tmp_path: Path
+    log_dir: Path, sim: int, tmp_path: Path, database: str, request: pytest.FixtureRequest
 ) -> None:
     """SIGKILL of the writer process in the middle of each round of 100 streamed chats (200 turns
     in all): every turn stored once, every second turn in its first turn's conversation."""
-    env, auth = _provision(own_postgres)
-    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-writer-killed-under-load")
+    if database == "postgresql":
+        env, auth = _provision(request.getfixturevalue("own_postgres"))
+    else:
+        env, key = provision(tmp_path)
+        auth = {"Authorization": f"Bearer {key}"}
+    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", f"gw-writer-killed-under-load-{database}")
 
     async def round_with_a_kill(second: bool, replies: dict[int, str]) -> None:
         turns = asyncio.create_task(_run_turns(base, auth, range(CONVERSATIONS), second, replies))
