@@ -95,6 +95,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     cid = body.pop("conversation_id")
     messages = body["messages"]
     created = False
+    row = False  # this request created the conversation's row
     recent = request.app[RECENT_TURNS]
     recorder = request.get(RECORDER)
     if cid and principal.via != "anonymous":
@@ -105,14 +106,21 @@ async def chat(request: web.Request) -> web.StreamResponse:
     elif principal.via != "anonymous":
         cid, created = batch.new_id(), True
         if recorder is not None:
-            await _create(request, principal.user_id, cid, messages, body.get("model"))
+            row = await _create(request, principal.user_id, cid, messages, body.get("model"))
     if recorder is not None:
         recorder.conversation_id, recorder.create_conversation = cid, created
     if cid:  # echoed by the on_response_prepare hook with the rate-limit headers
         request[RESPONSE_HEADERS] = {**request.get(RESPONSE_HEADERS, {}), "X-Conversation-Id": cid}
     request[BODY] = body
     request[TRACE].route = "/api/chat"
-    response = await through_gate(request, orjson.dumps(body), "/v1/chat/completions")
+    try:
+        response = await through_gate(request, orjson.dumps(body), "/v1/chat/completions")
+    except Exception:
+        if row:  # refused (model loading, upstream down…): no turn will fill it
+            await _discard(request, principal.user_id, cid)
+        raise
+    if row and response.status != 200:
+        await _discard(request, principal.user_id, cid)
     if cid and recorder is not None and response.status == 200 and not recorder.truncated:
         reply = assemble(recorder.body().encode(), sse=recorder.sse, chat=True)
         if reply.complete:
@@ -120,9 +128,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _create(request: web.Request, user_id: int, cid: str, messages: list[dict[str, Any]], model: Any) -> None:
+async def _create(request: web.Request, user_id: int, cid: str, messages: list[dict[str, Any]], model: Any) -> bool:
     """The new conversation's row, now, so that its id is known everywhere before the turn is
-    written; while the database is away the writer creates it later (the record says so)."""
+    written; while the database is away the writer creates it later (the record says so).
+    Returns whether the row was made."""
     try:
         async with request.app[DATABASE].begin() as conn:
             await repository.create_conversation(
@@ -132,6 +141,18 @@ async def _create(request: web.Request, user_id: int, cid: str, messages: list[d
         if not database_away(exc):
             raise
         _log.warning("conversation row deferred to the writer: database unavailable", conversation_id=cid)
+        return False
+    return True
+
+
+async def _discard(request: web.Request, user_id: int, cid: str) -> None:
+    """Remove the row ``_create`` made for a turn that failed (a failed turn stores no messages,
+    and before this row existed it started no conversation either)."""
+    try:
+        async with request.app[DATABASE].begin() as conn:
+            await repository.delete_conversation(conn, user_id, cid)
+    except Exception as exc:  # best effort: an empty conversation is left, the answer stands
+        _log.warning("empty conversation not removed", conversation_id=cid, error=f"{type(exc).__name__}: {exc}")
 
 
 def add_routes(app: web.Application) -> None:

@@ -281,3 +281,19 @@ async def test_a_conversation_id_is_usable_the_moment_it_is_handed_out(
     finally:
         await server.close()
         await other.close()
+
+
+async def test_a_refused_chat_leaves_no_empty_conversation(sim: int, db_url: str, engine: Any, tmp_path: Path) -> None:
+    server, auth = await _chat_site(sim, db_url, tmp_path)
+    try:
+        async with aiohttp.ClientSession(headers=auth) as s:
+            body = {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}
+            async with s.post(server.make_url("/api/chat"), json=body) as r:
+                assert r.status == 404  # vLLM's answer for an unknown model, passed on
+                cid = r.headers["X-Conversation-Id"]
+            async with s.get(server.make_url(f"/api/conversations/{cid}")) as r:
+                assert r.status == 404
+            async with s.get(server.make_url("/api/conversations")) as r:
+                assert (await r.json())["data"] == []
+    finally:
+        await server.close()
