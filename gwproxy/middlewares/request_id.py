@@ -1,6 +1,8 @@
-"""request_id: accept the client's ``X-Request-ID`` (if sane) or mint one, make it the log
-context of everything the request does, and echo it on every response (through
-``on_response_prepare``, so streamed and error responses carry it too).
+"""request_id: accept the client's ``X-Request-ID`` or mint one, make it the log context of
+everything the request does, and echo it on every response (through ``on_response_prepare``, so
+streamed and error responses carry it too). vLLM makes the header its response id, so any id a
+client may send it is kept as sent — base64, spaces, non-ASCII — up to ``MAX_ID`` characters
+(a longer one is replaced); one with a control character is refused (400).
 
 Minted ids are 32 hex digits: 16 random per process, then a counter — unique across replicas
 without a system call per request.
@@ -10,15 +12,15 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy import log
+from gwproxy.errors import InvalidRequest, render
 from gwproxy.keys import REQUEST_ID, RESPONSE_HEADERS
 
-_SANE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+MAX_ID = 1024
 
 
 def request_id_middleware() -> Middleware:
@@ -28,7 +30,9 @@ def request_id_middleware() -> Middleware:
     @web.middleware
     async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
         rid = request.headers.get("X-Request-ID")
-        if rid is None or _SANE.fullmatch(rid) is None:
+        if rid is not None and not rid.isprintable():
+            return render(InvalidRequest("X-Request-ID must not contain control characters", param="X-Request-ID"))
+        if not rid or len(rid) > MAX_ID:
             rid = f"{prefix}{next(counter):016x}"
         request[REQUEST_ID] = rid
         log.REQUEST_ID.set(rid)

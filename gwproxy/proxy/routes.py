@@ -138,14 +138,17 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
                 parsed["model"] = served
                 rewrite = True
             trace.model = registry.label(served)
+        elif model is None:  # vLLM answers with the model it serves: the request is "current"'s
+            trace.model = registry.label(registry.state.models[0] if registry.state.models else None)
+        sse = usage.streams(parsed)
         if path == RESPONSES:
-            tap = UsageTap(sse=parsed.get("stream") is True, strip=False, responses=True)
+            tap = UsageTap(sse=sse, strip=False, responses=True)
         elif path in USAGE_ROUTES:
             inject = usage.wants_injection(parsed)
             if inject:
                 usage.inject(parsed)
                 rewrite = True
-            tap = UsageTap(sse=parsed.get("stream") is True, strip=inject)
+            tap = UsageTap(sse=sse, strip=inject)
         if rewrite:
             body = orjson.dumps(parsed)
         if recorder is not None:

@@ -1,7 +1,11 @@
 """Schema: marshmallow validation of the request fields the gateway reads.
 
 Only what the gateway relies on is checked (``model``, ``messages``, ``stream``, sampling ranges);
-every other field passes through untouched (``unknown = INCLUDE``) for vLLM to judge. ``check``
+every other field passes through untouched (``unknown = INCLUDE``) for vLLM to judge. Never
+stricter than vLLM's own (pydantic, lax) models: ``model`` may be left out (vLLM answers with its
+served model), ``stream`` takes what a lax bool takes (``"yes"``, ``1``…), integers may come as
+whole floats (``5.0``) or digit strings, ``temperature`` has no upper bound, a content part needs
+no ``type``. ``check``
 turns marshmallow's nested error dict into one ``InvalidRequest`` naming the first bad ``param``
 as a path (``messages[0].role``).
 
@@ -18,7 +22,7 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
-from gwproxy.bodies import StrictBool, invalid
+from gwproxy.bodies import invalid
 from gwproxy.proxy.fastcheck import compile_schema
 
 
@@ -28,17 +32,74 @@ class Content(fields.Field[Any]):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if value is None or isinstance(value, str):
             return value
-        if isinstance(value, list) and all(isinstance(p, dict) and "type" in p for p in value):
+        if isinstance(value, list) and all(isinstance(p, dict) for p in value):
             return value
-        raise ValidationError("Must be a string, a list of content parts with 'type', or null.")
+        raise ValidationError("Must be a string, a list of content parts (objects), or null.")
 
     @staticmethod
     def fast_check(value: Any) -> bool:
-        return type(value) is str or (type(value) is list and all(type(p) is dict and "type" in p for p in value))
+        return type(value) is str or (type(value) is list and all(type(p) is dict for p in value))
 
 
-def _int(minimum: int) -> fields.Integer:
-    return fields.Integer(strict=True, allow_none=True, validate=validate.Range(min=minimum))
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def lax_bool(value: Any) -> bool | None:
+    """``value`` as pydantic's lax mode reads a bool (vLLM's ``stream``); None if it is not one."""
+    if value is True or value is False:
+        return bool(value)
+    if type(value) is int and value in (0, 1):
+        return value == 1
+    if isinstance(value, str):
+        word = value.strip().lower()
+        return True if word in _TRUE else False if word in _FALSE else None
+    return None
+
+
+def lax_int(value: Any) -> int | None:
+    """``value`` as pydantic's lax mode reads an int: ints, whole floats, digit strings."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and value.strip().isascii():
+        return int(value)
+    return None
+
+
+class LaxBool(fields.Field[Any]):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if lax_bool(value) is None:
+            raise ValidationError("Not a valid boolean.")
+        return value
+
+    @staticmethod
+    def fast_check(value: Any) -> bool:
+        return value is True or value is False
+
+
+class LaxInt(fields.Field[Any]):
+    """An integer of at least ``minimum``, as vLLM's pydantic models read one."""
+
+    def __init__(self, minimum: int) -> None:
+        super().__init__(allow_none=True)
+        self.minimum = minimum
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        number = lax_int(value) if type(value) is not bool else None
+        if number is None:
+            raise ValidationError("Not a valid integer.")
+        if number < self.minimum:
+            raise ValidationError(f"Must be greater than or equal to {self.minimum}.")
+        return value
+
+    def fast_check(self, value: Any) -> bool:
+        return type(value) is int and value >= self.minimum
+
+
+def _int(minimum: int) -> LaxInt:
+    return LaxInt(minimum)
 
 
 class _Open(Schema):
@@ -52,9 +113,9 @@ class MessageSchema(_Open):
 
 
 class _Sampling(_Open):
-    model = fields.String(required=True)
-    stream = StrictBool(allow_none=True)
-    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0, max=2))
+    model = fields.String(allow_none=True)
+    stream = LaxBool(allow_none=True)
+    temperature = fields.Float(allow_none=True, validate=validate.Range(min=0))
     top_p = fields.Float(allow_none=True, validate=validate.Range(min=0, max=1))
     max_tokens = _int(1)
     max_completion_tokens = _int(1)
@@ -72,7 +133,7 @@ class CompletionRequest(_Sampling):
 
 
 class EmbeddingRequest(_Open):
-    model = fields.String(required=True)
+    model = fields.String(allow_none=True)
     input = fields.Raw(required=True)
 
 

@@ -1,8 +1,13 @@
 """Usage: learning exact token usage from the upstream without changing what the client gets.
 
-For a stream whose client did not ask for ``stream_options.include_usage``, the gateway asks for
-it (``inject``) and the ``UsageTap`` removes that one usage-only event before ``data: [DONE]``
-(DESIGN.md section 2 rule 1). Otherwise the tap only watches. The tap works on whole SSE events:
+vLLM sends a stream's final usage-only event when ``stream_options`` is present and its
+``include_usage`` is not false or null (it defaults to true once the object is there: ``{}``
+asks for it), and usage on every chunk only with ``continuous_usage_stats`` *and*
+``include_usage``. For a stream whose options would not produce the final event, the gateway asks
+for it (``inject``: ``include_usage`` true, ``continuous_usage_stats`` false — the client's
+``continuous_usage_stats`` had no effect without ``include_usage``, and must not start to) and
+the ``UsageTap`` removes that one usage-only event before ``data: [DONE]`` (DESIGN.md section 2
+rule 1). Otherwise the tap only watches; per-chunk usage is never changed. The tap works on whole SSE events:
 in stripping mode it holds back an incomplete trailing event until its end arrives (events are
 written whole by vLLM, so this almost never delays anything); in watching mode it forwards every
 chunk as it came and keeps only a copy of the incomplete tail to scan.
@@ -17,6 +22,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gwproxy.proxy.schema import lax_bool
+
 _USAGE_EVENT = b'"choices":[],"usage":{'
 _RESPONSE_DONE = re.compile(rb'"type":"response\.(?:completed|incomplete)"')
 _USAGE_KEY = b'"usage":{'
@@ -25,19 +32,26 @@ _COMPLETION = re.compile(rb'"(?:completion|output)_tokens":(\d+)')
 _TAIL_KEEP = 4096  # bytes of a JSON body kept to find its usage object
 
 
+def streams(body: dict[str, Any]) -> bool:
+    """Whether vLLM will stream its answer (``stream`` read as its lax bool)."""
+    return lax_bool(body.get("stream")) is True
+
+
 def wants_injection(body: dict[str, Any]) -> bool:
-    """True when the request streams and did not itself ask for the usage event."""
-    if body.get("stream") is not True:
+    """True when the request streams and vLLM would not send it the final usage event."""
+    if not streams(body):
         return False
     options = body.get("stream_options")
-    return not (isinstance(options, dict) and options.get("include_usage") is True)
+    return not (isinstance(options, dict) and options.get("include_usage", True) is True)
 
 
 def inject(body: dict[str, Any]) -> None:
-    """Ask the upstream for the final usage event (other stream_options kept)."""
+    """Ask the upstream for the final usage event only (other stream_options kept)."""
     options = body.get("stream_options")
     merged = dict(options) if isinstance(options, dict) else {}
     merged["include_usage"] = True
+    if merged.get("continuous_usage_stats"):
+        merged["continuous_usage_stats"] = False  # it did nothing without include_usage
     body["stream_options"] = merged
 
 

@@ -1,7 +1,10 @@
 """Limiter: admits or refuses a request against its buckets, and settles it afterwards.
 
 ``admit`` makes one store round trip (one Lua call with Redis) for all of a request's buckets
-and its concurrency slot; ``finish`` runs after the response — completed, failed or abandoned
+and its concurrency slot; a request refused for concurrency is told to retry after the typical
+duration of the requests that hold slots here (a moving average, 1 s until one has finished), so
+a client's retries land when a slot is likely free rather than while a long stream still runs;
+``finish`` runs after the response — completed, failed or abandoned
 by the client — in a task of its own, so a client that goes away cannot cancel the release of
 its slot. ``close`` waits for those tasks at shutdown.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -24,6 +28,9 @@ from gwproxy.ratelimit.guard import Guard
 from gwproxy.ratelimit.policy import Plan, Policy
 from gwproxy.ratelimit.store import BucketStore, MemoryStore, Ticket
 from gwproxy.trace import Trace
+
+SLOT_EWMA = 0.2  # weight of the newest duration in the moving average
+SLOT_RETRY_MAX = 60.0  # the longest Retry-After a concurrency refusal gives
 
 
 @dataclass(slots=True)
@@ -65,6 +72,7 @@ class Limiter:
         self.store = store
         self.metrics = metrics
         self._pending: set[asyncio.Task[None]] = set()
+        self.slot_seconds: float | None = None  # moving average of how long slot holders run
 
     async def admit(self, principal: Principal, ip: str, estimate: tuple[int, int] | None) -> Admission:
         """Admit the request or raise 429. A request whose token estimate exceeds the whole
@@ -87,6 +95,8 @@ class Limiter:
             which = self._refused_by(plan, decision)
             self.metrics.count_ratelimited(which)
             retry = decision.retry_after if math.isfinite(decision.retry_after) else 3600.0
+            if which == "concurrency" and self.slot_seconds is not None:
+                retry = min(max(retry, self.slot_seconds), SLOT_RETRY_MAX)
             headers["retry-after-ms"] = str(math.ceil(retry * 1000))
             raise TooManyRequests(
                 f"Rate limit reached ({which}): retry in {duration(retry)}", retry_after=retry, headers=headers
@@ -107,6 +117,10 @@ class Limiter:
         plan = admission.plan
         if plan.token_bucket is None and plan.slot is None:
             return
+        if plan.slot is not None:
+            took = time.perf_counter() - trace.started
+            last = self.slot_seconds
+            self.slot_seconds = took if last is None else last + SLOT_EWMA * (took - last)
         store = admission.ticket.store
         if isinstance(store, MemoryStore):
             key, limit = plan.token_bucket if plan.token_bucket else (None, None)

@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gwproxy.auth.authenticator import TtlCache
 from gwproxy.auth.principal import Principal
 from gwproxy.config import RateLimitConfig
+from gwproxy.proxy.schema import lax_int
 from gwproxy.ratelimit.bucket import Limit
 from gwproxy.ratelimit.store import Slot
 from gwproxy.store.tables import rate_limits
@@ -92,11 +93,9 @@ def estimate_tokens(body: dict[str, Any] | None, default_max_tokens: int, genera
     chars += _chars(body.get("instructions"))
     if not generates:
         return chars // 4, 0
-    out = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
-    if not isinstance(out, int) or isinstance(out, bool):
-        out = default_max_tokens
-    n = body.get("n") if isinstance(body.get("n"), int) else 1
-    return chars // 4, out * max(1, n or 1)
+    asked = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
+    out = lax_int(asked) or default_max_tokens  # read as vLLM reads it: 5, 5.0, "5"
+    return chars // 4, out * max(1, lax_int(body.get("n")) or 1)
 
 
 class Policy:

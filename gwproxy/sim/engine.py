@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from gwproxy.proxy.schema import lax_int
+
 _TEXT = (
     "the model answers with care and the gateway relays every byte as it comes while "
     "tokens flow through the stream from the GPU to the client so latency stays low and "
@@ -121,12 +123,14 @@ MAX_N = 128  # choices per request; a real server is bounded by its KV cache, th
 
 def parse_params(body: dict[str, Any]) -> Params:
     def int_field(name: str, default: int | None, minimum: int, maximum: int = 2**63 - 1) -> int | None:
+        """An integer as vLLM's pydantic models take one: 5, 5.0 or "5"."""
         value = body.get(name)
         if value is None:
             return default
-        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        number = lax_int(value) if not isinstance(value, bool) else None
+        if number is None or not minimum <= number <= maximum:
             raise RequestError(f"{name} must be an integer from {minimum} to {maximum}", param=name)
-        return value
+        return number
 
     stop = body.get("stop")
     if stop is None:

@@ -88,12 +88,32 @@ def _model(cfg: SimConfig, body: dict[str, Any]) -> str:
     return str(model)
 
 
-def _identity(cfg: SimConfig, body: dict[str, Any], prefix: str) -> tuple[str, int, bytes | None]:
+def stream_usage(body: dict[str, Any]) -> tuple[bool, bool]:
+    """(include_usage, continuous_usage_stats) as vLLM reads ``stream_options``: once the object is
+    there ``include_usage`` defaults to true (``{}`` asks for the final usage event), an explicit
+    false or null turns it off, and per-chunk usage needs both. A non-empty ``stream_options``
+    without ``stream: true`` is refused, with vLLM's message."""
+    options = body.get("stream_options")
+    stream = body.get("stream") is True
+    if options and not stream:
+        raise RequestError("Stream options can only be defined when `stream=True`.", param="stream_options")
+    if not stream or not isinstance(options, dict):
+        return False, False
+    include = options.get("include_usage", True) is True
+    return include, include and options.get("continuous_usage_stats") is True
+
+
+def _identity(
+    cfg: SimConfig, body: dict[str, Any], prefix: str, request_id: str | None = None
+) -> tuple[str, int, bytes | None]:
+    """The response id (``prefix-`` and the client's ``X-Request-ID`` when it sent one, as vLLM
+    does; else seeded or random), ``created``, and the seed digest."""
     digest = engine.request_digest(cfg.seed, body)
     if digest is None:
-        return f"{prefix}-{uuid.uuid4().hex}", int(time.time()), None
+        rid = f"{prefix}-{request_id or uuid.uuid4().hex}"
+        return rid, int(time.time()), None
     created = 1_700_000_000 + int.from_bytes(digest[:4], "big") % 100_000_000
-    return f"{prefix}-{digest[:16].hex()}", created, digest
+    return f"{prefix}-{request_id or digest[:16].hex()}", created, digest
 
 
 def _prompts(body: dict[str, Any]) -> list[str]:
@@ -121,15 +141,14 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
         prompts = [engine.render_chat(body.get("messages"))] if chat else _prompts(body)
     prompt_tokens = sum(len(engine.encode(p)) for p in prompts)
     params = engine.parse_params(gen_body)
-    rid, created, digest = _identity(cfg, body, "chatcmpl" if chat else "cmpl")
+    rid, created, digest = _identity(cfg, body, "chatcmpl" if chat else "cmpl", request.headers.get("X-Request-ID"))
     if api == "responses":
         rid = "resp_" + rid.partition("-")[2]
     longest = max(len(engine.encode(p)) for p in prompts)
     choices = engine.generate(gen_body, params, longest, cfg.max_model_len, digest, count=len(prompts))
     completion_tokens = sum(c.tokens for c in choices)
     stream = body.get("stream") is True
-    options = body.get("stream_options") or {}
-    include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    include_usage, continuous = stream_usage(body)
     metrics.prompt.inc(prompt_tokens)
     metrics.active += 1
     metrics.running.set(metrics.active)
@@ -152,7 +171,7 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
             events = responses.stream(rid, created, model, body, choices[0], prompt_tokens)
         else:
             make_stream: Callable[..., Iterator[list[bytes]]] = wire.chat_stream if chat else wire.completion_stream
-            events = make_stream(rid, created, model, choices, prompt_tokens, include_usage)
+            events = make_stream(rid, created, model, choices, prompt_tokens, include_usage, continuous)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
         first = True
@@ -215,7 +234,7 @@ async def embeddings(request: web.Request) -> web.Response:
     if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS:
         raise RequestError(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}", param="dimensions")
     tokens = sum(len(engine.encode(t)) for t in inputs)
-    rid, created, _ = _identity(cfg, body, "embd")
+    rid, created, _ = _identity(cfg, body, "embd", request.headers.get("X-Request-ID"))
     data = [{"index": i, "object": "embedding", "embedding": engine.embedding(t, dims)} for i, t in enumerate(inputs)]
     payload = {
         "id": rid,

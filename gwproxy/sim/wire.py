@@ -122,16 +122,23 @@ def chat_stream(
     choices: list[Choice],
     prompt_tokens: int,
     include_usage: bool,
+    continuous: bool = False,
 ) -> Iterator[list[bytes]]:
-    """Steps of a chat stream: each step is the events vLLM writes after one decode step."""
+    """Steps of a chat stream: each step is the events vLLM writes after one decode step. With
+    ``continuous`` (``continuous_usage_stats``, which needs ``include_usage``) every chunk also
+    carries the usage so far: the prompt, and the tokens its choice has generated."""
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+    made = dict.fromkeys((c.index for c in choices), 0)
 
     def chunk(index: int, delta: dict[str, Any], finish: Choice | None = None) -> bytes:
         choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None}
         choice["finish_reason"] = finish.finish_reason if finish else None
         if finish is not None:
             choice["stop_reason"] = finish.stop_reason
-        return event({**head, "choices": [choice]})
+        out: dict[str, Any] = {**head, "choices": [choice]}
+        if continuous:
+            out["usage"] = usage(prompt_tokens, made[index], False)
+        return event(out)
 
     first = []
     for c in choices:
@@ -158,6 +165,8 @@ def chat_stream(
     for t in range(steps):
         step = []
         for c in choices:
+            if t < c.tokens:
+                made[c.index] = t + 1
             if c.tool_call and t < len(c.tool_call.arguments):
                 delta: dict[str, Any] = {
                     "tool_calls": [{"index": 0, "function": {"arguments": c.tool_call.arguments[t]}}]
@@ -181,30 +190,32 @@ def completion_stream(
     choices: list[Choice],
     prompt_tokens: int,
     include_usage: bool,
+    continuous: bool = False,
 ) -> Iterator[list[bytes]]:
     """Steps of a text-completion stream, as ``chat_stream``."""
     head = {"id": rid, "object": "text_completion", "created": created, "model": model}
 
-    def chunk(index: int, text: str, finish: Choice | None = None) -> bytes:
-        return event(
-            {
-                **head,
-                "choices": [
-                    {
-                        "index": index,
-                        "text": text,
-                        "logprobs": None,
-                        "finish_reason": finish.finish_reason if finish else None,
-                        "stop_reason": finish.stop_reason if finish else None,
-                    }
-                ],
-            }
-        )
+    def chunk(index: int, text: str, made: int, finish: Choice | None = None) -> bytes:
+        out: dict[str, Any] = {
+            **head,
+            "choices": [
+                {
+                    "index": index,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": finish.finish_reason if finish else None,
+                    "stop_reason": finish.stop_reason if finish else None,
+                }
+            ],
+        }
+        if continuous:
+            out["usage"] = usage(prompt_tokens, made, False)
+        return event(out)
 
     steps = max((len(c.pieces) for c in choices), default=0)
     for t in range(steps):
-        yield [chunk(c.index, c.pieces[t]) for c in choices if t < len(c.pieces)]
-    tail = [chunk(c.index, "", c) for c in choices]
+        yield [chunk(c.index, c.pieces[t], t + 1) for c in choices if t < len(c.pieces)]
+    tail = [chunk(c.index, "", len(c.pieces), c) for c in choices]
     if include_usage:
         completion_tokens = sum(c.tokens for c in choices)
         tail.append(event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, False)}))

@@ -84,7 +84,7 @@ async def test_request_and_response_headers(recorder: tuple[TestServer, list[web
         await gateway.close()
 
 
-async def test_request_id_minted_when_absent_or_insane(
+async def test_request_ids_are_kept_as_sent_minted_when_absent_or_too_long(
     recorder: tuple[TestServer, list[web.Request]],
 ) -> None:
     upstream, seen = recorder
@@ -92,12 +92,19 @@ async def test_request_id_minted_when_absent_or_insane(
     gateway = await start_app(upstream.port)
     try:
         async with aiohttp.ClientSession() as s:
-            for sent in (None, "bad id with spaces", "x" * 200):
+            for sent in ("aGVsbG8+d29ybGQ/Lw==", "an id with spaces", "x" * 1024, "ü-ñ-id"):
+                async with s.post(gateway.make_url("/v1/echo"), data=b"raw", headers={"X-Request-ID": sent}) as r:
+                    assert r.headers["X-Request-ID"] == sent  # vLLM makes it the response id: kept
+                    assert seen[-1].headers["X-Request-ID"] == sent
+            for sent in (None, "x" * 1025):
                 headers = {} if sent is None else {"X-Request-ID": sent}
                 async with s.post(gateway.make_url("/v1/echo"), data=b"raw", headers=headers) as r:
                     rid = r.headers["X-Request-ID"]
                     assert rid != sent and len(rid) == 32
                     assert seen[-1].headers["X-Request-ID"] == rid
+            async with s.post(gateway.make_url("/v1/echo"), data=b"raw", headers={"X-Request-ID": "a\tb"}) as r:
+                body = await r.json()
+                assert r.status == 400 and body["error"]["param"] == "X-Request-ID"
             async with s.get(gateway.make_url("/health"), headers={"X-Request-ID": "h-1"}) as r:
                 assert r.headers["X-Request-ID"] == "h-1"
             async with s.get(gateway.make_url("/missing"), headers={"X-Request-ID": "e-1"}) as r:

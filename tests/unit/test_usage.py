@@ -19,15 +19,21 @@ def run(tap: UsageTap, chunks: list[bytes]) -> tuple[list[bytes], bytes]:
     return out, b"".join(out) + tap.finish()
 
 
-def test_injection_only_for_streams_without_include_usage() -> None:
-    assert wants_injection({"stream": True})
+def test_injection_only_where_vllm_would_send_no_final_usage_event() -> None:
+    assert wants_injection({"stream": True})  # no stream_options: no usage event
     assert wants_injection({"stream": True, "stream_options": {"include_usage": False}})
+    assert wants_injection({"stream": True, "stream_options": {"include_usage": None}})
     assert not wants_injection({"stream": True, "stream_options": {"include_usage": True}})
+    assert not wants_injection({"stream": True, "stream_options": {}})  # include_usage defaults to true
+    assert not wants_injection({"stream": True, "stream_options": {"continuous_usage_stats": True}})
     assert not wants_injection({"stream": False})
     assert not wants_injection({})
-    body = {"stream": True, "stream_options": {"continuous_usage_stats": False}}
+    body = {"stream": True, "stream_options": {"include_usage": False, "continuous_usage_stats": True}}
+    inject(body)  # per-chunk usage stays off: it needs include_usage, which the client turned off
+    assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": False}
+    body = {"stream": True}
     inject(body)
-    assert body["stream_options"] == {"continuous_usage_stats": False, "include_usage": True}
+    assert body["stream_options"] == {"include_usage": True}
 
 
 def test_strip_removes_only_the_usage_event_whole_chunks() -> None:
