@@ -102,7 +102,7 @@ def test_error_classes(client: OpenAI, gateway: Gateway) -> None:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)  # type: ignore[arg-type]
     assert "does not exist" in nf.value.message
     with pytest.raises(openai.BadRequestError) as br:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=7)  # type: ignore[arg-type]
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)  # type: ignore[arg-type]
     assert br.value.param == "temperature"  # type: ignore[attr-defined]
     with pytest.raises(openai.BadRequestError, match="maximum context length"):
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=100000)  # type: ignore[arg-type]

@@ -43,9 +43,9 @@ def assert_envelope(
     [
         (b'{"model": "sim-model", "messages": [', None, "invalid_json"),
         (b"[1, 2]", None, None),
-        (orjson.dumps({"messages": [{"role": "user", "content": "x"}]}), "model", None),
-        (orjson.dumps({**CHAT, "stream": "true"}), "stream", None),
-        (orjson.dumps({**CHAT, "temperature": 3}), "temperature", None),
+        (orjson.dumps({**CHAT, "model": 3}), "model", None),  # vLLM refuses these too (a model is
+        (orjson.dumps({**CHAT, "stream": "maybe"}), "stream", None),  # optional, "true" a boolean,
+        (orjson.dumps({**CHAT, "temperature": -0.5}), "temperature", None),  # temperature 3 fine)
         (orjson.dumps({**CHAT, "messages": [{"role": 1, "content": "x"}]}), "messages[0].role", None),
         (orjson.dumps({**CHAT, "max_tokens": -1}), "max_tokens", None),
     ],

@@ -15,10 +15,13 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about 
 
 
 async def post(url: str, body: object) -> tuple[int, dict[str, str], bytes, list[bytes]]:
-    """POST ``body``; return status, headers, the whole body and the chunks as they arrived."""
+    """POST ``body``; return status, headers, the whole body and the chunks as they arrived. The
+    request id is fixed: vLLM (and the simulator) make it the response's ``id``, so a direct request
+    and one through the gateway carry the same one."""
     chunks = []
+    headers = {"Content-Type": "application/json", "X-Request-ID": "relay-identity"}
     async with aiohttp.ClientSession(auto_decompress=False) as s:
-        async with s.post(url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}) as r:
+        async with s.post(url, data=orjson.dumps(body), headers=headers) as r:
             async for chunk in r.content.iter_any():
                 chunks.append(chunk)
             return r.status, dict(r.headers), b"".join(chunks), chunks
