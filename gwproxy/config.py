@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import tomllib
 import typing
@@ -49,6 +50,20 @@ def _log_level(v: str) -> str | None:
     return None if v.lower() in ok else f"must be one of {', '.join(ok)}"
 
 
+def items(value: str) -> list[str]:
+    """A list-valued setting: comma-separated (``a, b``), or a JSON list (``["a", "b"]``, as the
+    original gateway's ``.env`` wrote ``CORS_ORIGINS``); blanks dropped."""
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            return [str(p).strip() for p in parsed if str(p).strip()]
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
 def _key(default: Any, check: Callable[[Any], str | None] | None = None) -> Any:
     return field(default=default, metadata={"check": check})
 
@@ -70,10 +85,10 @@ class ServerConfig:
     max_connections_per_address: int = _key(0, _non_negative)
 
     def cors_origin_list(self) -> list[str]:
-        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+        return items(self.cors_origins)
 
     def allowed_host_list(self) -> list[str]:
-        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+        return [h.lower() for h in items(self.allowed_hosts)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +184,7 @@ def _redis_url(v: str) -> str | None:
 
 
 def _networks(v: str) -> str | None:
-    for part in filter(None, (p.strip() for p in v.split(","))):
+    for part in items(v):
         try:
             ipaddress.ip_network(part, strict=False)
         except ValueError:
@@ -192,9 +207,7 @@ class RateLimitConfig:
     lease_seconds: float = _key(30.0, _positive)
 
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-        return tuple(
-            ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()
-        )
+        return tuple(ipaddress.ip_network(p, strict=False) for p in items(self.trusted_proxies))
 
 
 def _backend(v: str) -> str | None:
@@ -232,7 +245,7 @@ class SwitchConfig:
     hf_token: str = _key("")
 
     def docker_bind_list(self) -> list[str]:
-        return [b.strip() for b in self.docker_binds.split(",") if b.strip()]
+        return items(self.docker_binds)
 
 
 @dataclass(frozen=True, slots=True)

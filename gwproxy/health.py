@@ -1,6 +1,7 @@
 """Health: service info, liveness with per-component status, readiness, and /metrics.
 
-Liveness (``/health``) is 200 while the process serves, whatever the upstream does; readiness
+Liveness (``/health``) is 200 while the process serves, whatever the upstream does — its
+``status`` says ``degraded`` while the upstream is unreachable or serves no model; readiness
 (``/health/ready``) is 503 until the upstream answers and serves at least one model — what a
 load balancer should route on.
 """
@@ -51,9 +52,10 @@ async def index(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     registry = request.app[UPSTREAM]
+    up = registry.state.reachable and bool(registry.state.models)
     return json(
         {
-            "status": "ok",
+            "status": "ok" if up else "degraded",
             "version": __version__,
             "uptime_s": round(time.time() - _STARTED, 3),
             "components": {"upstream": _upstream(registry.state, registry.public_url)},

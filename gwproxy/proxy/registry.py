@@ -5,6 +5,12 @@ upstream bodies, and a poller that asks the upstream's
 ``/v1/models`` every ``poll_interval`` seconds to learn the served model names (the first one is
 what the alias ``"current"`` means) and whether the upstream answers at all. Only the poller
 writes the state; handlers read it.
+
+An upstream that is down is said plainly: logged when the gateway starts, when it goes down and
+every ``DOWN_LOG_POLLS`` polls (a minute at the default interval) while it stays down, with the
+reason (a base URL whose ``/models`` answers 404 gets a hint about ``/v1``); a request for
+``current`` that finds no served name known is answered 503 saying whether the upstream is
+unreachable or up but serving no model yet (loading).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from gwproxy.proxy.watchdog import Watchdog
 _log = log.get("gwproxy.upstream")
 
 ALIASES = frozenset({"current"})
+DOWN_LOG_POLLS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,7 @@ class UpstreamRegistry:
         self.public_origin = cfg.public_origin  # the forms to show: credentials masked
         self.public_url = cfg.public_v1_url
         self.state = UpstreamState()
+        self._down_logged = 0.0  # monotonic time of the last "unreachable" line
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.watchdog = Watchdog(cfg.idle_timeout, cfg.first_byte_timeout)
@@ -95,30 +103,47 @@ class UpstreamRegistry:
             ) as resp:
                 body = await resp.read()
                 if resp.status != 200:
-                    raise ValueError(f"GET {url} answered {resp.status}")
+                    raise ValueError(self._bad_status(resp.status))
                 cards = orjson.loads(body).get("data") or []
                 models = tuple(str(c["id"]) for c in cards if isinstance(c, dict) and "id" in c)
             new = UpstreamState(True, models, time.time(), None)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError) as exc:
             new = UpstreamState(False, self.state.models, time.time(), log.redact(f"{type(exc).__name__}: {exc}"))
-        if (new.reachable, new.models) != (self.state.reachable, self.state.models):
-            if new.reachable:
-                _log.info("upstream up", url=self.public_url, models=list(new.models))
-            else:
-                _log.warning("upstream unreachable", url=self.public_url, error=new.error)
+        changed = (new.reachable, new.models) != (self.state.reachable, self.state.models)
+        first = self.state.checked_at is None
+        now = time.monotonic()
+        if new.reachable and (changed or first):
+            _log.info("upstream up", url=self.public_url, models=list(new.models))
+        elif not new.reachable and (
+            changed or first or now - self._down_logged >= self.cfg.poll_interval * DOWN_LOG_POLLS
+        ):
+            self._down_logged = now
+            _log.warning("upstream unreachable", url=self.public_url, error=new.error)
         self.state = new
         return new
+
+    def _bad_status(self, status: int) -> str:
+        said = f"GET {self.public_url}/models answered {status}"
+        if status == 404 and not self.v1_url.endswith("/v1"):
+            return f"{said}: did you mean {self.public_origin}/v1? (vLLM serves its API under /v1)"
+        return said
 
     def resolve(self, model: str) -> str:
         """The served name a request's ``model`` stands for (aliases resolved)."""
         if model not in ALIASES:
             return model
-        if not self.state.models:
+        state = self.state
+        if state.models:  # the last served name known (one failed poll does not unname it)
+            return state.models[0]
+        if not state.reachable:
             raise ModelNotReady(
-                f"model alias '{model}' cannot be resolved: the upstream {self.public_url} serves no "
-                "model yet (is it still loading?)"
+                f"model alias '{model}' cannot be resolved: the upstream {self.public_url} is unreachable "
+                f"({state.error or 'no answer yet'}); is vLLM running there?"
             )
-        return self.state.models[0]
+        raise ModelNotReady(
+            f"model alias '{model}' cannot be resolved: the upstream {self.public_url} answers but serves "
+            "no model yet (still loading?)"
+        )
 
     def label(self, model: str | None) -> str:
         """A bounded metric label: a served model's name, else ``other``."""
