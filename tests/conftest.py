@@ -109,6 +109,17 @@ def gateway(log_dir: Path, sim: int, tmp_path_factory: pytest.TempPathFactory) -
     proc.stop()
 
 
+def start_replicas(
+    log_dir: Path, upstream_port: int, env: dict[str, str], key: str, count: int, name: str
+) -> list[Gateway]:
+    """``count`` gateway processes in front of one upstream, sharing ``env`` (a database, Redis)."""
+    gateways = []
+    for i in range(count):
+        proc, port = start_gateway(log_dir, upstream_port, env=env, name=f"{name}-{i}")
+        gateways.append(Gateway(proc, port, key, env))
+    return gateways
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     """One throwaway PostgreSQL server for the whole test session."""

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from gwproxy.keys import USERS
-from tests.conftest import MODEL, Gateway, gwproxy_cli, provision, start_app
+from tests.conftest import MODEL, Gateway, gwproxy_cli, provision, start_app, start_replicas
 from tests.integration.test_ratelimit import fire
 from tests.procs import start_gateway, start_sim
 from tests.services import Postgres, Redis
@@ -131,10 +131,7 @@ def limited_replicas(log_dir: Path, sim: int, redis_server: Redis, tmp_path: Pat
     env, key = provision(tmp_path)
     env = {**env, "REDIS_URL": redis_server.url, "RATE_LIMIT_REQUESTS": "50", "RATE_LIMIT_WINDOW": "60",
            "GWPROXY_CAPTURE_ENABLED": "false"}  # fmt: skip
-    gateways = []
-    for i in range(3):
-        proc, port = start_gateway(log_dir, sim, env=env, name=f"gateway-restart-{i}")
-        gateways.append(Gateway(proc, port, key, env))
+    gateways = start_replicas(log_dir, sim, env, key, 3, "gateway-restart")
     yield gateways
     for g in gateways:
         g.proc.stop()
@@ -174,10 +171,7 @@ def leased(log_dir: Path, paced_sim: int, redis_server: Redis, tmp_path: Path) -
     env, key = provision(tmp_path)
     env = {**env, "REDIS_URL": redis_server.url, "GWPROXY_RATELIMIT_CONCURRENCY": "3",
            "GWPROXY_RATELIMIT_LEASE_SECONDS": "3", "GWPROXY_CAPTURE_ENABLED": "false"}  # fmt: skip
-    gateways = []
-    for i in range(2):
-        proc, port = start_gateway(log_dir, paced_sim, env=env, name=f"gateway-lease-{i}")
-        gateways.append(Gateway(proc, port, key, env))
+    gateways = start_replicas(log_dir, paced_sim, env, key, 2, "gateway-lease")
     yield gateways
     for g in gateways:
         g.proc.stop()

@@ -18,8 +18,7 @@ from gwproxy.metrics import Metrics
 from gwproxy.ratelimit.bucket import Limit
 from gwproxy.ratelimit.redis_store import RedisStore
 from gwproxy.ratelimit.store import MemoryStore
-from tests.conftest import MODEL, Gateway, gwproxy_cli, provision, start_app
-from tests.procs import start_gateway
+from tests.conftest import MODEL, Gateway, gwproxy_cli, provision, start_app, start_replicas
 from tests.services import Redis
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -55,10 +54,7 @@ def three_gateways(
         "RATE_LIMIT_WINDOW": "3600",
         "GWPROXY_AUTH_KEY_CACHE_SECONDS": "0.5",
     }
-    gateways = []
-    for i in range(3):
-        proc, port = start_gateway(log_dir, sim, env=env, name=f"gateway-rl-{i}")
-        gateways.append(Gateway(proc, port, key, env))
+    gateways = start_replicas(log_dir, sim, env, key, 3, "gateway-rl")
     yield gateways, redis_server
     for g in gateways:
         g.proc.stop()

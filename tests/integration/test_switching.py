@@ -32,6 +32,13 @@ def _kill_recorded(state_dir: Path) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
+async def assert_serving(s: aiohttp.ClientSession, gw: Gateway, model: str) -> None:
+    """A chat for ``current`` through ``gw`` is answered by ``model``."""
+    body = {"model": "current", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    async with s.post(f"{gw.url}/v1/chat/completions", json=body, headers=gw.auth) as r:
+        assert r.status == 200 and (await r.json())["model"] == model
+
+
 def _start(tmp: Path, env: dict[str, str], upstream: int, name: str) -> Gateway:
     port = free_port()
     proc = Proc(
@@ -199,9 +206,7 @@ async def test_gateway_restarted_mid_switch_recovers(
             status = await wait_status(s, again.url, again.auth, state="ready", current_profile="slow", job_done=True)
             assert status["job"]["outcome"] == "switched"
             assert status["instance"] == loading["instance"]  # adopted, not started again
-            body = {"model": "current", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-            async with s.post(f"{again.url}/v1/chat/completions", json=body, headers=again.auth) as r:
-                assert r.status == 200 and (await r.json())["model"] == "slow"
+            await assert_serving(s, again, "slow")
         finally:
             again.proc.stop()
 
@@ -233,9 +238,7 @@ async def test_a_switch_cut_by_a_gateway_kill_in_its_drain_is_resumed(
             assert job["id"] == started["job"]["id"] and job["resumed"] and job["outcome"] == "switched"
             assert job["previous_profile_id"] == "alpha"
             assert not (state / "switch-intent.json").exists()
-            body = {"model": "current", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
-            async with s.post(f"{again.url}/v1/chat/completions", json=body, headers=again.auth) as r:
-                assert r.status == 200 and (await r.json())["model"] == "beta"
+            await assert_serving(s, again, "beta")
         finally:
             again.proc.stop()
 
