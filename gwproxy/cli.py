@@ -170,6 +170,8 @@ def _sim_config(args: argparse.Namespace, models: Sequence[str]) -> Any:
         ttft_ms=args.ttft_ms,
         itl_ms=args.itl_ms,
         seed=args.seed,
+        reasoning=bool(args.reasoning_parser),
+        split_writes=args.split_writes,
     )
 
 
@@ -358,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--startup-delay", type=float, default=0.0, help="seconds the port stays closed, printing vLLM's load lines"
     )
     sim.add_argument("--fail-on-start", metavar="MESSAGE", help="fail half-way through start-up, exit 1")
+    sim.add_argument(
+        "--reasoning-parser",
+        metavar="NAME",
+        help="as vLLM's: a reasoning model, whose answers start with reasoning_content (any name)",
+    )
+    sim.add_argument(
+        "--split-writes",
+        action="store_true",
+        help="write each stream event in three parts, cutting UTF-8 characters, to test a relay's partial reads",
+    )
     sim.set_defaults(func=cmd_sim)
 
     demo = sub.add_parser(

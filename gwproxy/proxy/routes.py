@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -63,6 +64,7 @@ JSON_ROUTES = frozenset(
     }
 )
 USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
+MODEL_CARD = "/v1/models/"  # one model's card: the alias in its path is resolved
 RESPONSES = "/v1/responses"  # usage in its final event: never injected or stripped
 # Client headers that never go upstream: hop-by-hop, recomputed, the gateway's credentials, or
 # describing an encoding aiohttp already undid (the body read is the decoded one).
@@ -158,7 +160,14 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
     if own_path:
         target = request.rel_url
         query = target.raw_query_string
-        url = URL(registry.origin + target.raw_path + ("?" + query if query else ""), encoded=True)
+        raw_path = target.raw_path
+        if request.method == "GET" and raw_path.startswith(MODEL_CARD):  # models.retrieve("current")
+            name = request.path[len(MODEL_CARD) :]
+            served = registry.resolve(name)
+            if served != name:
+                raw_path = MODEL_CARD + quote(served, safe="/")
+            trace.model = registry.label(served)
+        url = URL(registry.origin + raw_path + ("?" + query if query else ""), encoded=True)
     else:
         url = URL(registry.origin + path)
     headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])

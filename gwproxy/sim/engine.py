@@ -1,15 +1,25 @@
 """Engine: what the simulated model generates for a request — pure and deterministic.
 
 Given the parsed request and a seed, ``generate`` returns every choice's output pieces (one
-piece per token), finish reason and stop reason; nothing here knows about time or HTTP. The
-tokenizer packs UTF-8 bytes four to a token, so prompt lengths scale like a real tokenizer's and
-``decode(encode(s)) == s``.
+piece per token: reasoning, then content, or tool-call arguments), finish reason and stop
+reason; nothing here knows about time or HTTP. The tokenizer packs UTF-8 bytes four to a token,
+so prompt lengths scale like a real tokenizer's and ``decode(encode(s)) == s``; an output piece's
+token id and log-probability are functions of its text (``token_id``, ``logprob``).
+
+What the simulated model does, so tests can ask for each vLLM feature:
+- tools offered (and ``tool_choice`` not ``none``) → it calls the first tool, or with
+  ``parallel_tool_calls: true`` every tool offered, each call's arguments valid for its schema;
+- ``response_format`` ``json_schema`` / ``json_object`` → the content is JSON valid for the schema;
+- a ``reasoning`` model (``gwproxy sim --reasoning``) thinks first: ``reasoning_content`` pieces,
+  then the answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +34,10 @@ _TEXT = (
     "nothing is buffered or lost on the way because each chunk is written at once"
 )
 WORDS = tuple(_TEXT.split())
+# Words with two-, three- and four-byte UTF-8 characters: the vocabulary of a model whose bytes
+# are split across writes (``gwproxy sim --split-writes``), so a relay that decodes a partial
+# character is caught.
+UNICODE_WORDS = (*WORDS, "naïve", "café", "über", "→", "日本語", "🙂", "Ωmega")
 
 
 class RequestError(Exception):
@@ -82,6 +96,17 @@ def render_chat(messages: Any) -> str:
     return "".join(out)
 
 
+def token_id(piece: str) -> int:
+    """The token id of an output piece (stable, within a 32-bit vocabulary)."""
+    return zlib.crc32(piece.encode()) & 0x7FFFFFFF
+
+
+def logprob(piece: str, rank: int = 0) -> float:
+    """The log-probability of ``piece`` as the ``rank``-th most likely token (0 = the one sampled)."""
+    base = (zlib.crc32(piece.encode()) % 1000) / 1000
+    return -round(0.05 + base * 0.5 + rank * 1.25, 6)
+
+
 @dataclass(slots=True)
 class ToolCall:
     id: str
@@ -95,15 +120,25 @@ class Choice:
     pieces: list[str] = field(default_factory=list)
     finish_reason: str = "stop"
     stop_reason: str | None = None
-    tool_call: ToolCall | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)  # thought pieces, before the content
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
     @property
+    def tool_call(self) -> ToolCall | None:
+        return self.tool_calls[0] if self.tool_calls else None
+
+    @property
+    def output(self) -> list[str]:
+        """Every generated piece in order: one per token."""
+        return self.reasoning + self.pieces + [a for call in self.tool_calls for a in call.arguments]
+
+    @property
     def tokens(self) -> int:
-        return len(self.pieces) + (len(self.tool_call.arguments) if self.tool_call else 0)
+        return len(self.reasoning) + len(self.pieces) + sum(len(call.arguments) for call in self.tool_calls)
 
 
 @dataclass(slots=True)
@@ -175,10 +210,10 @@ def _rng(digest: bytes | None, params: Params, index: int) -> random.Random:
     return random.Random()
 
 
-def _pieces(rng: random.Random, count: int) -> list[str]:
+def _pieces(rng: random.Random, count: int, words: Sequence[str] = WORDS) -> list[str]:
     pieces = []
     for i in range(count):
-        word = rng.choice(WORDS)
+        word = rng.choice(words)
         if i == 0:
             word = word.capitalize()
         elif rng.random() < 0.08:
@@ -202,44 +237,87 @@ def _apply_stop(choice: Choice, stops: list[str]) -> None:
             return
 
 
+def _value(rng: random.Random, schema: Any, depth: int = 0) -> Any:
+    """A value valid for a (JSON Schema) ``schema``: objects with every property, enums, arrays
+    of one item, numbers within ``minimum``/``maximum``."""
+    if not isinstance(schema, dict):
+        return rng.choice(WORDS)
+    if schema.get("enum"):
+        return rng.choice(schema["enum"])
+    if "const" in schema:
+        return schema["const"]
+    for key in ("anyOf", "oneOf"):
+        if isinstance(schema.get(key), list) and schema[key]:
+            return _value(rng, schema[key][0], depth)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        props = schema.get("properties") or {}
+        if depth > 6:
+            return {}
+        return {name: _value(rng, spec, depth + 1) for name, spec in props.items()}
+    if kind == "array":
+        low = int(schema.get("minItems", 1) or 0)
+        return [_value(rng, schema.get("items"), depth + 1) for _ in range(max(low, 1))]
+    if kind in ("integer", "number"):
+        low = math.ceil(schema.get("minimum", 1))
+        high = math.floor(schema.get("maximum", max(low, 100)))
+        return rng.randint(low, max(low, high))
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    return rng.choice(WORDS)
+
+
 def _tool_arguments(rng: random.Random, tool: dict[str, Any]) -> dict[str, Any]:
     params = (tool.get("function") or {}).get("parameters") or {}
-    props = params.get("properties") or {}
-    args: dict[str, Any] = {}
-    for name, spec in props.items():
-        kind = spec.get("type") if isinstance(spec, dict) else None
-        if isinstance(spec, dict) and spec.get("enum"):
-            args[name] = rng.choice(spec["enum"])
-        elif kind in ("integer", "number"):
-            args[name] = rng.randint(1, 100)
-        elif kind == "boolean":
-            args[name] = rng.random() < 0.5
-        elif kind == "array":
-            args[name] = [rng.choice(WORDS)]
-        else:
-            args[name] = rng.choice(WORDS)
-    return args
+    value = _value(rng, {"type": "object", **params} if isinstance(params, dict) else {})
+    return value if isinstance(value, dict) else {}
 
 
-def _pick_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+def _pick_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tools the model calls: none, the named one, the first, or (``parallel_tool_calls:
+    true``) every tool offered."""
     tools = body.get("tools")
     choice = body.get("tool_choice", "auto")
     if not isinstance(tools, list) or not tools or choice == "none":
-        return None
+        return []
     messages = body.get("messages") or []
     last = messages[-1] if messages else None
     if choice == "auto" and isinstance(last, dict) and last.get("role") == "tool":
-        return None  # the tool answered: now the model speaks
+        return []  # the tool answered: now the model speaks
+    for tool in tools:
+        if not isinstance(tool, dict) or not isinstance((tool.get("function") or {}).get("name"), str):
+            raise RequestError("each tool needs function.name", param="tools")
     if isinstance(choice, dict):
         wanted = (choice.get("function") or {}).get("name")
         for tool in tools:
-            if isinstance(tool, dict) and (tool.get("function") or {}).get("name") == wanted:
-                return tool
+            if tool["function"]["name"] == wanted:
+                return [tool]
         raise RequestError(f"tool_choice names an unknown function {wanted!r}", param="tool_choice")
-    tool = tools[0]
-    if not isinstance(tool, dict) or not isinstance((tool.get("function") or {}).get("name"), str):
-        raise RequestError("each tool needs function.name", param="tools")
-    return tool
+    return list(tools) if body.get("parallel_tool_calls") is True else [tools[0]]
+
+
+def _format_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema ``response_format`` asks the content to follow, if any."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict):
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "object", "properties": {"answer": {"type": "string"}}}
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError("response_format.json_schema needs a 'schema' object", param="response_format")
+        return schema
+    return None
+
+
+def _split(text: str, size: int = 6) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 def generate(
@@ -249,6 +327,8 @@ def generate(
     max_model_len: int,
     digest: bytes | None,
     count: int = 1,
+    reasoning: bool = False,
+    words: Sequence[str] = WORDS,
 ) -> list[Choice]:
     """The output of ``count`` prompts × ``n`` choices. Raises ``RequestError`` on overflow."""
     if prompt_tokens >= max_model_len:
@@ -268,26 +348,40 @@ def generate(
             param="max_tokens",
         )
     limit = params.max_tokens if params.max_tokens is not None else budget
-    tool = _pick_tool(body)
+    tools = _pick_tools(body)
+    schema = _format_schema(body)
     choices = []
     for index in range(count * params.n):
         rng = _rng(digest, params, index)
         choice = Choice(index=index)
-        if tool is not None:
-            name = tool["function"]["name"]
-            args = orjson.dumps(_tool_arguments(rng, tool)).decode()
-            pieces = [args[i : i + 6] for i in range(0, len(args), 6)]
-            call_id = "chatcmpl-tool-" + f"{rng.getrandbits(128):032x}"
-            choice.tool_call = ToolCall(call_id, name, pieces[:limit])
-            choice.finish_reason = "tool_calls" if len(pieces) <= limit else "length"
+        left = limit
+        if reasoning:
+            choice.reasoning = _pieces(rng, min(left, rng.randint(4, 12)), words)
+            left -= len(choice.reasoning)
+        if tools:
+            wanted = 0
+            for tool in tools:
+                pieces = _split(orjson.dumps(_tool_arguments(rng, tool)).decode())
+                wanted += len(pieces)
+                call_id = "chatcmpl-tool-" + f"{rng.getrandbits(128):032x}"
+                choice.tool_calls.append(ToolCall(call_id, tool["function"]["name"], pieces[: max(left, 0)]))
+                left -= min(max(left, 0), len(pieces))
+            made = sum(len(call.arguments) for call in choice.tool_calls)
+            choice.finish_reason = "tool_calls" if made == wanted else "length"
+            choices.append(choice)
+            continue
+        if schema is not None:
+            pieces = _split(orjson.dumps(_value(rng, schema)).decode())
+            choice.pieces = pieces[:left]
+            choice.finish_reason = "length" if len(pieces) > left else "stop"
             choices.append(choice)
             continue
         natural = max(rng.randint(12, 48), params.min_tokens)
-        if params.ignore_eos or natural > limit:
-            choice.pieces = _pieces(rng, limit)
+        if params.ignore_eos or natural > left:
+            choice.pieces = _pieces(rng, left, words)
             choice.finish_reason = "length"
         else:
-            choice.pieces = _pieces(rng, natural)
+            choice.pieces = _pieces(rng, natural, words)
         _apply_stop(choice, params.stop)
         choices.append(choice)
     return choices

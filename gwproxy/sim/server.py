@@ -9,6 +9,8 @@ that goes away mid-generation is counted as ``finished_reason="abort"`` in
 from __future__ import annotations
 
 import asyncio
+import base64
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +37,8 @@ class SimConfig:
     seed: int | None = None
     embedding_dim: int = 64
     capacity: int = 256  # requests that fit the simulated KV cache at once
+    reasoning: bool = False  # a reasoning model: reasoning_content before the answer
+    split_writes: bool = False  # each event in several writes, UTF-8 characters cut in two
 
     @property
     def root(self) -> str:
@@ -116,6 +120,35 @@ def _identity(
     return f"{prefix}-{request_id or digest[:16].hex()}", created, digest
 
 
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
+
+
+def _extras(body: dict[str, Any], chat: bool, prompts: list[str], n: int) -> wire.Extras:
+    """What the request asks for beyond the text; refused as vLLM refuses it."""
+    token_ids = body.get("return_token_ids") is True
+    ids = tuple(tuple(engine.encode(p)) for p in prompts) if token_ids else ()
+    if chat:
+        wanted, top = body.get("logprobs"), body.get("top_logprobs")
+        top_n = 0 if top is None else top
+        if wanted not in (None, True, False):
+            raise RequestError("logprobs must be a boolean", param="logprobs")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 0):
+            raise RequestError("`top_logprobs` must be a positive value.", param="top_logprobs")
+        if top is not None and top > 0 and wanted is not True:
+            raise RequestError("when using `top_logprobs`, `logprobs` must be set to true.", param="top_logprobs")
+    else:
+        top_value = body.get("logprobs")
+        if top_value is not None and (isinstance(top_value, bool) or not isinstance(top_value, int) or top_value < 0):
+            raise RequestError("logprobs must be a non-negative integer", param="logprobs")
+        wanted, top_n = top_value is not None, top_value or 0
+    if top_n > MAX_LOGPROBS:
+        raise RequestError(
+            f"Requested sample logprobs of {top_n}, which is greater than max allowed: {MAX_LOGPROBS}",
+            param="logprobs",
+        )
+    return wire.Extras(logprobs=wanted is True, top_logprobs=top_n, token_ids=token_ids, prompt_ids=ids, n=n)
+
+
 def _prompts(body: dict[str, Any]) -> list[str]:
     prompt = body.get("prompt")
     if isinstance(prompt, str):
@@ -145,7 +178,11 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
     if api == "responses":
         rid = "resp_" + rid.partition("-")[2]
     longest = max(len(engine.encode(p)) for p in prompts)
-    choices = engine.generate(gen_body, params, longest, cfg.max_model_len, digest, count=len(prompts))
+    extras = _extras(gen_body, chat, prompts, params.n) if api != "responses" else wire.NONE
+    words = engine.UNICODE_WORDS if cfg.split_writes else engine.WORDS
+    choices = engine.generate(
+        gen_body, params, longest, cfg.max_model_len, digest, count=len(prompts), reasoning=cfg.reasoning, words=words
+    )
     completion_tokens = sum(c.tokens for c in choices)
     stream = body.get("stream") is True
     include_usage, continuous = stream_usage(body)
@@ -163,7 +200,7 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
                 payload = orjson.dumps(responses.response(rid, created, model, body, choices[0], prompt_tokens))
             else:
                 make = wire.chat_completion if chat else wire.completion
-                payload = make(rid, created, model, choices, prompt_tokens)
+                payload = make(rid, created, model, choices, prompt_tokens, extras)
             reason = choices[0].finish_reason if choices else "stop"
             return web.Response(body=payload, content_type="application/json")
         events: Iterable[list[bytes]]
@@ -171,7 +208,7 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
             events = responses.stream(rid, created, model, body, choices[0], prompt_tokens)
         else:
             make_stream: Callable[..., Iterator[list[bytes]]] = wire.chat_stream if chat else wire.completion_stream
-            events = make_stream(rid, created, model, choices, prompt_tokens, include_usage, continuous)
+            events = make_stream(rid, created, model, choices, prompt_tokens, include_usage, continuous, extras)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await resp.prepare(request)
         first = True
@@ -185,7 +222,10 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
                 metrics.itl.observe(now - last)
             last, first = now, False
             for data in step:
-                await resp.write(data)
+                for part in _parts(data) if cfg.split_writes else (data,):
+                    await resp.write(part)
+                    if cfg.split_writes:
+                        await asyncio.sleep(0.001)  # its own TCP segment, so its own read
             metrics.generation.inc(len(step))
         reason = choices[0].finish_reason if choices else "stop"
         return resp
@@ -195,6 +235,14 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
         metrics.kv.set(min(1.0, metrics.active / cfg.capacity))
         metrics.success.labels(metrics.model, reason).inc()
         metrics.e2e.observe(time.monotonic() - started)
+
+
+def _parts(data: bytes) -> list[bytes]:
+    """An event cut in three: inside its first multi-byte UTF-8 character (or in the middle when
+    it has none), and just before its terminating blank line."""
+    cut = next((i + 1 for i, b in enumerate(data) if b >= 0xC0), len(data) // 2)
+    cuts = sorted({c for c in (cut, len(data) - 1) if 0 < c < len(data)})
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
 
 async def _sleep(ms: float) -> None:
@@ -233,9 +281,15 @@ async def embeddings(request: web.Request) -> web.Response:
     dims = body.get("dimensions") or cfg.embedding_dim
     if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= MAX_DIMENSIONS:
         raise RequestError(f"dimensions must be an integer from 1 to {MAX_DIMENSIONS}", param="dimensions")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise RequestError("encoding_format must be 'float' or 'base64'", param="encoding_format")
     tokens = sum(len(engine.encode(t)) for t in inputs)
     rid, created, _ = _identity(cfg, body, "embd", request.headers.get("X-Request-ID"))
-    data = [{"index": i, "object": "embedding", "embedding": engine.embedding(t, dims)} for i, t in enumerate(inputs)]
+    data = [
+        {"index": i, "object": "embedding", "embedding": _encoded(engine.embedding(t, dims), encoding)}
+        for i, t in enumerate(inputs)
+    ]
     payload = {
         "id": rid,
         "object": "list",
@@ -247,10 +301,16 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
 
-async def models(request: web.Request) -> web.Response:
-    cfg = request.app[SIM_CONFIG]
+def _encoded(vector: list[float], encoding: str) -> list[float] | str:
+    """As vLLM sends it: floats, or base64 of little-endian float32s."""
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _cards(cfg: SimConfig) -> list[dict[str, Any]]:
     created = 1_700_000_000 if cfg.seed is not None else int(time.time())
-    cards: list[dict[str, Any]] = [
+    return [
         {
             "id": name,
             "object": "model",
@@ -263,7 +323,20 @@ async def models(request: web.Request) -> web.Response:
         }
         for name in cfg.models
     ]
+
+
+async def models(request: web.Request) -> web.Response:
+    cards = _cards(request.app[SIM_CONFIG])
     return web.Response(body=orjson.dumps({"object": "list", "data": cards}), content_type="application/json")
+
+
+async def model(request: web.Request) -> web.Response:
+    """One model card (the SDK's ``models.retrieve``); 404 ``NotFoundError`` for another name."""
+    name = request.match_info["name"]
+    for card in _cards(request.app[SIM_CONFIG]):
+        if card["id"] == name:
+            return web.Response(body=orjson.dumps(card), content_type="application/json")
+    raise RequestError(f"The model `{name}` does not exist.", status=404)
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -323,6 +396,7 @@ def create_sim_app(cfg: SimConfig) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/responses", responses_)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/health", health)

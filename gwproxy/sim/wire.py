@@ -7,10 +7,12 @@ format"), so what the gateway relays in tests is what it would relay from vLLM.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from gwproxy.sim import engine
 from gwproxy.sim.engine import Choice
 
 DONE = b"data: [DONE]\n\n"
@@ -37,39 +39,113 @@ def usage(prompt: int, completion: int, details: bool = True) -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """What a request asked for beyond the text, as vLLM reads it: ``logprobs`` (chat: a
+    boolean, with ``top_logprobs`` alternatives; completions: the number of alternatives) and
+    ``return_token_ids`` (vLLM ≥ 0.10.2: the prompt's and each choice's token ids)."""
+
+    logprobs: bool = False
+    top_logprobs: int = 0
+    token_ids: bool = False
+    prompt_ids: tuple[tuple[int, ...], ...] = ()  # per prompt; choice i belongs to prompt i // n
+    n: int = 1
+
+    def prompt_of(self, index: int) -> list[int] | None:
+        if not self.token_ids or not self.prompt_ids:
+            return None
+        return list(self.prompt_ids[min(index // max(self.n, 1), len(self.prompt_ids) - 1)])
+
+
+NONE = Extras()
+
+
+def _ids(extras: Extras, pieces: list[str]) -> list[int] | None:
+    return [engine.token_id(p) for p in pieces] if extras.token_ids else None
+
+
+def _chat_logprobs(extras: Extras, pieces: list[str]) -> dict[str, Any] | None:
+    """``{"content": [...]}`` for ``pieces``: each token, its log-probability, its bytes and the
+    ``top_logprobs`` most likely alternatives (the sampled token first)."""
+    if not extras.logprobs:
+        return None
+    content = []
+    for piece in pieces:
+        top = [
+            {"token": alt, "logprob": engine.logprob(piece, rank), "bytes": list(alt.encode())}
+            for rank, alt in enumerate(_alternatives(piece, extras.top_logprobs))
+        ]
+        content.append(
+            {"token": piece, "logprob": engine.logprob(piece), "bytes": list(piece.encode()), "top_logprobs": top}
+        )
+    return {"content": content}
+
+
+def _alternatives(piece: str, count: int) -> list[str]:
+    out = [piece]
+    for word in engine.WORDS:
+        if len(out) >= count:
+            break
+        if word != piece.strip():
+            out.append(" " + word)
+    return out[:count]
+
+
+def _completion_logprobs(extras: Extras, pieces: list[str], offset: int = 0) -> dict[str, Any] | None:
+    """vLLM's legacy completion logprobs: text offsets, token log-probabilities, tokens and the
+    top alternatives per token."""
+    if not extras.logprobs:
+        return None
+    offsets, at = [], offset
+    for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+    top = [
+        {alt: engine.logprob(p, rank) for rank, alt in enumerate(_alternatives(p, max(extras.top_logprobs, 1)))}
+        for p in pieces
+    ]
+    return {
+        "text_offset": offsets,
+        "token_logprobs": [engine.logprob(p) for p in pieces],
+        "tokens": list(pieces),
+        "top_logprobs": top,
+    }
+
+
 def _tool_calls(choice: Choice) -> list[dict[str, Any]]:
-    call = choice.tool_call
-    if call is None:
-        return []
     return [
         {
             "id": call.id,
             "type": "function",
             "function": {"name": call.name, "arguments": "".join(call.arguments)},
         }
+        for call in choice.tool_calls
     ]
 
 
-def chat_completion(rid: str, created: int, model: str, choices: list[Choice], prompt_tokens: int) -> bytes:
+def chat_completion(
+    rid: str, created: int, model: str, choices: list[Choice], prompt_tokens: int, extras: Extras = NONE
+) -> bytes:
     out = []
     for c in choices:
         message = {
             "role": "assistant",
-            "content": None if c.tool_call else c.text,
+            "content": None if c.tool_calls else c.text,
             "refusal": None,
             "annotations": None,
             "audio": None,
             "function_call": None,
             "tool_calls": _tool_calls(c),
-            "reasoning_content": None,
+            "reasoning_content": "".join(c.reasoning) if c.reasoning else None,
         }
         out.append(
             {
                 "index": c.index,
                 "message": message,
-                "logprobs": None,
+                "logprobs": _chat_logprobs(extras, c.output),
                 "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason,
+                "token_ids": _ids(extras, c.output),
             }
         )
     return orjson.dumps(
@@ -83,20 +159,25 @@ def chat_completion(rid: str, created: int, model: str, choices: list[Choice], p
             "system_fingerprint": None,
             "usage": usage(prompt_tokens, sum(c.tokens for c in choices)),
             "prompt_logprobs": None,
+            "prompt_token_ids": extras.prompt_of(0),
             "kv_transfer_params": None,
         }
     )
 
 
-def completion(rid: str, created: int, model: str, choices: list[Choice], prompt_tokens: int) -> bytes:
+def completion(
+    rid: str, created: int, model: str, choices: list[Choice], prompt_tokens: int, extras: Extras = NONE
+) -> bytes:
     out = [
         {
             "index": c.index,
             "text": c.text,
-            "logprobs": None,
+            "logprobs": _completion_logprobs(extras, c.pieces),
             "finish_reason": c.finish_reason,
             "stop_reason": c.stop_reason,
+            "token_ids": _ids(extras, c.pieces),
             "prompt_logprobs": None,
+            "prompt_token_ids": extras.prompt_of(c.index),
         }
         for c in choices
     ]
@@ -115,6 +196,19 @@ def completion(rid: str, created: int, model: str, choices: list[Choice], prompt
     )
 
 
+def _chat_deltas(c: Choice) -> list[tuple[dict[str, Any], str | None]]:
+    """A choice's deltas after the role chunk, one per step: (delta, the token it carries).
+    A tool call opens with its id and name (no token), then its arguments piece by piece."""
+    out: list[tuple[dict[str, Any], str | None]] = []
+    out += [({"reasoning_content": p}, p) for p in c.reasoning]
+    out += [({"content": p}, p) for p in c.pieces]
+    for k, call in enumerate(c.tool_calls):
+        head = {"id": call.id, "type": "function", "index": k, "function": {"name": call.name, "arguments": ""}}
+        out.append(({"tool_calls": [head]}, None))
+        out += [({"tool_calls": [{"index": k, "function": {"arguments": a}}]}, a) for a in call.arguments]
+    return out
+
+
 def chat_stream(
     rid: str,
     created: int,
@@ -123,59 +217,66 @@ def chat_stream(
     prompt_tokens: int,
     include_usage: bool,
     continuous: bool = False,
+    extras: Extras = NONE,
 ) -> Iterator[list[bytes]]:
     """Steps of a chat stream: each step is the events vLLM writes after one decode step. With
     ``continuous`` (``continuous_usage_stats``, which needs ``include_usage``) every chunk also
-    carries the usage so far: the prompt, and the tokens its choice has generated."""
+    carries the usage so far: the prompt, and the tokens its choice has generated.
+
+    As vLLM ≥ 0.10.2 writes them: the role chunk carries ``prompt_token_ids`` (null unless
+    ``return_token_ids``), every later choice ``token_ids``; a tool call's header rides the step
+    of its first argument (the first call's, the role chunk's step)."""
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
     made = dict.fromkeys((c.index for c in choices), 0)
 
-    def chunk(index: int, delta: dict[str, Any], finish: Choice | None = None) -> bytes:
-        choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": None}
+    def chunk(index: int, delta: dict[str, Any], token: str | None, finish: Choice | None = None) -> bytes:
+        tokens = [token] if token is not None else []
+        choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": _chat_logprobs(extras, tokens)}
         choice["finish_reason"] = finish.finish_reason if finish else None
         if finish is not None:
             choice["stop_reason"] = finish.stop_reason
+        choice["token_ids"] = _ids(extras, tokens)
         out: dict[str, Any] = {**head, "choices": [choice]}
         if continuous:
             out["usage"] = usage(prompt_tokens, made[index], False)
         return event(out)
 
+    def role(index: int) -> bytes:
+        choice = {
+            "index": index,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        out: dict[str, Any] = {**head, "choices": [choice]}
+        if continuous:
+            out["usage"] = usage(prompt_tokens, 0, False)
+        out["prompt_token_ids"] = extras.prompt_of(index)
+        return event(out)
+
+    deltas = {c.index: _chat_deltas(c) for c in choices}
     first = []
     for c in choices:
-        first.append(chunk(c.index, {"role": "assistant", "content": ""}))
-        if c.tool_call:
-            call = c.tool_call
-            first.append(
-                chunk(
-                    c.index,
-                    {
-                        "tool_calls": [
-                            {
-                                "id": call.id,
-                                "type": "function",
-                                "index": 0,
-                                "function": {"name": call.name, "arguments": ""},
-                            }
-                        ]
-                    },
-                )
-            )
+        first.append(role(c.index))
+        plan = deltas[c.index]
+        if plan and plan[0][1] is None:  # a tool call's header before any token
+            first.append(chunk(c.index, plan.pop(0)[0], None))
     yield first
     steps = max((c.tokens for c in choices), default=0)
-    for t in range(steps):
+    for _ in range(steps):
         step = []
         for c in choices:
-            if t < c.tokens:
-                made[c.index] = t + 1
-            if c.tool_call and t < len(c.tool_call.arguments):
-                delta: dict[str, Any] = {
-                    "tool_calls": [{"index": 0, "function": {"arguments": c.tool_call.arguments[t]}}]
-                }
-                step.append(chunk(c.index, delta))
-            elif not c.tool_call and t < len(c.pieces):
-                step.append(chunk(c.index, {"content": c.pieces[t]}))
+            plan = deltas[c.index]
+            while plan:
+                delta, token = plan.pop(0)
+                if token is not None:
+                    made[c.index] += 1
+                step.append(chunk(c.index, delta, token))
+                if token is not None:
+                    break
         yield step
-    tail = [chunk(c.index, {"content": ""} if not c.tool_call else {}, c) for c in choices]
+    tail = [chunk(c.index, delta, None) for c in choices for delta, _ in deltas[c.index]]  # headers left over
+    tail += [chunk(c.index, {"content": ""} if not c.tool_calls else {}, None, c) for c in choices]
     if include_usage:
         completion_tokens = sum(c.tokens for c in choices)
         tail.append(event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, False)}))
@@ -191,31 +292,42 @@ def completion_stream(
     prompt_tokens: int,
     include_usage: bool,
     continuous: bool = False,
+    extras: Extras = NONE,
 ) -> Iterator[list[bytes]]:
-    """Steps of a text-completion stream, as ``chat_stream``."""
+    """Steps of a text-completion stream, as ``chat_stream``; every chunk's choice carries
+    ``prompt_token_ids`` (the prompt's on the choice's first chunk when asked) and ``token_ids``."""
     head = {"id": rid, "object": "text_completion", "created": created, "model": model}
+    offsets = dict.fromkeys((c.index for c in choices), 0)
+    sent_prompt: set[int] = set()
 
-    def chunk(index: int, text: str, made: int, finish: Choice | None = None) -> bytes:
+    def chunk(c: Choice, pieces: list[str], made: int, finish: bool = False) -> bytes:
+        prompt_ids = None
+        if c.index not in sent_prompt:
+            sent_prompt.add(c.index)
+            prompt_ids = extras.prompt_of(c.index)
         out: dict[str, Any] = {
             **head,
             "choices": [
                 {
-                    "index": index,
-                    "text": text,
-                    "logprobs": None,
-                    "finish_reason": finish.finish_reason if finish else None,
-                    "stop_reason": finish.stop_reason if finish else None,
+                    "index": c.index,
+                    "text": "".join(pieces),
+                    "logprobs": _completion_logprobs(extras, pieces, offsets[c.index]),
+                    "finish_reason": c.finish_reason if finish else None,
+                    "stop_reason": c.stop_reason if finish else None,
+                    "prompt_token_ids": prompt_ids,
+                    "token_ids": _ids(extras, pieces),
                 }
             ],
         }
+        offsets[c.index] += sum(len(p) for p in pieces)
         if continuous:
             out["usage"] = usage(prompt_tokens, made, False)
         return event(out)
 
     steps = max((len(c.pieces) for c in choices), default=0)
     for t in range(steps):
-        yield [chunk(c.index, c.pieces[t], t + 1) for c in choices if t < len(c.pieces)]
-    tail = [chunk(c.index, "", len(c.pieces), c) for c in choices]
+        yield [chunk(c, [c.pieces[t]], t + 1) for c in choices if t < len(c.pieces)]
+    tail = [chunk(c, [], len(c.pieces), True) for c in choices]
     if include_usage:
         completion_tokens = sum(c.tokens for c in choices)
         tail.append(event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, False)}))

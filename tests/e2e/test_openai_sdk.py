@@ -79,6 +79,40 @@ def test_completions_embeddings_and_models(client: OpenAI) -> None:
     assert MODEL in {m.id for m in client.models.list()}
 
 
+def test_parallel_tool_calls_logprobs_and_model_card(client: OpenAI) -> None:
+    """vLLM features the SDK parses, through the gateway: parallel tool-call deltas assembled by
+    index, token logprobs, token ids (vLLM's extra fields), one model's card by alias."""
+    tools = [
+        {"type": "function", "function": {"name": name, "parameters": {"properties": {"q": {"type": "string"}}}}}
+        for name in ("search", "lookup")
+    ]
+    stream = client.chat.completions.create(
+        model="current",
+        messages=MESSAGES,
+        tools=tools,
+        parallel_tool_calls=True,
+        stream=True,  # type: ignore[arg-type]
+    )
+    calls: dict[int, list[str]] = {}
+    for chunk in stream:
+        for delta in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            entry = calls.setdefault(delta.index, ["", ""])
+            entry[0] += (delta.function and delta.function.name) or ""
+            entry[1] += (delta.function and delta.function.arguments) or ""
+    assert [calls[i][0] for i in sorted(calls)] == ["search", "lookup"]
+    assert all('"q"' in calls[i][1] for i in calls)
+
+    resp = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=3, logprobs=True, top_logprobs=2,  # type: ignore[arg-type]
+        extra_body={"return_token_ids": True},
+    )  # fmt: skip
+    assert resp.choices[0].logprobs is not None and len(resp.choices[0].logprobs.content or []) == 3
+    assert len(resp.choices[0].model_extra["token_ids"]) == 3  # type: ignore[index]
+    assert client.models.retrieve("current").id == MODEL
+    emb = client.embeddings.create(model=MODEL, input="a", encoding_format="base64")
+    assert isinstance(emb.data[0].embedding, str)
+
+
 async def test_async_client(gateway: Gateway) -> None:
     async with AsyncOpenAI(base_url=gateway.url + "/v1", api_key=gateway.key, max_retries=0) as client:
         resp = await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)  # type: ignore[arg-type]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +16,7 @@ import orjson
 import pytest
 
 from tests.conftest import MODEL, start_app
+from tests.procs import start_sim
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 6}
 
@@ -140,5 +143,36 @@ async def test_a_concurrency_refusal_waits_as_long_as_requests_run(paced_sim: in
             reply = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
             assert reply.choices[0].message.content
             await stream
+    finally:
+        await server.close()
+
+
+@pytest.fixture(scope="module")
+def split_sim(log_dir: Path) -> Iterator[int]:
+    """A seeded simulator that writes each event in three parts, cutting UTF-8 characters."""
+    proc, port = start_sim(log_dir, "--seed", "7", "--model", MODEL, "--split-writes", name="split-sim")
+    proc.wait_http(f"http://127.0.0.1:{port}/health")
+    yield port
+    proc.stop()
+
+
+@pytest.mark.parametrize("options", [None, {}, {"include_usage": False}, {"continuous_usage_stats": True}])
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+async def test_events_split_across_reads_are_relayed_and_stripped_intact(
+    split_sim: int, options: dict[str, Any] | None, route: str
+) -> None:
+    """Events and UTF-8 characters cut across the upstream's writes reach the client byte for byte,
+    also when the gateway strips the usage event it asked for (``None``, ``include_usage: false``)."""
+    server = await start_app(split_sim)
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": 24, "ignore_eos": True, "stream": True}
+    body.update({"messages": CHAT["messages"]} if route.endswith("chat/completions") else {"prompt": "Say it."})
+    if options is not None:
+        body["stream_options"] = options
+    try:
+        async with aiohttp.ClientSession() as s:
+            direct = await _post(s, f"http://127.0.0.1:{split_sim}{route}", body, "split-1")
+            through = await _post(s, str(server.make_url(route)), body, "split-1")
+        assert through == direct
+        assert any(ord(ch) > 127 for ch in direct[1].decode())  # multi-byte characters were in play
     finally:
         await server.close()
