@@ -227,6 +227,7 @@ class SwitchConfig:
     hardware: str = _key("")
     reserve_gib: float = _key(1.5, _non_negative)
     start_on_boot: bool = _key(True)
+    boot_fallback: bool = _key(True)
     stop_on_exit: bool = _key(False)
     hold_seconds: float = _key(30.0, _non_negative)
     drain_seconds: float = _key(60.0, _non_negative)

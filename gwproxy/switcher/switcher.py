@@ -71,6 +71,7 @@ class Switcher:
         self.instance: Instance | None = None
         self.job: Job | None = None
         self.error: str | None = None  # why the backend is unusable, or an interrupted switch was given up
+        self.boot: dict[str, Any] | None = None  # what boot started instead of the default, and why
         self._task: asyncio.Task[None] | None = None
         self._read_hardware = read_hardware
         self._load_profiles = load_profiles
@@ -106,6 +107,7 @@ class Switcher:
                 "error": up.error,
             },
             "error": self.error,
+            "boot": self.boot,
             "gate": {"open": self.gate.is_open, "reason": self.gate.reason or None, "in_flight": self.gate.inflight},
             "job": self.job.public() if self.job else None,
             "hardware": (await self.hardware()).public(),
@@ -217,7 +219,33 @@ class Switcher:
         if found is not None or pending is not None:
             self._task = asyncio.create_task(self._restart(found, pending), name="gwproxy-switch-recover")
         elif self.cfg.start_on_boot and self.profiles.default is not None:
-            self.switch(self.profiles.default.id)
+            chosen = self._boot_profile(self.profiles.default, await self.hardware(max_age=0))
+            if chosen is not None:
+                self.switch(chosen)
+
+    def _boot_profile(self, default: Profile, hardware: Hardware) -> str | None:
+        """The profile to start on boot: the default when it fits; else (``boot_fallback``) the
+        profile that fits best, both logged with what the default needs against what is here."""
+        fit = planner.plan(default, hardware, self.cfg.reserve_gib)
+        if fit.fits:
+            return default.id
+        _log.error("default profile does not fit the GPUs", profile=default.id, reason=fit.reason)
+        best = next(
+            (p for p in planner.recommend(self.profiles.profiles.values(), hardware, self.cfg.reserve_gib) if p.fits),
+            None,
+        )
+        if not self.cfg.boot_fallback or best is None:
+            why = "switch.boot_fallback is off" if best is not None else "no profile fits either"
+            self.error = f"the default profile '{default.id}' was not started: {fit.reason}; {why}"
+            self.boot = {"default": default.id, "started": None, "reason": fit.reason}
+            _log.error("no model started on boot", profile=default.id, reason=why)
+            return None
+        self.boot = {"default": default.id, "started": best.profile_id, "reason": fit.reason}
+        _log.warning(
+            "starting the best-fitting profile instead of the default",
+            default=default.id, profile=best.profile_id, plan=best.reason,
+        )  # fmt: skip
+        return best.profile_id
 
     async def _restart(self, found: Instance | None, pending: intent.Intent | None) -> None:
         """Recover the instance the backend left running, then resume the switch a previous gateway

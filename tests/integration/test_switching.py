@@ -19,7 +19,16 @@ import pytest
 from tests.conftest import Gateway, provision
 from tests.podman import SIM_FLAGS, SIM_IMAGE, Podman
 from tests.procs import Proc, free_port
-from tests.switching import chat_load, collect_events, get_json, switch, wait_status, write_profile, write_test_profiles
+from tests.switching import (
+    TINY,
+    chat_load,
+    collect_events,
+    get_json,
+    switch,
+    wait_status,
+    write_profile,
+    write_test_profiles,
+)
 
 SIM = " ".join([sys.executable, "-m", "gwproxy", "sim", *SIM_FLAGS])
 
@@ -266,5 +275,38 @@ async def test_a_switch_interrupted_too_often_is_reported_failed(
                         assert "interrupted by 2 gateway restarts" in raw.decode()
                         break
         assert "interrupted switch not resumed" in gw.proc.output()
+    finally:
+        gw.proc.stop()
+
+
+async def test_a_default_profile_too_big_is_logged_and_the_best_fitting_one_started(
+    switching_env: tuple[dict[str, str], int, Path], tmp_path: Path
+) -> None:
+    """The default needs more than the GPUs have: boot logs need against have, starts the profile
+    that fits best instead, and status says so; with ``boot_fallback`` off nothing starts and
+    status says why."""
+    env, upstream, _ = switching_env
+    profiles = Path(env["GWPROXY_SWITCH_PROFILES_DIR"])
+    write_profile(profiles, "alpha")  # no longer the default
+    write_profile(profiles, "huge", default=True, architecture={**TINY, "parameters_b": 500})
+    gw = _start(tmp_path, {**env, "GWPROXY_SWITCH_STOP_ON_EXIT": "true"}, upstream, "gw-boot-fallback")
+    try:
+        async with aiohttp.ClientSession() as s:
+            status = await wait_status(s, gw.url, gw.auth, state="ready", job_done=True)
+            assert status["current_profile"] == "alpha"  # fits, and first of the equals
+            assert status["boot"]["default"] == "huge" and status["boot"]["started"] == "alpha"
+            assert "GiB per GPU" in status["boot"]["reason"] and "each GPU offers" in status["boot"]["reason"]
+            await assert_serving(s, gw, "alpha")
+        out = gw.proc.output()
+        assert "default profile does not fit the GPUs" in out and "starting the best-fitting profile" in out
+    finally:
+        gw.proc.stop()  # stops the model too: the next boot finds none running
+    gw = _start(tmp_path, {**env, "GWPROXY_SWITCH_BOOT_FALLBACK": "false"}, free_port(), "gw-boot-refused")
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{gw.url}/api/models/status", headers=gw.auth) as r:
+                status = await r.json()
+            assert status["state"] == "stopped" and status["boot"]["started"] is None
+            assert "'huge' was not started" in status["error"] and "boot_fallback is off" in status["error"]
     finally:
         gw.proc.stop()
