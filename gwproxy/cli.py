@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import gc
 import os
 import secrets
@@ -65,8 +66,20 @@ async def _serve_app(app: web.Application, server: ServerConfig, reuse_port: boo
         app, guards=server, handler_cancellation=True, access_log=None, shutdown_timeout=server.shutdown_timeout
     )
     await runner.setup()
-    await web.TCPSite(runner, server.host, server.port, reuse_address=True, reuse_port=reuse_port).start()
+    try:
+        await web.TCPSite(runner, server.host, server.port, reuse_address=True, reuse_port=reuse_port).start()
+    except OSError as exc:
+        await runner.cleanup()  # what start-up began (a model the switcher started) is stopped again
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(server.host, server.port) from None
+        raise
     return runner
+
+
+class PortInUse(Exception):
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port}")
+        self.host, self.port = host, port
 
 
 def _free_port() -> int:
@@ -151,13 +164,17 @@ def _worker_config(cfg: Config, index: int) -> Config:
     return dataclasses.replace(cfg, capture=dataclasses.replace(cfg.capture, spool_dir=spool))
 
 
-def _run_server(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
-    """Run a server; a configuration problem found at start-up ends it with a message, exit 2."""
+def _run_server(main: Callable[[asyncio.Event], Awaitable[None]], command: str = "gwproxy serve") -> int:
+    """Run a server; a configuration problem found at start-up ends it with a message, exit 2; a
+    port another server holds, with a one-line message naming another, exit 1."""
     try:
         _run(main)
     except ConfigError as exc:
         print(f"gwproxy: {exc}", file=sys.stderr)
         return 2
+    except PortInUse as exc:
+        print(_port_message(exc.host, exc.port, command), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -202,13 +219,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 BANNER = """
-gwproxy demo is up: the gateway on http://localhost:{port} in front of the bundled vLLM
+gwproxy demo is up: the gateway on http://{host}:{port} in front of the bundled vLLM
 simulator (model "{model}", also reachable as "current"), which it runs and can swap.
-Demo user "demo" (admin), password {password}, API key for this run: {key}
+Demo user "demo" (admin), password {password}, API key: {key}
+(kept in {saved} and reused by the next run; the key expires in 30 days)
 
 Try it with curl:
 
-curl http://localhost:{port}/v1/chat/completions \\
+curl http://{host}:{port}/v1/chat/completions \\
   -H 'Authorization: Bearer {key}' \\
   -H 'Content-Type: application/json' \\
   -d '{{"model": "current", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
@@ -217,7 +235,7 @@ or with the OpenAI SDK (pip install openai):
 
 python - <<'PY'
 from openai import OpenAI
-client = OpenAI(base_url="http://localhost:{port}/v1", api_key="{key}")
+client = OpenAI(base_url="http://{host}:{port}/v1", api_key="{key}")
 stream = client.chat.completions.create(
     model="current", messages=[{{"role": "user", "content": "Hello!"}}], stream=True
 )
@@ -229,13 +247,13 @@ PY
 
 Swap the model (the second demo profile) and watch it happen:
 
-curl -X POST http://localhost:{port}/api/models/switch -H 'Authorization: Bearer {key}' \\
+curl -X POST http://{host}:{port}/api/models/switch -H 'Authorization: Bearer {key}' \\
   -H 'Content-Type: application/json' -d '{{"profile_id": "demo-model-large"}}'
-curl -N http://localhost:{port}/api/models/events -H 'Authorization: Bearer {key}'
+curl -N http://{host}:{port}/api/models/events -H 'Authorization: Bearer {key}'
 
 Examples: examples/ (GWPROXY_API_KEY={key} python examples/chat.py)
-Health: http://localhost:{port}/health   Metrics: http://localhost:{port}/metrics
-API docs: http://localhost:{port}/docs
+Health: http://{host}:{port}/health   Metrics: http://{host}:{port}/metrics
+API docs: http://{host}:{port}/docs
 Press Ctrl-C to stop.
 """
 
@@ -270,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args,
         {
             "server.port": args.port,
-            "server.host": args.host,
+            "server.host": args.host or "127.0.0.1",  # a demo is for this machine unless told otherwise
             "upstream.base_url": f"http://127.0.0.1:{sim_port}/v1",
             "upstream.poll_interval": 1.0,
             "switch.backend": "process",
@@ -286,9 +304,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         },
     )
     logconf.configure(cfg.server.log_level, json=False)
+    if _port_taken(cfg.server.host, cfg.server.port):  # say so before starting anything
+        shutil.rmtree(work, ignore_errors=True)
+        print(_port_message(cfg.server.host, cfg.server.port, "gwproxy demo"), file=sys.stderr)
+        return 1
 
     async def main(stop: asyncio.Event) -> None:
-        key, password = await _demo_account(cfg)
+        key, password = await _demo_account(cfg, _demo_credentials(cfg))
         app = create_app(cfg, demo=True)
         gateway = await _serve_app(app, cfg.server)
         switcher = app[SWITCHER]
@@ -296,19 +318,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if switcher.state.value in ("ready", "failed") or stop.is_set():
                 break
             await asyncio.sleep(0.1)
-        print(BANNER.format(port=cfg.server.port, model=switcher.current, key=key, password=password), flush=True)
+        host = "localhost" if cfg.server.host in ("127.0.0.1", "0.0.0.0", "::", "") else cfg.server.host
+        banner = BANNER.format(
+            host=host, port=cfg.server.port, model=switcher.current, key=key, password=password,
+            saved=_demo_credentials(cfg),
+        )  # fmt: skip
+        print(banner, flush=True)
         await stop.wait()
         await gateway.cleanup()  # stops the simulator too (switch.stop_on_exit)
 
     try:
-        return _run_server(main)
+        return _run_server(main, "gwproxy demo")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def _demo_account(cfg: Config) -> tuple[str, str]:
-    """Migrate the demo database and give its demo user a fresh password and API key (both are
-    stored only as hashes, so each start makes new ones to print)."""
+DEMO_KEY_DAYS = 30  # a demo key left behind stops working on its own
+
+
+def _demo_credentials(cfg: Config) -> Path:
+    """Where the demo keeps its password and key for the next run: ``.gwproxy/demo.json`` beside
+    its SQLite database (mode 0600)."""
+    return Path(cfg.database.sqlite_path).resolve().parent / ".gwproxy" / "demo.json"
+
+
+async def _demo_account(cfg: Config, saved: Path) -> tuple[str, str]:
+    """Migrate the demo database and return the demo user's password and API key: the ones the
+    last run saved while they still work, else new ones (the database keeps only their hashes,
+    so they are saved for the next run in ``saved``, readable by this user only). The key expires
+    after ``DEMO_KEY_DAYS``."""
+    import json
+
     from gwproxy.auth.tokens import TokenCodec
     from gwproxy.auth.users import UserService
     from gwproxy.errors import NotFound
@@ -319,16 +359,46 @@ async def _demo_account(cfg: Config) -> tuple[str, str]:
     try:
         await migrator.upgrade(engine)
         users = UserService(engine, TokenCodec(cfg.auth, demo=True), cfg.auth.refresh_expire_days)
+        try:
+            last = json.loads(await asyncio.to_thread(saved.read_text))
+            key, password = str(last["key"]), str(last["password"])
+            if await users.resolve_key(key) is not None and await users.authenticate("demo", password) is not None:
+                return key, password
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # first run, or a file from elsewhere: make new ones
         password = secrets.token_urlsafe(12)
         try:
             user = await users.find_user("demo")
             await users.set_password(user.id, password)
         except NotFound:
             user = await users.create_user("demo", password, "admin")
-        key, _ = await users.create_key(user.id, "make run")
+        key, _ = await users.create_key(user.id, "make run", expires_days=DEMO_KEY_DAYS)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"key": key, "password": password}, out)
         return key, password
     finally:
         await engine.dispose()
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound (another server has it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def _port_message(host: str, port: int, command: str) -> str:
+    return (
+        f"gwproxy: port {port} on {host} is already in use (another gateway?); "
+        f"choose another: {command} --port {port + 1}"
+        + (f"  (make run PORT={port + 1})" if command.endswith("demo") else "")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", parents=[common], help="the gateway in front of a bundled simulator, on embedded defaults"
     )
-    demo.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    demo.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
     demo.add_argument("--port", type=int, help="port to listen on (default 8080)")
     demo.set_defaults(func=cmd_demo)
 
