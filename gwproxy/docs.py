@@ -113,6 +113,7 @@ class ModelsStatus(Schema):
     served_models = fields.List(fields.String(), required=True)
     upstream = fields.Dict(required=True)
     error = fields.String(required=True, allow_none=True)
+    boot = fields.Dict(required=True, allow_none=True)  # default, started, reason: a default that did not fit
     gate = fields.Dict(required=True)
     job = fields.Dict(required=True, allow_none=True)
     hardware = fields.Dict(required=True)
@@ -236,7 +237,8 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", "/api/models/switch", "Switch the served model (202 + job; 200 for a dry run)", "models", SwitchBody,
        SwitchAnswer, status=202, access=ADMIN, errors=(400, 404, 409)),
     Op("post", "/api/models/reload", "Re-read the profile files", "models", None, Reloaded, access=ADMIN),
-    Op("get", "/api/models/events", "Switch progress as Server-Sent Events", "models", None, "events"),
+    Op("get", "/api/models/events", "Switch progress as Server-Sent Events, ending with the job", "models", None,
+       "events", query={"follow": "true: stay open across switches (default false)"}),
     Op("get", "/api/conversations", "Your conversations, newest first", "conversations", None, ConversationPage,
        errors=(400,), query={"limit": "1 to 100 (default 20)", "cursor": "next_cursor of the previous page",
                              "model": "only this model", "since": "ISO date or time", "until": "ISO date or time",

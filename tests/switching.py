@@ -113,8 +113,10 @@ async def switch(
 async def collect_events(
     session: aiohttp.ClientSession, base: str, headers: dict[str, str], profile: str, timeout: float = 60
 ) -> list[dict[str, Any]]:
-    """The /api/models/events stream's events for the next switch to ``profile``, until it is done.
-    Start it before the switch (the stream's first event, ``status``, says it is listening)."""
+    """The /api/models/events stream's events for the next switch to ``profile``, until it is done;
+    the stream must then end by itself. Start it before the switch (the stream's first event,
+    ``status``, says it is listening). Each job event is merged into the job as known so far (the
+    stream sends what changed), and recorded with its size as ``_bytes``."""
     events: list[dict[str, Any]] = []
     limit = aiohttp.ClientTimeout(total=timeout)
     async with session.get(f"{base}/api/models/events", headers=headers, timeout=limit) as r:
@@ -127,7 +129,13 @@ async def collect_events(
             elif line.startswith("data:") and kind == "job":
                 event = json.loads(line[5:])
                 if event["job"]["profile_id"] == profile and not event["job"]["dry_run"]:
-                    events.append(event)
-                    if event["job"]["done"]:
+                    known = dict(events[-1]["job"]) if events else {}
+                    added = event["job"].pop("history", [])
+                    known.update(event["job"])
+                    known["history"] = (known.get("history") if events else []) + added
+                    events.append({**event, "job": known, "_bytes": len(line), "_sent": set(event["job"])})
+                    if known["done"]:
+                        rest = await asyncio.wait_for(r.content.read(), 5)  # the stream ends here
+                        assert b"event: job" not in rest, rest
                         return events
     return events

@@ -10,12 +10,13 @@ and reloading profiles are for admins.
                                                  (200 for a dry run; 409 while another switch runs)
 - ``POST /api/models/reload``                    re-read the profile files
 - ``GET  /api/models/events``                    Server-Sent Events: one ``status`` event, then a
-                                                 ``job`` event per change
+                                                 ``job`` event per change (see ``events``)
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -84,18 +85,61 @@ async def reload(request: web.Request) -> web.Response:
     )
 
 
+# Job fields every job event carries; the others only when they changed since the last event
+# this stream sent for that job (``history``: only the entries added since).
+JOB_ALWAYS = ("id", "profile_id", "dry_run", "state", "phase", "progress", "done", "outcome")
+
+
+def job_delta(job: dict[str, Any], sent: dict[str, Any] | None) -> dict[str, Any]:
+    """What a stream sends for ``job`` after having sent ``sent`` (the job as last sent, or None:
+    everything)."""
+    if sent is None:
+        return job
+    out = {k: job[k] for k in JOB_ALWAYS}
+    for key, value in job.items():
+        if key in JOB_ALWAYS or key == "history":
+            continue
+        if sent.get(key) != value:
+            out[key] = value
+    added = job["history"][len(sent.get("history", [])) :]
+    if added:
+        out["history"] = added
+    return out
+
+
 async def events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: a ``status`` event (the whole status), then a ``job`` event for each
+    change of a switch job: ``{"state", "current_profile", "job"}`` where ``job`` is whole the
+    first time this stream sends that job, and afterwards ``JOB_ALWAYS`` plus what changed. The
+    stream ends after the final event of the switch it watches — the one running when it opened,
+    else the next one started (dry runs are sent but not waited for); ``?follow=true`` keeps it
+    open across switches."""
     switcher = request.app[SWITCHER]
+    follow = request.query.get("follow", "false").lower() in ("1", "true", "yes")
     queue = switcher.subscribe()
+    sent: dict[str, dict[str, Any]] = {}
     try:
         async with sse_response(request, ping_interval=15) as resp:
-            await resp.send(orjson.dumps(await switcher.status()).decode(), event="status")
+            status = await switcher.status()
+            await resp.send(orjson.dumps(status).decode(), event="status")
+            running = status["job"] if status["job"] and not status["job"]["done"] else None
+            watched = running["id"] if running else None
+            if running:
+                sent[running["id"]] = running
             while resp.is_connected():
                 try:
                     event = await asyncio.wait_for(queue.get(), 30)
                 except TimeoutError:
                     continue
-                await resp.send(event.decode(), event="job")
+                job = event["job"]
+                await resp.send(
+                    orjson.dumps({**event, "job": job_delta(job, sent.get(job["id"]))}).decode(), event="job"
+                )
+                sent[job["id"]] = job
+                if watched is None and not job["dry_run"]:
+                    watched = job["id"]
+                if not follow and job["id"] == watched and job["done"]:
+                    break
         return resp
     finally:
         switcher.unsubscribe(queue)

@@ -77,7 +77,7 @@ class Switcher:
         self._load_profiles = load_profiles
         self._hardware: Hardware | None = None
         self._hardware_at = 0.0
-        self._subscribers: set[asyncio.Queue[bytes]] = set()
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._log_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._state_dir = Path(cfg.state_dir)
         self._intent_job: str | None = None  # the job whose intent is on disk
@@ -123,16 +123,17 @@ class Switcher:
 
     # ---- events --------------------------------------------------------------------------------
 
-    def subscribe(self) -> asyncio.Queue[bytes]:
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of events: ``{"state", "current_profile", "job": job.public()}`` per change."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=256)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[bytes]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.discard(queue)
 
     def _publish(self, job: Job) -> None:
-        event = orjson.dumps({"state": self.state.value, "current_profile": self.current, "job": job.public()})
+        event = {"state": self.state.value, "current_profile": self.current, "job": job.public()}
         for queue in self._subscribers:
             if queue.full():  # a slow reader loses the oldest progress, never the newest
                 queue.get_nowait()

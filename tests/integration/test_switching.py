@@ -154,6 +154,9 @@ async def test_switch_under_load_rollback_and_concurrent_calls(
             progress = [e["job"]["progress"] for e in seen]
             assert progress == sorted(progress) and progress[-1] == 1.0
             assert seen[-1]["job"]["outcome"] == "switched"
+            assert sum("plan" in e["_sent"] for e in seen) <= 2  # sent when it appeared, not every time
+            assert max(e["_bytes"] for e in seen[2:]) < 600, [e["_bytes"] for e in seen]  # changes, not the plan
+            assert [h["state"] for h in seen[-1]["job"]["history"]][-1] == "ready"
 
             models = await get_json(s, f"{base}/v1/models", auth)
             assert [m["id"] for m in models["data"]] == ["beta"]

@@ -86,3 +86,15 @@ def test_vllm_log_lines_mark_progress(line: str, phase: str, fraction: float) ->
 
 def test_other_lines_mark_nothing() -> None:
     assert progress("INFO: 127.0.0.1:5555 - GET /health HTTP/1.1 200 OK") is None
+
+
+def test_a_job_event_carries_what_changed() -> None:
+    from gwproxy.switcher.routes import JOB_ALWAYS, job_delta
+
+    first = {k: None for k in JOB_ALWAYS} | {"id": "j1", "plan": {"big": 1}, "error": None, "history": [1]}
+    assert job_delta(first, None) == first
+    later = {**first, "phase": "loading", "progress": 0.5, "history": [1, 2]}
+    delta = job_delta(later, first)
+    assert set(delta) == {*JOB_ALWAYS, "history"} and delta["history"] == [2] and "plan" not in delta
+    failed = {**later, "error": "boom", "history": [1, 2]}
+    assert job_delta(failed, later)["error"] == "boom" and "history" not in job_delta(failed, later)
