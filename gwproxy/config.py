@@ -350,12 +350,38 @@ def default_config_path(env: Mapping[str, str]) -> Path | None:
     return local if local.is_file() else None
 
 
+# Keys whose values are secrets: never shown (``gwproxy config show`` prints whether they are set).
+SECRET_KEYS = frozenset({"upstream.api_key", "auth.jwt_secret", "auth.admin_password", "switch.hf_token"})
+# Keys holding URLs that may carry a password: shown with it masked.
+URL_KEYS = frozenset({"upstream.base_url", "database.url", "ratelimit.redis_url", "switch.docker_url"})
+
+
 def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build the configuration. ``overrides`` maps dotted keys to values from command-line flags."""
+    return load_config_sources(path, env, overrides)[0]
+
+
+def shown(dotted: str, value: Any) -> Any:
+    """``value`` as it may be shown to a person: secrets hidden, URL passwords masked."""
+    if dotted in SECRET_KEYS:
+        return "(set, hidden)" if value else ""
+    if dotted in URL_KEYS and isinstance(value, str):
+        return without_credentials(value)
+    return value
+
+
+def load_config_sources(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Config, dict[str, str]]:
+    """The configuration and, for every dotted key, where its value came from: ``default``,
+    ``config file PATH``, ``environment NAME`` or ``command-line flag``."""
+    sources: dict[str, str] = {}
     env = os.environ if env is None else env
     path = path if path is not None else default_config_path(env)
     file_values: dict[str, Any] = {}
@@ -395,7 +421,9 @@ def load_config(
             elif fname in table:
                 raw, source = table[fname], f"config file {path}"
             else:
+                sources[dotted] = "default"
                 continue
+            sources[dotted] = source
             value = _coerce(dotted, hints[fname], raw, source)
             check = f.metadata.get("check")
             why = check(value) if check else None
@@ -403,4 +431,4 @@ def load_config(
                 raise ConfigError(f"config key '{dotted}' ({source}): {why}, got {raw!r}")
             values[fname] = value
         built[sname] = stype(**values)
-    return Config(**built)
+    return Config(**built), sources

@@ -15,6 +15,7 @@ contract, so they skip the scan (it would cost every access-log line).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
@@ -133,7 +134,7 @@ def configure(level: str = "info", json: bool = True, stream: TextIO | None = No
                 *shared,
                 structlog.processors.format_exc_info,
                 redact_traceback,
-                structlog.dev.ConsoleRenderer(colors=out.isatty()),
+                structlog.dev.ConsoleRenderer(colors=use_color(out)),
             ],
             wrapper_class=structlog.make_filtering_bound_logger(lvl),
             logger_factory=structlog.PrintLoggerFactory(out),
@@ -142,11 +143,20 @@ def configure(level: str = "info", json: bool = True, stream: TextIO | None = No
     _route_stdlib(lvl, json)
 
 
+def use_color(stream: Any) -> bool:
+    """Colour only for a terminal, and never when ``NO_COLOR`` is set (https://no-color.org) or
+    the terminal is ``dumb``."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def _route_stdlib(level: int, json: bool) -> None:
     """The standard library's loggers (aiohttp, asyncio, SQLAlchemy...) as structured lines on
     stderr, in the same format, redacted, at WARNING or above (or ``level`` if higher)."""
     renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=use_color(sys.stderr))
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -221,6 +221,21 @@ class UserService:
                     )
             _log.info("user updated", user_id=user_id, **values)
         return await self.get_user(user_id)
+
+    async def delete_user(self, user_id: int) -> User:
+        """Delete a user with their keys, sessions, limits and conversations (the request log keeps
+        their usage under the old id). The last active admin is not deleted."""
+        user = await self.get_user(user_id)
+        async with self.engine.begin() as conn:
+            if user.role == "admin" and user.active:
+                admins = await conn.scalar(
+                    select(func.count()).select_from(users).where(users.c.role == "admin", users.c.active.is_(True))
+                )
+                if int(admins or 0) <= 1:
+                    raise Conflict(f"{user.username} is the last active admin; make another admin first")
+            await conn.execute(delete(users).where(users.c.id == user_id))
+        _log.info("user deleted", user_id=user_id)
+        return user
 
     async def set_password(self, user_id: int, password: str) -> None:
         hashed = await hash_password(password)

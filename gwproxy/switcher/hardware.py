@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gwproxy.switcher.cards import find, known
+
 GIB = 1024**3
 MIB = 1024**2
 
@@ -43,10 +45,6 @@ class Hardware:
     taken_at: float = 0.0  # wall-clock seconds
     note: str | None = None  # why there is no GPU, when there is none
 
-    @property
-    def total_memory(self) -> int:
-        return sum(g.memory_total for g in self.gpus)
-
     def describe(self) -> str:
         if not self.gpus:
             return "no GPU"
@@ -65,39 +63,72 @@ class Hardware:
 
 HardwareSource = Callable[[], Hardware]
 
-_SNAPSHOT_PART = re.compile(
-    r"^\s*(?:(?P<count>\d+)\s*[x×*]\s*)?(?P<name>.*?)\s*(?P<mem>\d+(?:\.\d+)?)\s*(?P<unit>GiB|GB|G|MiB|MB)?\s*$",
-    re.IGNORECASE,
-)
+_MEMORY = re.compile(r"(?P<mem>\d+(?:\.\d+)?)\s*(?P<unit>GiB|GB|MiB|MB|G)?\s*$", re.IGNORECASE)
+_COUNT = re.compile(r"^\s*(?P<count>\d+)\s*[x×*]\s*(?=\S)", re.IGNORECASE)
+_UNITS = {"gib": GIB, "gb": 10**9, "mib": MIB, "mb": 10**6}
+EXAMPLES = "e.g. '2 x RTX 3090', '2x4090', '1 x A100 80GB', '1 x H100, 2 x L4', '4 x MyGPU 24GiB' or 'none'"
 
 
 class SnapshotError(ValueError):
     """A configured hardware description could not be read; the message says what was expected."""
 
 
-def parse_snapshot(text: str) -> Hardware:
-    """``"2 x RTX 3090 24GiB"``, ``"1 x H100 80GiB, 1 x L4 24GiB"``, ``"2x24"`` or ``"none"``.
+def _group(part: str) -> tuple[int, str, int]:
+    """``(count, name, bytes)`` of one GPU group such as ``"2 x RTX 3090"`` or ``"1 x A100 80GB"``."""
+    text = part.strip()
+    count = 1
+    if m := _COUNT.match(text):
+        count, text = int(m["count"]), text[m.end() :]
+    card = find(text)
+    mem = None if card is not None else _MEMORY.search(text)
+    if mem is not None:
+        text = text[: mem.start()].strip()
+        card = find(text)
+    if count < 1:
+        raise SnapshotError(f"{part.strip()!r}: a GPU group needs a count of 1 or more ({EXAMPLES})")
+    if mem is None:
+        if card is None:
+            raise SnapshotError(
+                f"{part.strip()!r}: unknown GPU; name a card ({known()}) or give its memory with a unit ({EXAMPLES})"
+            )
+        if len(card.variants) > 1:
+            sizes = " or ".join(f"'{count} x {card.name} {gb}GB'" for gb, _ in card.variants)
+            raise SnapshotError(f"{part.strip()!r}: the {card.name} comes in several sizes; say which: {sizes}")
+        return count, card.name, card.variants[0][1] * MIB
+    if not mem["unit"] or mem["unit"].lower() == "g":
+        what = f"'{mem['mem']}'" + (" G" if mem["unit"] else "")
+        raise SnapshotError(
+            f"{part.strip()!r}: is {what} a memory size? Give its unit — GiB (2^30 bytes) or GB (10^9, as "
+            f"cards are sold) — or a card name ({EXAMPLES})"
+        )
+    stated = float(mem["mem"]) * _UNITS[mem["unit"].lower()]
+    if stated <= 0:
+        raise SnapshotError(f"{part.strip()!r}: the memory must be above 0")
+    if card is not None and mem["unit"].lower() in ("gb", "gib"):  # a sold size picks the variant: NVML's figure
+        for gb, mib in card.variants:
+            if abs(stated - gb * 10**9) <= 0.05 * gb * 10**9 or abs(stated - gb * GIB) <= 0.05 * gb * GIB:
+                return count, card.name, mib * MIB
+        return count, card.name, int(stated)  # a variant not in the table: as stated
+    return count, text or "GPU", int(stated)
 
-    Memory is in GiB unless a unit says MiB; GB is taken as GiB, as GPU makers mean it."""
+
+def parse_snapshot(text: str) -> Hardware:
+    """A described machine: ``"2 x RTX 3090"``, ``"2x4090"``, ``"1 x A100 80GB, 2 x L4"``,
+    ``"4 x MyGPU 24GiB"`` or ``"none"``. A known card (``gwproxy.switcher.cards``) needs no memory
+    (or its size, where it comes in several); any other needs its memory with a unit: GiB is 2^30
+    bytes, GB 10^9 (for a known card, its sold size picks the variant). Anything ambiguous is
+    refused with examples."""
     text = text.strip()
     if text.lower() in ("none", "no gpu", "0"):
         return Hardware((), "snapshot", taken_at=time.time(), note="configured: no GPU")
+    if not text:
+        raise SnapshotError(f"no GPU described; {EXAMPLES}")
     gpus: list[Gpu] = []
-    for part in text.split(","):
-        m = _SNAPSHOT_PART.match(part)
-        if m is None or not part.strip():
-            raise SnapshotError(
-                f"cannot read {part.strip()!r} as a GPU group; expected e.g. '2 x RTX 3090 24GiB' or 'none'"
-            )
-        if m["name"].strip() and not m["unit"]:
-            raise SnapshotError(f"{part.strip()!r}: give the memory with its unit, e.g. '24GiB'")
-        count = int(m["count"] or 1)
-        unit = (m["unit"] or "GiB").lower()
-        size = float(m["mem"]) * (MIB if unit in ("mib", "mb") else GIB)
-        name = m["name"].strip() or "GPU"
-        if count < 1 or size <= 0:
-            raise SnapshotError(f"{part.strip()!r}: a GPU group needs a count and a memory size above 0")
-        gpus += [Gpu(len(gpus) + i, name, int(size)) for i in range(count)]
+    for part in re.split(r"[,+]", text):
+        if not part.strip():
+            raise SnapshotError(f"{text!r}: an empty GPU group; {EXAMPLES}")
+        count, name, size = _group(part)
+        gpus += [Gpu(len(gpus) + i, name, size) for i in range(count)]
     return Hardware(tuple(gpus), "snapshot", taken_at=time.time())
 
 

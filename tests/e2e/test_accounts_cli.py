@@ -24,13 +24,48 @@ def test_user_and_key_commands(tmp_path: Path) -> None:
     gwproxy_cli(env, "user", "set-password", "ann", "--password-stdin", stdin="new-password\n")
     key = gwproxy_cli(env, "key", "create", "--user", "ann", "--name", "ci", "--expires", "30")
     assert key.count("\n") == 1 and key.strip().startswith("gwp-") and len(key.strip()) == 47  # the key alone
-    listing = gwproxy_cli(env, "user", "list")
-    assert "\tann\tadmin\tactive\t" in listing
+    listing = gwproxy_cli(env, "user", "list").splitlines()
+    assert listing[0].split() == ["ID", "USERNAME", "ROLE", "STATE", "CAPTURE", "CREATED"]
+    assert listing[1].split()[1:4] == ["ann", "admin", "active"]
     gwproxy_cli(env, "user", "disable", "ann")
-    assert "\tann\tadmin\tdisabled\t" in gwproxy_cli(env, "user", "list")
+    [ann] = json.loads(gwproxy_cli(env, "user", "list", "--json"))
+    assert (ann["username"], ann["role"], ann["state"], ann["active"]) == ("ann", "admin", "disabled", False)
     assert run(env, "key", "create", "--user", "nobody").returncode == 1
     gwproxy_cli(env, "migrate", "base", "--down")
     assert run(env, "user", "list").returncode == 2
+
+
+def test_keys_listed_and_revoked_users_enabled_and_deleted(tmp_path: Path) -> None:
+    """One line per result (no log line beside it), listings with headers or --json."""
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", "JWT_SECRET": JWT_SECRET}
+    gwproxy_cli(env, "migrate")
+    for name, role in (("root", "admin"), ("bo", "user")):
+        out = run(env, "user", "add", name, "--role", role, "--password-stdin", stdin=f"{name}-password-1\n")
+        assert out.returncode == 0 and out.stderr.count("\n") == 1, out.stderr  # the result, nothing else
+    key = gwproxy_cli(env, "key", "create", "--user", "bo", "--name", "laptop").strip()
+    gwproxy_cli(env, "key", "create", "--user", "root")
+    table = gwproxy_cli(env, "key", "list").splitlines()
+    assert table[0].split() == ["ID", "USER", "NAME", "PREFIX", "STATE", "CREATED", "EXPIRES", "LAST", "USED"]
+    assert key not in "\n".join(table) and len(table) == 3
+    [mine] = json.loads(gwproxy_cli(env, "key", "list", "--user", "bo", "--json"))
+    assert (mine["name"], mine["state"], mine["username"]) == ("laptop", "active", "bo") and key.startswith(
+        mine["prefix"][:-1]
+    )
+    revoked = run(env, "key", "revoke", str(mine["id"]))
+    assert revoked.returncode == 0 and revoked.stderr.count("\n") == 1
+    assert json.loads(gwproxy_cli(env, "key", "list", "--user", "bo", "--json"))[0]["state"] == "revoked"
+    assert run(env, "key", "revoke", "999").returncode == 1
+
+    gwproxy_cli(env, "user", "disable", "bo")
+    gwproxy_cli(env, "user", "enable", "bo")
+    assert {u["username"]: u["state"] for u in json.loads(gwproxy_cli(env, "user", "list", "--json"))}["bo"] == "active"
+    unconfirmed = run(env, "user", "delete", "bo")
+    assert unconfirmed.returncode == 1 and "--yes" in unconfirmed.stderr
+    last_admin = run(env, "user", "delete", "root", "--yes")
+    assert last_admin.returncode == 1 and "last active admin" in last_admin.stderr
+    assert run(env, "user", "delete", "bo", "--yes").returncode == 0
+    assert [u["username"] for u in json.loads(gwproxy_cli(env, "user", "list", "--json"))] == ["root"]
+    assert [k["username"] for k in json.loads(gwproxy_cli(env, "key", "list", "--json"))] == ["root"]  # bo's went
 
 
 def test_serve_refuses_an_unmigrated_database(tmp_path: Path, log_dir: Path) -> None:
@@ -111,7 +146,7 @@ def test_demo_proc_has_a_working_admin_key(log_dir: Path, tmp_path: Path) -> Non
         env={"GWPROXY_DATABASE_SQLITE_PATH": str(tmp_path / "d.db")},
     )
     try:
-        key = proc.wait_output("Press Ctrl-C to stop.").split("API key for this run: ")[1].split()[0]
+        key = proc.wait_output("Press Ctrl-C to stop.").split("API key: ")[1].split()[0]
         me = httpx.get(f"http://127.0.0.1:{port}/api/auth/me", headers={"Authorization": f"Bearer {key}"})
         assert me.status_code == 200 and me.json()["username"] == "demo" and me.json()["role"] == "admin"
     finally:

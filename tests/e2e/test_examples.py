@@ -26,7 +26,7 @@ def demo(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     )  # fmt: skip
     try:
         banner = proc.wait_output("Press Ctrl-C to stop.")
-        found = re.search(r'Demo user "demo" \(admin\), password (\S+), API key for this run: (\S+)', banner)
+        found = re.search(r'Demo user "demo" \(admin\), password (\S+), API key: (\S+)', banner)
         assert found, banner
         yield {
             **os.environ,

@@ -95,32 +95,51 @@ def test_missing_directory_is_empty_not_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "count", "name", "gib"),
+    ("text", "count", "name", "mib"),
     [
-        ("2 x RTX 3090 24GiB", 2, "RTX 3090", 24),
-        ("1× H100 80GB", 1, "H100", 80),
-        ("2x24", 2, "GPU", 24),
-        ("4 * L4 24 GiB", 4, "L4", 24),
-        ("A10G 22.5GiB", 1, "A10G", 22.5),
+        ("2 x RTX 3090 24GiB", 2, "RTX 3090", 24576),  # the card's own memory: 24 GiB is its size
+        ("2x3090", 2, "RTX 3090", 24576),  # a card, not two 3,090 GiB GPUs
+        ("RTX 4090", 1, "RTX 4090", 24564),
+        ("1 x NVIDIA GeForce RTX 4090", 1, "RTX 4090", 24564),
+        ("1× H100 80GB", 1, "H100", 81559),
+        ("1 x A100 80GB", 1, "A100", 81920),
+        ("2 x a100-40gb", 2, "A100", 40960),
+        ("4 * L4", 4, "L4", 23034),
+        ("A10G 22.5GiB", 1, "A10G", 23028),  # near its sold size (24 GB): the card's own figure
+        ("1 x RTX 3090 20GiB", 1, "RTX 3090", 20480),  # not a size it is sold in: as stated
+        ("2 x MyGPU 24GiB", 2, "MyGPU", 24576),
+        ("1 x MyGPU 80GB", 1, "MyGPU", 80 * 10**9 // MIB),  # GB is 10^9 bytes, not GiB
+        ("1 x T4 16000MiB", 1, "T4", 16000),
     ],
 )
-def test_snapshot_descriptions(text: str, count: int, name: str, gib: float) -> None:
+def test_snapshot_descriptions(text: str, count: int, name: str, mib: int) -> None:
     hw = parse_snapshot(text)
     assert hw.source == "snapshot" and len(hw.gpus) == count
     assert {g.name for g in hw.gpus} == {name}
-    assert hw.gpus[0].memory_total == int(gib * GIB)
+    assert hw.gpus[0].memory_total // MIB == mib
     assert [g.index for g in hw.gpus] == list(range(count))
 
 
 def test_snapshot_mixed_groups_none_and_errors() -> None:
     hw = parse_snapshot("1 x H100 80GiB, 2 x L4 24GiB")
     assert [g.name for g in hw.gpus] == ["H100", "L4", "L4"]
-    assert hw.describe() == "1 x H100 (80 GiB), 2 x L4 (24 GiB)"
+    assert hw.describe() == "1 x H100 (80 GiB), 2 x L4 (22 GiB)"
     assert parse_snapshot("none").gpus == () and parse_snapshot("none").describe() == "no GPU"
-    assert parse_snapshot("1 x T4 16000MiB").gpus[0].memory_total == 16000 * MIB
-    for bad in ("two RTX 3090", "0 x A100 80GiB", ""):
-        with pytest.raises(SnapshotError):
+    assert [g.name for g in parse_snapshot("1 x H100 + 1 x RTX 4090").gpus] == ["H100", "RTX 4090"]
+    refused = {
+        "two RTX 3090": "is '3090' a memory size",
+        "0 x A100 80GiB": "count of 1 or more",
+        "": "no GPU described",
+        "1 x A100": "several sizes",  # 40 or 80 GB
+        "2x24": "is '24' a memory size",  # no unit, no card
+        "1 x MyGPU 24G": "GiB (2^30 bytes) or GB",
+        "1 x MyGPU": "unknown GPU",
+    }
+    for bad, why in refused.items():
+        with pytest.raises(SnapshotError) as caught:
             parse_snapshot(bad)
+        assert why in str(caught.value), (bad, caught.value)
+        assert "e.g." in str(caught.value) or "say which" in str(caught.value)
 
 
 SMI = """0, NVIDIA GeForce RTX 3090, 24576, 1024, 23312, 7, 45, 31.52, 550.54.15
