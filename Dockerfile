@@ -18,9 +18,14 @@ WORKDIR /app
 COPY --chown=gwproxy:gwproxy migrations ./migrations
 COPY --chown=gwproxy:gwproxy config.toml ./config.toml
 COPY --chown=gwproxy:gwproxy profiles ./profiles
+# The capture spool (requests not yet in the database) and the switcher's state: volumes in
+# docker-compose.yml, so neither dies with the container.
+RUN install -d -o gwproxy -g gwproxy /app/spool /app/state
+ENV GWPROXY_CAPTURE_SPOOL_DIR=/app/spool GWPROXY_SWITCH_STATE_DIR=/app/state
 USER gwproxy
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=2)"]
+# `gwproxy healthcheck` asks /health on the port the configuration says (GWPROXY_SERVER_PORT,
+# config.toml), so moving the port does not break the check.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 CMD ["gwproxy", "healthcheck"]
 ENTRYPOINT ["gwproxy"]
 CMD ["serve"]

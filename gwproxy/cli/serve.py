@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -87,7 +88,28 @@ def _worker_config(cfg: Config, index: int) -> Config:
     return dataclasses.replace(cfg, capture=dataclasses.replace(cfg.capture, spool_dir=spool))
 
 
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when this host's gateway answers ``/health`` on its configured port (what a container
+    HEALTHCHECK runs), else 1 with the reason on one line."""
+    import urllib.request
+
+    cfg = load(args)
+    host = "127.0.0.1" if cfg.server.host in ("0.0.0.0", "", "::") else cfg.server.host
+    url = f"http://{host}:{cfg.server.port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as resp:
+            status = json.loads(resp.read()).get("status", "?")
+    except (OSError, ValueError) as exc:
+        print(f"gwproxy: {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}: {status}")
+    return 0
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    check = sub.add_parser("healthcheck", parents=[common], help="exit 0 if this host's gateway answers /health")
+    check.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default 2)")
+    check.set_defaults(func=cmd_healthcheck)
     serve = sub.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")

@@ -67,6 +67,20 @@ def test_stack_shape() -> None:
     assert env["GWPROXY_SWITCH_HF_CACHE"] == "gwproxy_hf-cache" and "hf-cache" in load("docker-compose.yml")["volumes"]
     assert services["vllm"]["profiles"] == ["static-vllm"]
     assert gateway["depends_on"]["vllm"]["required"] is False
+    assert gateway["build"] == "." and gateway["image"] == services["migrate"]["image"]  # compose can build it
+    # The spool ("never lost" captures) and the switch state outlive the container.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for volume, variable in (("spool", "GWPROXY_CAPTURE_SPOOL_DIR"), ("state", "GWPROXY_SWITCH_STATE_DIR")):
+        mount = next(v for v in gateway["volumes"] if v.startswith(f"{volume}:"))
+        assert volume in load("docker-compose.yml")["volumes"]
+        assert f"{variable}={mount.split(':')[1]}" in dockerfile
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    ignored = {
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()[:1] not in ("#", "")
+    }
+    assert {".git", ".venv", ".gwproxy", "*.db", "*.spool", ".env", "tests/artifacts"} <= ignored
 
 
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
@@ -75,7 +89,7 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
     final = text.split("\nFROM ")[-1]
     assert "slim" in final.splitlines()[0]
     assert re.search(r"^USER gwproxy$", final, re.M)
-    assert "HEALTHCHECK" in final and "/health" in final
+    assert re.search(r'^HEALTHCHECK .* CMD \["gwproxy", "healthcheck"\]$', final, re.M)  # follows the configured port
     assert 'ENTRYPOINT ["gwproxy"]' in final and 'CMD ["serve"]' in final
     assert "gcc" not in final and "build-essential" not in final
 
@@ -118,9 +132,16 @@ def test_image_entrypoint_runs_on_the_host(tmp_path: Path) -> None:
             except OSError:
                 assert time.monotonic() < deadline, "the image's command did not come up"
                 time.sleep(0.1)
+        health = jsonlib.loads(re.search(r"^HEALTHCHECK .* CMD (.+)$", text, re.M).group(1))  # type: ignore[union-attr]
+        check = subprocess.run([str(Path(sys.executable).parent / health[0]), *health[1:]], env=env,
+                               capture_output=True, text=True)  # fmt: skip
+        assert check.returncode == 0 and f":{port}/health" in check.stdout, check.stderr  # the configured port
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+    down = subprocess.run([str(Path(sys.executable).parent / "gwproxy"), "healthcheck"], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert down.returncode == 1 and down.stderr.startswith("gwproxy: http://127.0.0.1:")
 
 
 def _compose(*files: str, env: dict[str, str], profile: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -150,6 +171,9 @@ def test_a_compose_client_reads_the_stack_and_the_dev_overlay() -> None:
     assert "profiles" not in vllm and "deploy" not in vllm and "ipc" not in vllm  # !reset took them out
     assert vllm["entrypoint"] == ["gwproxy"] and vllm["command"][0] == "sim"
     assert dev["services"]["gateway"]["environment"]["GWPROXY_SWITCH_BACKEND"] == ""
-    assert dev["services"]["gateway"]["volumes"] == ["./gwproxy:/opt/venv/lib/python3.11/site-packages/gwproxy:ro"]
+    assert dev["services"]["gateway"]["volumes"] == [
+        "./gwproxy:/opt/venv/lib/python3.11/site-packages/gwproxy:ro", "spool:/app/spool", "state:/app/state",
+    ]  # fmt: skip
+    assert gateway["build"] and {"spool", "state"} <= set(stack["volumes"])
     missing = _compose("docker-compose.yml", env={"JWT_SECRET": ""})
     assert missing.returncode != 0 and "set JWT_SECRET to at least 32 random bytes" in missing.stderr
