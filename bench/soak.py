@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import datetime
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -147,6 +148,7 @@ def main() -> int:
     finally:
         if pg is not None:
             pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def soak(requests: int, work: Path, database: str, engine: str) -> int:

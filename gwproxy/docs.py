@@ -29,6 +29,7 @@ from gwproxy.auth import schemas as auth_schemas
 from gwproxy.bodies import json
 from gwproxy.capture.chat import ChatBody
 from gwproxy.capture.routes import ConversationChange, NewConversation
+from gwproxy.errors import NotFound
 from gwproxy.keys import CONFIG
 from gwproxy.proxy.schema import ChatRequest, CompletionRequest, EmbeddingRequest
 from gwproxy.ratelimit.routes import LimitsBody
@@ -375,7 +376,6 @@ PAGE = """<!doctype html>
 </body></html>
 """
 INIT = "window.ui = SwaggerUIBundle({url: '/openapi.json', dom_id: '#swagger-ui', deepLinking: true});\n"
-ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js")
 
 
 async def page(request: web.Request) -> web.Response:
@@ -390,10 +390,21 @@ def docs_enabled(server_docs: str, debug: bool) -> bool:
     return debug if server_docs == "" else server_docs == "true"
 
 
+DOCS_OFF = (
+    "The API docs page is off on this gateway. Turn it on with GWPROXY_SERVER_DOCS=true (or docs = true "
+    "under [server] in config.toml; DEBUG=true turns it on too). The OpenAPI document is always at /openapi.json."
+)
+
+
+async def docs_off(request: web.Request) -> web.Response:
+    raise NotFound(DOCS_OFF, code="docs_disabled")
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", openapi)
     cfg = app[CONFIG].server
     if not docs_enabled(cfg.docs, cfg.debug):
+        app.router.add_get("/docs", docs_off)
         return
     static = resources.files("swagger_ui") / "static"
     app.router.add_get("/docs", page)

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+SWITCH_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800)  # model loads take seconds to minutes
 
 
 class Histogram:
@@ -76,6 +77,12 @@ class Metrics:
         self.latency = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.overhead = Histogram(OVERHEAD_BUCKETS)
+        # Models: what is served (read at scrape time from the switcher and the upstream's
+        # /v1/models), switch jobs by outcome and how long they took, model loads by profile.
+        self.model_info: Callable[[], list[tuple[str, str]]] = lambda: []  # (profile or "", served name)
+        self.switches: dict[str, int] = {}
+        self.switch_seconds = Histogram(SWITCH_BUCKETS)
+        self.load_seconds = Histogram(SWITCH_BUCKETS)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -106,6 +113,13 @@ class Metrics:
             self.prompt_tokens[model] = self.prompt_tokens.get(model, 0) + prompt
         if completion:
             self.completion_tokens[model] = self.completion_tokens.get(model, 0) + completion
+
+    def count_switch(self, outcome: str, seconds: float) -> None:
+        self.switches[outcome] = self.switches.get(outcome, 0) + 1
+        self.switch_seconds.observe(outcome, seconds)
+
+    def observe_load(self, profile: str, seconds: float) -> None:
+        self.load_seconds.observe(profile, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -171,6 +185,22 @@ class GatewayCollector(Collector):
             "Completion tokens reported by the upstream",
             ("model",),
             {(k,): v for k, v in m.completion_tokens.items()},
+        )
+        info = GaugeMetricFamily(
+            "gwproxy_model_info",
+            "The model being served (1 per served name), with its profile",
+            labels=["profile", "model"],
+        )
+        for profile, model in m.model_info():
+            info.add_metric([profile, model], 1)
+        yield info
+        yield _counter("gwproxy_model_switches", "Model switch jobs, by outcome", ("outcome",),
+                       {(k,): v for k, v in m.switches.items()})  # fmt: skip
+        yield m.switch_seconds.family(
+            "gwproxy_model_switch_duration_seconds", "Time from a switch request to its outcome", "outcome"
+        )
+        yield m.load_seconds.family(
+            "gwproxy_model_load_duration_seconds", "Time a model took from start to serving, by profile", "profile"
         )
         depth = GaugeMetricFamily("gwproxy_capture_queue_depth", "Captured requests waiting for the writer")
         depth.add_metric([], m.capture_queue())

@@ -4,6 +4,7 @@ in-process gateway (for tests that read its logs or need its coverage)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,9 +175,26 @@ def make_config(upstream_port: int, database_url: str, **env: str) -> Config:
     )
 
 
+_SCRATCH: list[Path] = []
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A temporary directory for a helper with no ``tmp_path`` at hand; removed when the run ends."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _SCRATCH.append(path)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_scratch() -> Iterator[None]:
+    yield
+    for path in _SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 async def migrated_sqlite() -> str:
     """A fresh SQLite file migrated to head; returns its URL."""
-    url = f"sqlite:///{tempfile.mkdtemp(prefix='gwproxy-db-')}/gwproxy.db"
+    url = f"sqlite:///{scratch_dir('gwproxy-db-')}/gwproxy.db"
     engine = create_engine(DatabaseConfig(url=url))
     await migrator.upgrade(engine)
     await engine.dispose()

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from gwproxy import log
 from gwproxy.config import Config, ConfigError
-from gwproxy.keys import CONFIG, GATE, SWITCHER, UPSTREAM
+from gwproxy.keys import CONFIG, GATE, METRICS, SWITCHER, UPSTREAM
 from gwproxy.switcher import hardware
 from gwproxy.switcher.backend import Backend
 from gwproxy.switcher.profiles import load_profiles
@@ -74,7 +74,9 @@ async def switcher_context(app: web.Application) -> AsyncIterator[None]:
             "switching gateway as its own single-worker process"
         )
     read = partial(load_profiles, Path(cfg.switch.profiles_dir))
-    switcher = Switcher(cfg.switch, app[UPSTREAM], build_backend(cfg), read(), hardware_source(cfg), read)
+    metrics = app[METRICS]
+    switcher = Switcher(cfg.switch, app[UPSTREAM], build_backend(cfg), read(), hardware_source(cfg), read, metrics)
+    metrics.model_info = switcher.served
     for problem in switcher.profiles.problems:
         _log.warning("profile not loaded", file=problem.file, field=problem.field, reason=problem.reason)
     app[SWITCHER] = switcher

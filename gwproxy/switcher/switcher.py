@@ -35,6 +35,7 @@ import orjson
 from gwproxy import log
 from gwproxy.config import SwitchConfig
 from gwproxy.errors import Conflict, NotFound
+from gwproxy.metrics import Metrics
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.switcher import intent, planner
 from gwproxy.switcher.backend import Backend, Instance, Launch, progress
@@ -60,6 +61,7 @@ class Switcher:
         profiles: ProfileSet,
         read_hardware: HardwareSource,
         load_profiles: Callable[[], ProfileSet],
+        metrics: Metrics | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -81,6 +83,7 @@ class Switcher:
         self._log_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._state_dir = Path(cfg.state_dir)
         self._intent_job: str | None = None  # the job whose intent is on disk
+        self.metrics = metrics or Metrics()
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -112,6 +115,12 @@ class Switcher:
             "job": self.job.public() if self.job else None,
             "hardware": (await self.hardware()).public(),
         }
+
+    def served(self) -> list[tuple[str, str]]:
+        """(profile id or "", served name) for each name the upstream serves: the model info metric."""
+        models = self.registry.state.models
+        profile = self.current if self.backend else self._unmanaged_profile(models)
+        return [(profile or "", name) for name in models]
 
     def _unmanaged_profile(self, served: tuple[str, ...]) -> str | None:
         """Without a backend: the profile whose served name the upstream serves, if one does."""
@@ -155,6 +164,8 @@ class Switcher:
             self._intent_job = None
         if outcome in ("switched", "already_serving"):
             job.progress = 1.0
+        if not job.dry_run:
+            self.metrics.count_switch(outcome, job.finished_at - job.created_at)
         self._publish(job)
 
     # ---- commands ------------------------------------------------------------------------------
@@ -314,10 +325,12 @@ class Switcher:
         self.gate.hold(f"switching to '{profile.id}'")
         try:
             await self._stop_current(job)
+            loading = time.monotonic()
             await self._bring_up(job, profile, tp, job.previous)
         except SwitchFailed as exc:
             await self._roll_back(job, str(exc))
             return
+        self.metrics.observe_load(profile.id, time.monotonic() - loading)
         self._enter(job, State.READY, "ready", 1.0)
         self._finish(job, "switched")
 

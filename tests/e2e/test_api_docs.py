@@ -73,6 +73,10 @@ async def test_docs_page_is_served_from_installed_assets_and_follows_the_setting
                 )
                 assert len(await asset.read()) > 500_000
                 assert "SwaggerUIBundle" in await (await client.get("/docs/static/docs-init.js")).text()
+            else:  # off: says how to turn it on
+                body = await page.json()
+                assert page.status == 404 and body["error"]["code"] == "docs_disabled"
+                assert "GWPROXY_SERVER_DOCS=true" in body["error"]["message"]
             assert (await client.get("/openapi.json")).status == 200  # always
         finally:
             await client.close()

@@ -74,3 +74,18 @@ def test_admin_api_with_curl_switches_the_model(demo: dict[str, str], tmp_path: 
     for state in ("stopping", "starting", "loading", "ready"):
         assert re.search(rf"^  {state} ", out, re.M), out
     assert "outcome: switched" in out and out.strip().endswith("now serving: demo-model-large")
+
+
+def test_the_readme_says_what_each_example_needs_and_the_extra_installs_it() -> None:
+    import tomllib
+
+    readme = (EXAMPLES / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line.split("|")[3].strip() for line in readme.splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    assert set(rows) == {p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".sh")}
+    extra = tomllib.loads((EXAMPLES.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    packages = {re.split(r"[<>=]", dep)[0] for dep in extra["examples"]}
+    for name, needs in rows.items():
+        for package in re.findall(r"pip install ([\w-]+)", needs):
+            assert package in packages, (name, package)
+    assert "pip install -e '.[examples]'" in readme

@@ -300,6 +300,12 @@ async def test_a_default_profile_too_big_is_logged_and_the_best_fitting_one_star
             assert status["boot"]["default"] == "huge" and status["boot"]["started"] == "alpha"
             assert "GiB per GPU" in status["boot"]["reason"] and "each GPU offers" in status["boot"]["reason"]
             await assert_serving(s, gw, "alpha")
+            async with s.get(f"{gw.url}/metrics") as r:  # what is served, and how the boot's switch went
+                metrics = await r.text()
+            assert 'gwproxy_model_info{model="alpha",profile="alpha"} 1.0' in metrics
+            assert 'gwproxy_model_switches_total{outcome="switched"} 1.0' in metrics
+            assert 'gwproxy_model_load_duration_seconds_count{profile="alpha"} 1.0' in metrics
+            assert 'gwproxy_model_switch_duration_seconds_count{outcome="switched"} 1.0' in metrics
         out = gw.proc.output()
         assert "default profile does not fit the GPUs" in out and "starting the best-fitting profile" in out
     finally:
