@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gwproxy.switcher.hardware import GIB, MIB, SnapshotError, parse_smi_csv, parse_snapshot, probe
+from gwproxy.switcher.hardware import MIB, SnapshotError, parse_smi_csv, parse_snapshot, probe
 from gwproxy.switcher.profiles import load_profiles
 
 ROOT = Path(__file__).resolve().parents[2]
