@@ -38,6 +38,7 @@ services:
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gwproxy tests bench migrations
 	$(BIN)/ruff format --check gwproxy tests bench migrations
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-test
 	$(BIN)/mypy gwproxy

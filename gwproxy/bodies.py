@@ -1,5 +1,6 @@
-"""Bodies: the JSON bodies of the gateway's own API (/api/*), in and out.
+"""Bodies: JSON request bodies in (the proxy's and the gateway's own API's), and JSON out.
 
+``parse_object(raw)`` is the one JSON body reader (orjson; 400 for invalid JSON or a non-object).
 ``load(request, schema)`` parses a request body once with orjson and validates it with a
 marshmallow schema, raising ``InvalidRequest`` that names the first bad field; ``json`` renders
 a payload with orjson (datetimes as ISO 8601). A string with a NUL character is refused wherever
@@ -55,6 +56,14 @@ def parse(raw: bytes) -> Any:
         raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
 
 
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """The one JSON body reader: a request body that must be a JSON object."""
+    data = parse(raw)
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    return data
+
+
 MAX_ID = 2**63 - 1  # the largest id a database column holds
 
 
@@ -89,9 +98,7 @@ def nul_at(data: Any, path: str = "") -> str | None:
 
 async def load(request: web.Request, schema: Schema) -> dict[str, Any]:
     raw = await request.read()
-    data = parse(raw) if raw else {}
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object")
+    data = parse_object(raw) if raw else {}
     bad = nul_at(data)
     if bad is not None:
         raise InvalidRequest(f"Invalid request: '{bad}' contains a NUL character", param=bad)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
+from gwproxy.proxy.endpoints import lookup
+
 EXPOSED = (
     "X-Request-ID",
     "Retry-After",
@@ -38,5 +40,5 @@ def setup_cors(app: web.Application, origins: list[str]) -> None:
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
     for route in list(app.router.routes()):
         path = route.resource.canonical if route.resource is not None else ""
-        if path.startswith("/v1") or path.startswith("/api") or path in ("/tokenize", "/detokenize"):
+        if path and lookup(path).cors:  # the endpoint table says which (/v1, /api, the tokenizers)
             cors.add(route)

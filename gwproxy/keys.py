@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -10,19 +10,19 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from gwproxy.auth.authenticator import Authenticator
-    from gwproxy.auth.principal import Principal
     from gwproxy.auth.users import UserService
     from gwproxy.capture.chat import RecentTurns
-    from gwproxy.capture.record import Recorder, RecordSink
+    from gwproxy.capture.record import RecordSink
     from gwproxy.config import Config
     from gwproxy.metrics import Metrics
+    from gwproxy.principal import Principal
+    from gwproxy.proxy.exchange import Exchange
     from gwproxy.proxy.registry import UpstreamRegistry
     from gwproxy.ratelimit.guard import Guard
     from gwproxy.ratelimit.limiter import Limiter
     from gwproxy.ratelimit.store import BucketStore
     from gwproxy.switcher.gate import Gate
     from gwproxy.switcher.switcher import Switcher
-    from gwproxy.trace import Trace
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
@@ -40,8 +40,6 @@ CAPTURE: web.AppKey[RecordSink] = web.AppKey("capture")
 RECENT_TURNS: web.AppKey[RecentTurns] = web.AppKey("recent_turns")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
-TRACE: web.RequestKey[Trace] = web.RequestKey("trace")
-PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")
-BODY: web.RequestKey[dict[str, Any]] = web.RequestKey("body")  # a /v1 JSON body, parsed once
+EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange")  # the request as every layer sees it
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal")  # for the API's handlers
 RESPONSE_HEADERS: web.RequestKey[dict[str, str]] = web.RequestKey("response_headers")
-RECORDER: web.RequestKey[Recorder] = web.RequestKey("recorder")  # capture on: the relay tees into it

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 @dataclass(slots=True)
 class Trace:
     started: float
-    route: str = ""
     model: str | None = None
     upstream_started: float | None = None
     first_chunk: float | None = None

@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from gwproxy import log
-from gwproxy.auth.principal import Principal
 from gwproxy.auth.tokens import Claims, InvalidToken, TokenCodec
 from gwproxy.auth.users import UserService
+from gwproxy.cache import TtlCache
 from gwproxy.errors import ServiceUnavailable, Unauthorized
+from gwproxy.principal import Principal
 
 _log = log.get("gwproxy.auth")
 
@@ -38,28 +38,6 @@ V = TypeVar("V")
 T = TypeVar("T")
 
 MAX_ENTRIES = 50_000
-
-
-class TtlCache(Generic[K, V]):
-    """A bounded mapping whose entries expire at a monotonic deadline."""
-
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
-        self.max_entries = max_entries
-        self._data: OrderedDict[K, tuple[V, float]] = OrderedDict()
-
-    def get(self, key: K, now: float) -> tuple[bool, V | None]:
-        hit = self._data.get(key)
-        if hit is None or hit[1] <= now:
-            return False, None
-        return True, hit[0]
-
-    def put(self, key: K, value: V, until: float) -> None:
-        self._data[key] = (value, until)
-        if len(self._data) > self.max_entries:
-            self._data.popitem(last=False)
-
-    def clear(self) -> None:
-        self._data.clear()
 
 
 class Checks(Protocol):

@@ -11,19 +11,12 @@ from aiohttp import web
 from gwproxy import log
 from gwproxy.address import client_ip
 from gwproxy.auth import schemas
-from gwproxy.auth.principal import Principal
 from gwproxy.bodies import identifier, json, load
 from gwproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from gwproxy.keys import AUTHENTICATOR, CONFIG, GUARD, PRINCIPAL, USERS
+from gwproxy.principal import Principal, require_admin
 
 _log = log.get("gwproxy.auth")
-
-
-def require_admin(request: web.Request) -> Principal:
-    principal = request[PRINCIPAL]
-    if not principal.is_admin:
-        raise Forbidden("This route is for admins")
-    return principal
 
 
 def _int(request: web.Request, name: str) -> int:

@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gwproxy import log
 from gwproxy.auth import credentials
 from gwproxy.auth.passwords import dummy_hash, hash_password, verify_password
-from gwproxy.auth.principal import ROLES, Principal, Role
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from gwproxy.principal import ROLES, Principal, Role
 from gwproxy.store.tables import api_keys, refresh_tokens, users
 
 _log = log.get("gwproxy.users")

@@ -23,16 +23,16 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-import orjson
 from aiohttp import web
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from gwproxy import log
-from gwproxy.bodies import StrictBool, invalid, parse
+from gwproxy.bodies import StrictBool, invalid
 from gwproxy.capture import batch, repository, threads
 from gwproxy.capture.assembly import assemble
-from gwproxy.errors import InvalidRequest
-from gwproxy.keys import BODY, DATABASE, PRINCIPAL, RECENT_TURNS, RECORDER, RESPONSE_HEADERS, TRACE
+from gwproxy.capture.record import Recorder
+from gwproxy.keys import DATABASE, EXCHANGE, PRINCIPAL, RECENT_TURNS, RESPONSE_HEADERS
+from gwproxy.proxy.endpoints import TABLE
 from gwproxy.proxy.routes import through_gate
 from gwproxy.store.engine import database_away
 
@@ -84,10 +84,8 @@ async def _history(request: web.Request, user_id: int, cid: str) -> list[dict[st
 
 async def chat(request: web.Request) -> web.StreamResponse:
     principal = request[PRINCIPAL]
-    raw = await request.read()
-    data = parse(raw) if raw else {}
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object")
+    exchange = request[EXCHANGE]
+    data = await exchange.json(request, check=False) or {}  # parsed once; ChatBody checks it
     try:
         body: dict[str, Any] = ChatBody().load(data)
     except ValidationError as exc:
@@ -97,7 +95,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     created = False
     row = False  # this request created the conversation's row
     recent = request.app[RECENT_TURNS]
-    recorder = request.get(RECORDER)
+    recorder = exchange.tee if isinstance(exchange.tee, Recorder) else None
     if cid and principal.via != "anonymous":
         history = recent.get(cid, principal.user_id) or await _history(request, principal.user_id, cid)
         stored = set(threads.prefix_hashes(history))
@@ -111,10 +109,9 @@ async def chat(request: web.Request) -> web.StreamResponse:
         recorder.conversation_id, recorder.create_conversation = cid, created
     if cid:  # echoed by the on_response_prepare hook with the rate-limit headers
         request[RESPONSE_HEADERS] = {**request.get(RESPONSE_HEADERS, {}), "X-Conversation-Id": cid}
-    request[BODY] = body
-    request[TRACE].route = "/api/chat"
+    exchange.body = body  # what goes upstream, to the endpoint /api/chat stands for
     try:
-        response = await through_gate(request, orjson.dumps(body), "/v1/chat/completions")
+        response = await through_gate(request, exchange, TABLE[exchange.endpoint.forwards or "/v1/chat/completions"])
     except Exception:
         if row:  # refused (model loading, upstream down…): no turn will fill it
             await _discard(request, principal.user_id, cid)

@@ -1,9 +1,9 @@
 """Record: what one captured request leaves for the writer, and the recorder that gathers it.
 
-The ``Recorder`` is attached to the request by the capture middleware; the proxy leaves in it
-the request body it sent upstream, and the relay tees every chunk it sends the client into
-``feed`` (a list append, up to ``limit`` bytes, then only a count). When the response is over
-the middleware encodes what the writer needs as one line (``wire``) and hands it to the sink.
+The ``Recorder`` is attached to the request's exchange (as its tee) by the capture middleware;
+the relay tees every chunk it sends the client into ``feed`` (a list append, up to ``limit``
+bytes, then only a count). When the response is over the middleware encodes what the writer
+needs as one line (``wire``) and hands it to the sink.
 
 Two encodings of one record:
 - the wire line, built on the request path: a JSON array in ``WIRE_FIELDS`` order after a
@@ -21,7 +21,6 @@ from typing import Any, Protocol
 
 import orjson
 
-CAPTURED_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/api/chat"})
 RESPONSES_ROUTE = "/v1/responses"
 
 
@@ -103,10 +102,11 @@ class RecordSink(Protocol):
 
 
 class Recorder:
-    __slots__ = ("chunks", "conversation_id", "create_conversation", "limit", "request", "size", "sse", "truncated")
+    """The exchange's tee (``gwproxy.proxy.exchange.Tee``): what the client got, bounded."""
+
+    __slots__ = ("chunks", "conversation_id", "create_conversation", "limit", "size", "sse", "truncated")
 
     def __init__(self, limit: int) -> None:
-        self.request: bytes | None = None  # the JSON body sent upstream (set by the proxy)
         self.chunks: list[bytes] = []
         self.size = 0
         self.limit = limit

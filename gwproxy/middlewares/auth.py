@@ -1,8 +1,11 @@
-"""auth: every /v1, vLLM-extra and /api request carries a principal, or is answered 401.
+"""auth: a request to an endpoint of access ``USER`` or ``ADMIN`` carries a principal, or is
+answered 401 (403 for a user at an admin endpoint); the principal goes on the exchange and in
+``request[PRINCIPAL]`` for the API's handlers.
 
-Open without credentials: ``/``, ``/health*``, ``/docs``, ``/openapi.json``, login, refresh and logout,
-and ``/metrics`` when ``auth.metrics_public`` (else admins only). With ``auth.enabled = false``
-every request acts as an anonymous user (a gateway in front of a private vLLM).
+Open without credentials (``PUBLIC``): ``/``, ``/health*``, ``/docs``, ``/openapi.json``, login,
+refresh and logout; ``/metrics`` (``METRICS``) when ``auth.metrics_public``, else admins only.
+With ``auth.enabled = false`` every request acts as an anonymous user (a gateway in front of a
+private vLLM).
 """
 
 from __future__ import annotations
@@ -11,20 +14,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy.address import client_ip
-from gwproxy.auth.principal import ANONYMOUS
 from gwproxy.config import AuthConfig, RateLimitConfig
 from gwproxy.errors import Forbidden
-from gwproxy.keys import AUTHENTICATOR, PRINCIPAL
-from gwproxy.proxy.routes import ROOT_PATHS
-
-OPEN = frozenset({"/api/auth/login", "/api/auth/refresh", "/api/auth/logout"})  # these carry their own credential
-GUARDED_ROOTS = frozenset(ROOT_PATHS)
-
-
-def needs_auth(path: str) -> bool:
-    if path.startswith("/v1/") or path.startswith("/api/"):
-        return path not in OPEN
-    return path in GUARDED_ROOTS
+from gwproxy.keys import AUTHENTICATOR, EXCHANGE, PRINCIPAL
+from gwproxy.principal import ANONYMOUS
+from gwproxy.proxy.endpoints import Access
 
 
 def auth_middleware(cfg: AuthConfig, limits: RateLimitConfig) -> Middleware:
@@ -32,17 +26,21 @@ def auth_middleware(cfg: AuthConfig, limits: RateLimitConfig) -> Middleware:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = request.path
         if request.method == "OPTIONS":
             # CORS preflights carry no credentials by design; the CORS layer answers them (and
             # /v1 routes take no OPTIONS otherwise, so nothing reaches the upstream this way).
             return await handler(request)
+        exchange = request[EXCHANGE]
+        access = exchange.endpoint.access
         if not cfg.enabled:
-            request[PRINCIPAL] = ANONYMOUS
-        elif needs_auth(path):
+            exchange.principal = request[PRINCIPAL] = ANONYMOUS
+        elif access is Access.USER or access is Access.ADMIN:
             address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
-            request[PRINCIPAL] = await request.app[AUTHENTICATOR].authenticate(request.headers, address)
-        elif path == "/metrics" and not cfg.metrics_public:
+            principal = await request.app[AUTHENTICATOR].authenticate(request.headers, address)
+            if access is Access.ADMIN and not principal.is_admin:
+                raise Forbidden(f"{request.path} is for admins")
+            exchange.principal = request[PRINCIPAL] = principal
+        elif access is Access.METRICS and not cfg.metrics_public:
             address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
             principal = await request.app[AUTHENTICATOR].authenticate(request.headers, address)
             if not principal.is_admin:

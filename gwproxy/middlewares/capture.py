@@ -1,4 +1,5 @@
-"""capture: attaches a ``Recorder`` to each chat request and hands its record (one wire line) to the writer
+"""capture: attaches a ``Recorder`` (the exchange's tee) to each request to a ``captured`` endpoint
+and hands its record (one wire line) to the writer
 once the response is over — finished, failed, or cut short by the client going away.
 
 Skipped (nothing recorded) when capture is off in the configuration, for the user (an admin's
@@ -23,23 +24,25 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gwproxy.capture.record import CAPTURED_ROUTES, Recorder, request_fields, wire
+from gwproxy.capture.record import Recorder, request_fields, wire
 from gwproxy.config import CaptureConfig
 from gwproxy.errors import CLIENT_CLOSED, status_of
-from gwproxy.keys import BODY, CAPTURE, PRINCIPAL, RECORDER, TRACE
+from gwproxy.keys import CAPTURE, EXCHANGE
 
 
 def capture_middleware(cfg: CaptureConfig) -> Middleware:
     @web.middleware
     async def capture(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not cfg.enabled or request.method != "POST" or request.path not in CAPTURED_ROUTES:
+        exchange = request[EXCHANGE]
+        if not cfg.enabled or not exchange.endpoint.captured or request.method != "POST":
             return await handler(request)
-        principal = request[PRINCIPAL]
-        if not principal.capture or principal.via == "anonymous":
+        principal = exchange.principal
+        if principal is None or not principal.capture or principal.via == "anonymous":
             return await handler(request)
         if request.headers.get("X-Gwproxy-Capture", "").strip().lower() in ("off", "false", "0", "no"):
             return await handler(request)
-        recorder = request[RECORDER] = Recorder(cfg.max_bytes)
+        recorder = Recorder(cfg.max_bytes)
+        exchange.tee = recorder
         started = time.time()
         status = 500
         try:
@@ -53,10 +56,10 @@ def capture_middleware(cfg: CaptureConfig) -> Middleware:
             status = 200 if recorder.size else CLIENT_CLOSED
             raise
         finally:
-            trace = request[TRACE]
-            body = recorder.request
-            if body is None and request.get(BODY):  # refused before it went upstream: what was parsed
-                body = orjson.dumps(request_fields(request[BODY]))
+            trace = exchange.trace
+            body = exchange.sent  # what went upstream
+            if body is None and exchange.body:  # refused before it went upstream: what was parsed
+                body = orjson.dumps(request_fields(exchange.body))
             ttft = trace.ttft()
             line = wire(
                 secrets.token_hex(16), principal.user_id, principal.key_id, request.path, status, started, body,

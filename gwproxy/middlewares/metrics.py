@@ -1,7 +1,7 @@
 """metrics: per-request counting, timing and in-flight gauge, plus the one access-log line.
 
-Creates the request's ``Trace`` (which the proxy fills in) and, when the response is finished —
-answered, failed or abandoned by the client (status 499) — records it. Runs inside the errors
+Reads the request's ``Trace`` (which the proxy fills in) when the response is finished —
+answered, failed or abandoned by the client (status 499) — and records it. Runs inside the errors
 middleware, so a ``GatewayError`` passing through is counted with its own status.
 """
 
@@ -15,28 +15,26 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy import log
 from gwproxy.errors import CLIENT_CLOSED, status_of
-from gwproxy.keys import TRACE
+from gwproxy.keys import EXCHANGE
 from gwproxy.metrics import Metrics
-from gwproxy.proxy.routes import ROOT_PATHS, route_label
-from gwproxy.trace import Trace
 
 _access = log.get("gwproxy.access")
 
 
 def _route(request: web.Request) -> str:
-    """The route label of a request the proxy did not label itself (refused before it ran)."""
+    """The route label: the endpoint's for what the table names (proxied paths), else the
+    matched route's pattern (bounded: never the raw path)."""
+    endpoint = request[EXCHANGE].endpoint
+    if endpoint.upstream or endpoint.forwards:
+        return endpoint.route
     info = request.match_info.route.resource
-    if info is None:
-        return "unmatched"
-    if info.canonical == "/v1/{tail}" or info.canonical in ROOT_PATHS:
-        return route_label(request.path)
-    return info.canonical
+    return "unmatched" if info is None else info.canonical
 
 
 def metrics_middleware(metrics: Metrics) -> Middleware:
     @web.middleware
     async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-        trace = request[TRACE] = Trace(started=time.perf_counter())
+        trace = request[EXCHANGE].trace
         metrics.in_flight += 1
         status = 500
         try:
@@ -52,7 +50,7 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
         finally:
             metrics.in_flight -= 1
             duration = time.perf_counter() - trace.started
-            route = trace.route or _route(request)
+            route = _route(request)
             model = trace.model or "-"
             metrics.observe_request(route, model, status, duration)
             ttft = trace.ttft()

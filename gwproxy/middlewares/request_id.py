@@ -1,5 +1,6 @@
-"""request_id: accept the client's ``X-Request-ID`` or mint one, make it the log context of
-everything the request does, and echo it on every response (through ``on_response_prepare``, so
+"""request_id: open the request's ``Exchange`` (its endpoint, looked up once, and its trace), accept
+the client's ``X-Request-ID`` or mint one, make it the log context of everything the request
+does, and echo it on every response (through ``on_response_prepare``, so
 streamed and error responses carry it too). vLLM makes the header its response id, so any id a
 client may send it is kept as sent — base64, spaces, non-ASCII — up to ``MAX_ID`` characters
 (a longer one is replaced); one with a control character is refused (400).
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy import log
 from gwproxy.errors import InvalidRequest, render
-from gwproxy.keys import REQUEST_ID, RESPONSE_HEADERS
+from gwproxy.keys import EXCHANGE, REQUEST_ID, RESPONSE_HEADERS
+from gwproxy.proxy.exchange import open_exchange
 
 MAX_ID = 1024
 
@@ -29,6 +32,7 @@ def request_id_middleware() -> Middleware:
 
     @web.middleware
     async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[EXCHANGE] = open_exchange(request, time.perf_counter())
         rid = request.headers.get("X-Request-ID")
         if rid is not None and not rid.isprintable():
             return render(InvalidRequest("X-Request-ID must not contain control characters", param="X-Request-ID"))

@@ -6,9 +6,10 @@ sees a path that means something else upstream.
   routing and the upstream would read it differently. Absolute-form targets
   (``GET http://host/v1/models``) are fine: handlers use the parsed path, never the raw target.
 - **Body size**, from ``Content-Length`` before reading, and as a cap on what ``read`` accepts
-  for chunked bodies: ``AUTH_MAX_BODY_BYTES`` for login, refresh and logout (open to anyone),
-  ``server.api_max_body_bytes`` for the rest of ``/api`` and the gateway's own pages,
-  ``proxy.max_body_bytes`` for what is forwarded upstream (``/v1``, vLLM's extras, ``/api/chat``).
+  for chunked bodies, by the endpoint's ``body_limit``: ``AUTH_MAX_BODY_BYTES`` for login, refresh
+  and logout (open to anyone), ``server.api_max_body_bytes`` for the rest of ``/api`` and the
+  gateway's own pages, ``proxy.max_body_bytes`` for what is forwarded upstream (``/v1``, vLLM's
+  extras, ``/api/chat``).
 - **NUL characters** in the path, or in a query parameter of the gateway's own API, are refused
   with 400 naming the parameter (PostgreSQL cannot compare or store them; nothing legitimate
   carries one).
@@ -25,20 +26,20 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy.config import Config
 from gwproxy.errors import InvalidRequest, PayloadTooLarge, UnsupportedEncoding
-from gwproxy.proxy.routes import ROOT_PATHS
+from gwproxy.keys import EXCHANGE
+from gwproxy.proxy.endpoints import BodyLimit, Endpoint
 
 AUTH_MAX_BODY_BYTES = 16 * 1024
-AUTH_PATHS = frozenset({"/api/auth/login", "/api/auth/refresh", "/api/auth/logout"})
 DECODED = frozenset(
     {"", "identity", "gzip", "x-gzip", "deflate", *(("br",) if HAS_BROTLI else ()), *(("zstd",) if HAS_ZSTD else ())}
 )
-_UPSTREAM_ROOTS = frozenset(ROOT_PATHS)
 
 
-def body_limit(path: str, cfg: Config) -> int:
-    if path.startswith("/v1/") or path in _UPSTREAM_ROOTS or path == "/api/chat":
+def body_limit(endpoint: Endpoint, cfg: Config) -> int:
+    """The largest body ``endpoint`` reads, in bytes (its ``body_limit`` kind, configured)."""
+    if endpoint.body_limit is BodyLimit.PROXY:
         return cfg.proxy.max_body_bytes
-    if path in AUTH_PATHS:
+    if endpoint.body_limit is BodyLimit.AUTH:
         return AUTH_MAX_BODY_BYTES
     return cfg.server.api_max_body_bytes
 
@@ -60,7 +61,7 @@ def shape_middleware(cfg: Config) -> Middleware:
                 if "\x00" in value or "\x00" in name:
                     raise InvalidRequest(f"Query parameter '{name}' contains a NUL character", param=name)
         if request.body_exists:
-            limit = body_limit(path, cfg)
+            limit = body_limit(request[EXCHANGE].endpoint, cfg)
             length = request.content_length
             if length is not None and length > limit:
                 raise PayloadTooLarge(f"Request body too large: {length} bytes, at most {limit} accepted here")

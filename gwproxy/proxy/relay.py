@@ -5,7 +5,7 @@ Contract:
 - status, ``Content-Type`` and end-to-end headers are kept; hop-by-hop headers are dropped;
   SSE responses get ``X-Accel-Buffering: no``;
 - the only edit is the ``UsageTap``'s removal of the usage event the gateway itself asked for;
-- with capture on, each chunk the client gets is also handed to the request's ``Recorder``;
+- each chunk the client gets is also handed to the exchange's ``Tee`` when there is one (capture);
 - the client going away (a failed write, or the handler cancelled) closes the upstream
   response at once, so vLLM aborts the generation;
 - the upstream failing mid-body (died, silent for ``first_byte_timeout`` before its first chunk
@@ -25,9 +25,10 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gwproxy import log
-from gwproxy.capture.record import Recorder
 from gwproxy.errors import envelope
+from gwproxy.keys import EXCHANGE
 from gwproxy.metrics import Metrics
+from gwproxy.proxy.exchange import Tee
 from gwproxy.proxy.usage import UsageTap
 from gwproxy.proxy.watchdog import UpstreamIdle, Watch
 from gwproxy.trace import Trace
@@ -71,7 +72,7 @@ async def relay(
     upstream: aiohttp.ClientResponse,
     trace: Trace,
     tap: UsageTap | None,
-    recorder: Recorder | None,
+    tee: Tee | None,
     watch: Watch,
     metrics: Metrics,
     extra_headers: Mapping[str, str],
@@ -80,8 +81,8 @@ async def relay(
     sse = upstream.content_type == "text/event-stream"
     if sse:
         headers["X-Accel-Buffering"] = "no"
-    if recorder is not None:
-        recorder.sse = sse
+    if tee is not None:
+        tee.sse = sse
     headers.update(extra_headers)
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     length = upstream.content_length
@@ -114,14 +115,14 @@ async def relay(
                 chunk = tap.feed(chunk)
                 if not chunk:
                     continue
-            if recorder is not None:
-                recorder.feed(chunk)  # what the client gets, for capture (bounded)
+            if tee is not None:
+                tee.feed(chunk)  # what the client gets, for capture (bounded)
             await resp.write(chunk)
         if tap is not None:
             held = tap.finish()
             if held:
-                if recorder is not None:
-                    recorder.feed(held)
+                if tee is not None:
+                    tee.feed(held)
                 await resp.write(held)
         await resp.write_eof()
         done = True
@@ -146,7 +147,7 @@ async def _fail(
 ) -> web.StreamResponse:
     trace.upstream_error = kind
     metrics.count_upstream_error(kind)
-    _log.warning("upstream failed mid-response", kind=kind, route=trace.route)
+    _log.warning("upstream failed mid-response", kind=kind, route=request[EXCHANGE].endpoint.route)
     if sse:
         await resp.write(_sse_error(message, code))
         await resp.write_eof()

@@ -1,15 +1,16 @@
 """Routes: every ``/v1/*`` path and method (and vLLM's root extras) forwarded to the upstream.
 
-A handler reads the body once; for JSON POSTs it parses it once (orjson) to validate the fields
-the gateway relies on, resolve a model alias and, for streams, ask for the usage event. The
-original bytes are forwarded unless one of those edits was needed.
+The body is read once; a JSON body is parsed once, by the exchange (``Exchange.json``), checked
+against the endpoint's schema, its model alias resolved and, for streams, the usage event asked
+for. The original bytes are forwarded unless one of those edits was needed. A local endpoint
+(``/api/chat``) forwards through ``through_gate`` with the body it built, to the endpoint it
+stands for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -18,62 +19,19 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gwproxy.errors import InvalidJSON, InvalidRequest, UpstreamTimeout, UpstreamUnavailable
-from gwproxy.keys import BODY, CONFIG, GATE, METRICS, RECORDER, REQUEST_ID, TRACE, UPSTREAM
-from gwproxy.proxy import schema, usage
+from gwproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from gwproxy.keys import CONFIG, EXCHANGE, GATE, METRICS, REQUEST_ID, UPSTREAM
+from gwproxy.proxy import usage
+from gwproxy.proxy.endpoints import ROOT_PATHS, Endpoint
+from gwproxy.proxy.exchange import Exchange
 from gwproxy.proxy.relay import HOP_BY_HOP, relay
 from gwproxy.proxy.usage import UsageTap
 from gwproxy.proxy.watchdog import Watch
 
-# vLLM endpoints outside /v1 that clients use.
-ROOT_PATHS = (
-    "/tokenize",
-    "/detokenize",
-    "/version",
-    "/pooling",
-    "/classify",
-    "/score",
-    "/rerank",
-    "/v2/rerank",
-)
-# Known /v1 routes are metric labels as they are; anything else is folded into one label.
-KNOWN_ROUTES = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/models",
-        "/v1/responses",
-        "/v1/audio/transcriptions",
-        "/v1/audio/translations",
-        "/v1/rerank",
-        "/v1/score",
-        *ROOT_PATHS,
-    }
-)
-# Routes whose body is JSON whatever the Content-Type says (curl -d sends a form type).
-JSON_ROUTES = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/tokenize",
-        "/detokenize",
-        "/api/chat",
-    }
-)
-USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"})
 MODEL_CARD = "/v1/models/"  # one model's card: the alias in its path is resolved
-RESPONSES = "/v1/responses"  # usage in its final event: never injected or stripped
 # Client headers that never go upstream: hop-by-hop, recomputed, the gateway's credentials, or
 # describing an encoding aiohttp already undid (the body read is the decoded one).
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "content-encoding", "authorization", "api-key", "x-api-key"}
-
-
-def route_label(path: str) -> str:
-    """A bounded metric label for a proxied path."""
-    return path if path in KNOWN_ROUTES else "/v1/other"
 
 
 def forward_headers(request: web.Request, auth: dict[str, str], request_id: str) -> CIMultiDict[str]:
@@ -87,52 +45,39 @@ def forward_headers(request: web.Request, auth: dict[str, str], request_id: str)
     return headers
 
 
-def _is_json(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json")
-
-
-def parse_body(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"The request body is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise InvalidRequest("The request body must be a JSON object")
-    return parsed
-
-
 async def proxy(request: web.Request) -> web.StreamResponse:
-    request[TRACE].route = route_label(request.path)
-    body = await request.read() if request.body_exists else b""  # read() caches: a second call is free
-    return await through_gate(request, body, request.path)
+    exchange = request[EXCHANGE]
+    await exchange.json(request)  # parsed and checked (the limiter may have done it already)
+    return await through_gate(request, exchange, exchange.endpoint)
 
 
-async def through_gate(request: web.Request, body: bytes, path: str) -> web.StreamResponse:
+async def through_gate(request: web.Request, exchange: Exchange, target: Endpoint) -> web.StreamResponse:
     """``forward``, counted in flight; while a model switch runs, first wait for it (bounded)."""
     gate = request.app[GATE]
     if not gate.is_open:  # wait before resolving names: "current" is the new model afterwards
         await gate.wait(request.app[CONFIG].switch.hold_seconds)
     gate.enter()
     try:
-        return await forward(request, body, path)
+        return await forward(request, exchange, target)
     finally:
         gate.leave()
 
 
-async def forward(request: web.Request, body: bytes, path: str) -> web.StreamResponse:
-    """Send ``body`` upstream to ``path`` (the request's own, or the one a gateway route such as
-    /api/chat stands for) and relay the answer."""
+async def forward(request: web.Request, exchange: Exchange, target: Endpoint) -> web.StreamResponse:
+    """Send the request upstream to ``target`` (the request's own endpoint, or the one a local
+    endpoint such as /api/chat stands for, whose handler set ``exchange.body``) and relay the
+    answer."""
     app = request.app
     cfg, registry, metrics = app[CONFIG], app[UPSTREAM], app[METRICS]
-    trace = request[TRACE]
-    own_path = path == request.path
-    recorder = request.get(RECORDER)
+    trace = exchange.trace
+    own = target is exchange.endpoint
+    body = await request.read() if own and request.body_exists else b""  # cached by aiohttp
+    parsed = exchange.body
     tap: UsageTap | None = None
-    if body and request.method == "POST" and (path in JSON_ROUTES or _is_json(request.content_type)):
-        parsed = request.get(BODY) or parse_body(body)  # the rate limiter may have parsed it
-        request[BODY] = parsed
-        schema.check(path, parsed)
-        rewrite = False
+    if parsed is not None:
+        if not own and target.schema is not None:
+            target.schema(parsed)  # what a local endpoint built must pass as the client's would
+        rewrite = not own
         model = parsed.get("model")
         if isinstance(model, str):
             served = registry.resolve(model)
@@ -142,25 +87,24 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
             trace.model = registry.label(served)
         elif model is None:  # vLLM answers with the model it serves: the request is "current"'s
             trace.model = registry.label(registry.state.models[0] if registry.state.models else None)
-        sse = usage.streams(parsed)
-        if path == RESPONSES:
-            tap = UsageTap(sse=sse, strip=False, responses=True)
-        elif path in USAGE_ROUTES:
-            inject = usage.wants_injection(parsed)
-            if inject:
-                usage.inject(parsed)
-                rewrite = True
-            tap = UsageTap(sse=sse, strip=inject)
+        if target.usage:
+            sse = usage.streams(parsed)
+            if target.responses:
+                tap = UsageTap(sse=sse, strip=False, responses=True)
+            else:
+                inject = usage.wants_injection(parsed)
+                if inject:
+                    usage.inject(parsed)
+                    rewrite = True
+                tap = UsageTap(sse=sse, strip=inject)
         if rewrite:
             body = orjson.dumps(parsed)
-        if recorder is not None:
-            recorder.request = body  # what capture stores is what went upstream
+        exchange.sent = body  # what capture stores is what went upstream
     # The path as sent, query included (from the parsed target: an absolute-form target's scheme
     # and host are not the upstream's), or the endpoint a gateway route stands for.
-    if own_path:
-        target = request.rel_url
-        query = target.raw_query_string
-        raw_path = target.raw_path
+    if own:
+        query = request.rel_url.raw_query_string
+        raw_path = request.rel_url.raw_path
         if request.method == "GET" and raw_path.startswith(MODEL_CARD):  # models.retrieve("current")
             name = request.path[len(MODEL_CARD) :]
             served = registry.resolve(name)
@@ -169,7 +113,7 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
             trace.model = registry.label(served)
         url = URL(registry.origin + raw_path + ("?" + query if query else ""), encoded=True)
     else:
-        url = URL(registry.origin + path)
+        url = URL(registry.origin + target.path)
     headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])
     trace.upstream_started = time.perf_counter()
     watchdog = registry.watchdog
@@ -184,7 +128,7 @@ async def forward(request: web.Request, body: bytes, path: str) -> web.StreamRes
             metrics.observe_overhead(overhead)
         watch.follow(upstream, cfg.upstream.idle_timeout)
         try:
-            return await relay(request, upstream, trace, tap, recorder, watch, metrics, extra)
+            return await relay(request, upstream, trace, tap, exchange.tee, watch, metrics, extra)
         finally:
             upstream.release()
             if tap is not None:

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from gwproxy.auth.principal import Principal
 from gwproxy.errors import TooManyRequests
 from gwproxy.keys import BUCKETS, CONFIG, DATABASE, GUARD, LIMITER, METRICS
 from gwproxy.metrics import Metrics
+from gwproxy.principal import Principal
 from gwproxy.ratelimit.bucket import Decision
 from gwproxy.ratelimit.guard import Guard
 from gwproxy.ratelimit.policy import Plan, Policy

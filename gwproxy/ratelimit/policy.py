@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gwproxy.auth.authenticator import TtlCache
-from gwproxy.auth.principal import Principal
+from gwproxy.cache import TtlCache
 from gwproxy.config import RateLimitConfig
+from gwproxy.principal import Principal
 from gwproxy.proxy.schema import lax_int
 from gwproxy.ratelimit.bucket import Limit
 from gwproxy.ratelimit.store import Slot

@@ -14,10 +14,10 @@ from aiohttp import web
 from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import select
 
-from gwproxy.auth.routes import require_admin
 from gwproxy.bodies import identifier, json, load
 from gwproxy.errors import NotFound
 from gwproxy.keys import DATABASE, LIMITER, USERS
+from gwproxy.principal import require_admin
 from gwproxy.ratelimit.policy import OVERRIDABLE, set_overrides
 from gwproxy.store.tables import api_keys, rate_limits
 

@@ -23,9 +23,9 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 from marshmallow import RAISE, Schema, fields
 
-from gwproxy.auth.routes import require_admin
 from gwproxy.bodies import StrictBool, json, load
 from gwproxy.keys import SWITCHER
+from gwproxy.principal import require_admin
 
 
 class SwitchBody(Schema):

@@ -9,11 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy.auth import credentials
 from gwproxy.auth.authenticator import Authenticator
-from gwproxy.auth.principal import Principal
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.auth.users import UserService
 from gwproxy.config import AuthConfig
 from gwproxy.errors import Unauthorized
+from gwproxy.principal import Principal
 
 CODEC = TokenCodec(AuthConfig(jwt_secret="s" * 40))
 

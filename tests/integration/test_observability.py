@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from typing import Any
 
 import aiohttp
 import pytest
@@ -77,8 +79,14 @@ async def test_access_log_line_per_request(gateway: Gateway) -> None:
             headers={"X-Request-ID": "log-check-1", **gateway.auth},
         ) as r:
             assert r.status == 200
-    lines = [json.loads(line) for line in gateway.proc.output().splitlines() if line.startswith("{")]
-    [line] = [entry for entry in lines if entry.get("request_id") == "log-check-1"]
+    found: list[dict[str, Any]] = []
+    for _ in range(100):  # the line is written once the response is over, after the client has it
+        lines = [json.loads(line) for line in gateway.proc.output().splitlines() if line.startswith("{")]
+        found = [entry for entry in lines if entry.get("request_id") == "log-check-1"]
+        if found:
+            break
+        await asyncio.sleep(0.02)
+    [line] = found
     assert line["event"] == "request" and line["level"] == "info"
     assert line["route"] == "/v1/chat/completions" and line["model"] == MODEL and line["status"] == 200
     assert line["duration_ms"] > 0 and line["ttft_ms"] > 0

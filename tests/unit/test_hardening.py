@@ -13,6 +13,7 @@ from gwproxy.capture.routes import fenced, inline
 from gwproxy.config import Config, without_credentials
 from gwproxy.log import redact
 from gwproxy.middlewares.shape import AUTH_MAX_BODY_BYTES, body_limit, has_dot_segment
+from gwproxy.proxy.endpoints import lookup
 from gwproxy.proxy.usage import UsageTap, parse_usage
 from gwproxy.sim import engine, responses
 
@@ -57,10 +58,14 @@ def test_inline_and_fenced_markdown_cannot_make_structure() -> None:
 
 def test_shape_rules() -> None:
     cfg = Config()
-    assert body_limit("/api/auth/login", cfg) == AUTH_MAX_BODY_BYTES
-    assert body_limit("/api/admin/users", cfg) == cfg.server.api_max_body_bytes
-    assert body_limit("/v1/chat/completions", cfg) == body_limit("/api/chat", cfg) == cfg.proxy.max_body_bytes
-    assert body_limit("/tokenize", cfg) == cfg.proxy.max_body_bytes
+
+    def limit(path: str) -> int:
+        return body_limit(lookup(path), cfg)
+
+    assert limit("/api/auth/login") == AUTH_MAX_BODY_BYTES
+    assert limit("/api/admin/users") == cfg.server.api_max_body_bytes
+    assert limit("/v1/chat/completions") == limit("/api/chat") == cfg.proxy.max_body_bytes
+    assert limit("/tokenize") == limit("/v1/anything") == cfg.proxy.max_body_bytes
     assert has_dot_segment("/v1/../x") and has_dot_segment("/v1/./x") and has_dot_segment("/a/..")
     assert not has_dot_segment("/v1/models/a.b") and not has_dot_segment("/v1/...x")
 

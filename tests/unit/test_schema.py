@@ -1,7 +1,15 @@
 import pytest
 
 from gwproxy.errors import InvalidRequest
-from gwproxy.proxy.schema import check
+from gwproxy.proxy.endpoints import lookup
+
+
+def check(path: str, body: dict) -> None:  # type: ignore[type-arg]
+    """The check the endpoint table gives ``path`` (none: anything passes)."""
+    schema = lookup(path).schema
+    if schema is not None:
+        schema(body)
+
 
 OK = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -1,9 +1,15 @@
-"""Principal: who a request acts for, as the auth middleware established it."""
+"""Principal: who a request acts for, as the auth middleware established it, and the one check
+of an admin-only handler (``require_admin``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from aiohttp import web
+
+from gwproxy.errors import Forbidden
+from gwproxy.keys import PRINCIPAL
 
 Role = Literal["user", "admin"]
 ROLES: tuple[Role, ...] = ("user", "admin")
@@ -24,3 +30,10 @@ class Principal:
 
 
 ANONYMOUS = Principal(0, "anonymous", "user", "anonymous")
+
+
+def require_admin(request: web.Request) -> Principal:
+    principal = request[PRINCIPAL]
+    if not principal.is_admin:
+        raise Forbidden("This route is for admins")
+    return principal
