@@ -157,7 +157,7 @@ def provision_postgres(url: str) -> tuple[dict[str, str], dict[str, str]]:
 def capture_pair(nginx_v1: str) -> Iterator[tuple[dict[str, int], dict[str, str], dict[str, str]]]:
     """Two gateways on one PostgreSQL server on loopback, capture off and on; with their key."""
     sys.path.insert(0, str(ROOT))
-    from tests.services import Postgres  # the test suite's throwaway server (runs as postgres under root)
+    from tests.support.services import Postgres  # the test suite's throwaway server (runs as postgres under root)
 
     pg = Postgres()
     procs = Procs()

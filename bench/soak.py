@@ -139,7 +139,7 @@ def main() -> int:
     database, pg = f"sqlite:///{work}/soak.db", None
     if args.postgres:
         sys.path.insert(0, str(ROOT))
-        from tests.services import Postgres  # the tests' throwaway server
+        from tests.support.services import Postgres  # the tests' throwaway server
 
         pg = Postgres()
         database = pg.create_database("soak")

@@ -41,7 +41,7 @@ from gwproxy.middlewares.errors import errors_middleware
 from gwproxy.middlewares.hosts import hosts_middleware
 from gwproxy.middlewares.metrics import metrics_middleware
 from gwproxy.middlewares.ratelimit import ratelimit_middleware
-from gwproxy.middlewares.request_id import echo_request_id, request_id_middleware
+from gwproxy.middlewares.request_id import add_response_headers, request_id_middleware
 from gwproxy.middlewares.shape import shape_middleware
 from gwproxy.proxy import routes as proxy_routes
 from gwproxy.proxy.registry import upstream_context
@@ -77,7 +77,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     app.cleanup_ctx.append(limiter_context)
     app.cleanup_ctx.append(upstream_context)
     app.cleanup_ctx.append(switcher_context)
-    app.on_response_prepare.append(echo_request_id)
+    app.on_response_prepare.append(add_response_headers)
     health.add_routes(app)
     docs.add_routes(app)
     proxy_routes.add_routes(app)

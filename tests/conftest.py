@@ -22,8 +22,8 @@ from gwproxy.app import create_app
 from gwproxy.config import Config, DatabaseConfig, load_config
 from gwproxy.store import migrator
 from gwproxy.store.engine import create_engine
-from tests.procs import Proc, start_gateway, start_sim
-from tests.services import Postgres, Redis
+from tests.support.procs import Proc, start_gateway, start_sim
+from tests.support.services import Postgres, Redis
 
 MODEL = "sim-model"
 

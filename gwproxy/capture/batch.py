@@ -62,7 +62,7 @@ class Stored:
 
 
 @dataclass(slots=True)
-class Plan:
+class Rows:
     """What a batch adds: new rows per table, and the stored conversations it appends to."""
 
     conversations: dict[str, dict[str, Any]] = field(default_factory=dict)  # new ones, by id
@@ -86,7 +86,7 @@ class Store(Protocol):
         """The newest message per (conversation id, prefix hash)."""
         ...
 
-    async def write(self, plan: Plan) -> None: ...
+    async def write(self, plan: Rows) -> None: ...
 
 
 async def write_batch(engine: AsyncEngine, batch: Sequence[tuple[Record, Assembled]]) -> int:
@@ -138,7 +138,7 @@ async def store_batch(store: Store, batch: Sequence[tuple[Record, Assembled]]) -
         index[(user, digest, None)] = stored
     for (cid, digest), stored in (await store.latest_in(sorted(by_conversation))).items():
         index[(owners[cid], digest, cid)] = stored
-    plan = Plan()
+    plan = Rows()
     for rid, (record, reply) in fresh.items():
         _plan(plan, index, owners, record, reply, turns[rid], hashes[rid])
     await store.write(plan)
@@ -186,7 +186,7 @@ def _remember(index: dict[tuple[int, str, str | None], Stored], user: int, diges
 
 
 def _plan(
-    plan: Plan, index: dict[tuple[int, str, str | None], Stored], owners: dict[str, int], record: Record,
+    plan: Rows, index: dict[tuple[int, str, str | None], Stored], owners: dict[str, int], record: Record,
     reply: Assembled, turn: list[dict[str, Any]], hashes: list[str],
 ) -> None:  # fmt: skip
     when = _when(record.created_at)
@@ -214,7 +214,7 @@ def _float(value: float | None) -> float | None:
 
 
 def _thread(
-    plan: Plan, index: dict[tuple[int, str, str | None], Stored], owners: dict[str, int], record: Record,
+    plan: Rows, index: dict[tuple[int, str, str | None], Stored], owners: dict[str, int], record: Record,
     reply: Assembled, turn: list[dict[str, Any]], hashes: list[str], when: datetime, model: str | None,
     completion_tokens: int | None,
 ) -> str:  # fmt: skip
@@ -330,7 +330,7 @@ class SqlStore:
                 found[(key, digest)] = Stored(row.id, row.conversation_id, row.seq, _ts(row.created_at))
         return found
 
-    async def write(self, plan: Plan) -> None:
+    async def write(self, plan: Rows) -> None:
         if plan.conversations:
             await self.conn.execute(insert(conversations), list(plan.conversations.values()))
         if plan.messages:
@@ -426,7 +426,7 @@ class PgStore:
         rows = await self.conn.fetch(query, [k for k, _ in wanted], [d for _, d in wanted])
         return {(r[0], r[1]): Stored(r[2], r[3], r[4], r[5].timestamp()) for r in rows}
 
-    async def write(self, plan: Plan) -> None:
+    async def write(self, plan: Rows) -> None:
         if plan.conversations:
             await self._copy(conversations, plan.conversations.values())
         if plan.messages:

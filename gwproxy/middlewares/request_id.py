@@ -45,10 +45,11 @@ def request_id_middleware() -> Middleware:
     return request_id
 
 
-async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Also adds the headers other layers left in ``request[RESPONSE_HEADERS]`` (rate limits), and
-    ``X-Content-Type-Options: nosniff`` to every response: no browser guesses a type for what the
-    gateway serves (an exported conversation, an upstream's error page)."""
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The headers every response gets: the request id, the headers other layers left in
+    ``request[RESPONSE_HEADERS]`` (rate limits, ``/api/chat``'s conversation id), and
+    ``X-Content-Type-Options: nosniff`` (no browser guesses a type for what the
+    gateway serves: an exported conversation, an upstream's error page)."""
     response.headers["X-Content-Type-Options"] = "nosniff"
     rid = request.get(REQUEST_ID)
     if rid is not None:

@@ -25,7 +25,7 @@ from gwproxy.metrics import Metrics
 from gwproxy.principal import Principal
 from gwproxy.ratelimit.bucket import Decision
 from gwproxy.ratelimit.guard import Guard
-from gwproxy.ratelimit.policy import Plan, Policy
+from gwproxy.ratelimit.policy import Charge, Policy
 from gwproxy.ratelimit.store import BucketStore, MemoryStore, Ticket
 from gwproxy.trace import Trace
 
@@ -35,7 +35,7 @@ SLOT_RETRY_MAX = 60.0  # the longest Retry-After a concurrency refusal gives
 
 @dataclass(slots=True)
 class Admission:
-    plan: Plan
+    plan: Charge
     ticket: Ticket
     headers: dict[str, str]
 
@@ -49,7 +49,7 @@ def duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def headers_for(plan: Plan, decision: Decision) -> dict[str, str]:
+def headers_for(plan: Charge, decision: Decision) -> dict[str, str]:
     out: dict[str, str] = {}
     tightest = None
     for reading, name in zip(decision.readings, plan.names, strict=True):
@@ -104,7 +104,7 @@ class Limiter:
         return Admission(plan, ticket, headers)
 
     @staticmethod
-    def _refused_by(plan: Plan, decision: Decision) -> str:
+    def _refused_by(plan: Charge, decision: Decision) -> str:
         costs = dict(zip(plan.names, plan.costs, strict=True))
         for reading, name in zip(decision.readings, plan.names, strict=True):
             if reading.remaining < min(costs[name], reading.limit):
@@ -131,7 +131,7 @@ class Limiter:
         task.add_done_callback(self._pending.discard)
 
     @staticmethod
-    def _delta(plan: Plan, trace: Trace) -> float:
+    def _delta(plan: Charge, trace: Trace) -> float:
         """Real usage minus the estimate that was taken at admission."""
         if plan.token_bucket is None:
             return 0.0

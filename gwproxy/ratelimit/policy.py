@@ -54,7 +54,9 @@ OVERRIDABLE = ("requests", "window", "tokens_per_minute", "concurrency")
 
 
 @dataclass(slots=True)
-class Plan:
+class Charge:
+    """The buckets one request takes from, with its costs (what admission asks the store)."""
+
     keys: list[str]
     limits: list[Limit]
     costs: list[float]
@@ -142,7 +144,7 @@ class Policy:
 
     def plan(
         self, principal: Principal, ip: str, user: Limits, key: Limits | None, estimate: tuple[int, int] | None
-    ) -> Plan:
+    ) -> Charge:
         """The buckets of a request; ``estimate`` None: a route that is not charged tokens."""
         if principal.via == "anonymous":
             # Without auth nobody is a user: the address is the only identity, and its bucket
@@ -170,7 +172,7 @@ class Policy:
         concurrency = key.concurrency if key is not None and key.concurrency else user.concurrency
         slot = Slot(f"gwrl:{who}:leases", concurrency) if concurrency else None
         prompt, total = (estimate[0], sum(estimate)) if estimate is not None else (0, 0)
-        return Plan(keys, limits, costs, names, slot, token_bucket, prompt, total)
+        return Charge(keys, limits, costs, names, slot, token_bucket, prompt, total)
 
 
 async def set_overrides(

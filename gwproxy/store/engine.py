@@ -36,10 +36,6 @@ def database_url(cfg: DatabaseConfig) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def is_sqlite(engine: AsyncEngine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def create_engine(cfg: DatabaseConfig) -> AsyncEngine:
     url = database_url(cfg)
     if url.startswith("sqlite"):

@@ -9,7 +9,7 @@ import httpx
 
 from tests.conftest import ADMIN_PASSWORD, JWT_SECRET, Gateway, gwproxy_cli
 from tests.conftest import gwproxy_run as run
-from tests.procs import Proc, free_port, start_gateway
+from tests.support.procs import Proc, free_port, start_gateway
 
 
 def test_user_and_key_commands(tmp_path: Path) -> None:

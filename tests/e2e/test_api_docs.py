@@ -17,7 +17,7 @@ from openapi_spec_validator import validate
 
 from gwproxy.docs import OPERATIONS, document
 from tests.conftest import Gateway, provision, start_app
-from tests.procs import start_gateway
+from tests.support.procs import start_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"

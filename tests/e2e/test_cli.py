@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Proc, free_port
+from tests.support.procs import Proc, free_port
 
 
 def test_demo_serves_the_printed_examples(log_dir: Path, tmp_path: Path) -> None:

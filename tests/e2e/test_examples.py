@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Proc, free_port
+from tests.support.procs import Proc, free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tests.conftest import gwproxy_run
-from tests.switching import write_profile
+from tests.support.switching import write_profile
 
 
 def test_profiles_lists_the_bundled_ones_with_their_fit() -> None:

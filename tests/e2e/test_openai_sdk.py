@@ -11,7 +11,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from tests.conftest import MODEL, Gateway, provision
-from tests.procs import free_port, start_gateway
+from tests.support.procs import free_port, start_gateway
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 

@@ -12,8 +12,8 @@ from gwproxy.switcher.backend import Launch
 from gwproxy.switcher.containers import HF_CACHE_IN_CONTAINER, DockerBackend
 from gwproxy.switcher.processes import ProcessBackend
 from gwproxy.switcher.profiles import parse_profile
-from tests.podman import Podman
-from tests.switching import TINY
+from tests.support.podman import Podman
+from tests.support.switching import TINY
 
 STUBBORN = ["sh", "-c", "trap '' TERM; echo Starting to load model; sleep 60"]
 

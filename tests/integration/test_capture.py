@@ -16,7 +16,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import MODEL, gwproxy_cli, provision
-from tests.procs import Proc, start_gateway
+from tests.support.procs import Proc, start_gateway
 
 WEATHER = {
     "type": "function",

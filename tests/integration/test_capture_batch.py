@@ -27,7 +27,7 @@ from gwproxy.store import migrator
 from gwproxy.store.engine import create_engine
 from gwproxy.store.tables import conversations, messages, requests
 from tests.integration.test_store import CODEC
-from tests.services import Postgres
+from tests.support.services import Postgres
 
 SYSTEM = {"role": "system", "content": "Be brief."}
 

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from tests.conftest import gwproxy_cli, provision
-from tests.procs import Proc, start_gateway
-from tests.services import Postgres
+from tests.support.procs import Proc, start_gateway
+from tests.support.services import Postgres
 
 CONVERSATIONS = 100  # x 2 turns = 200 streamed chats
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Gateway, provision
-from tests.procs import start_gateway
+from tests.support.procs import start_gateway
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 
 from gwproxy.middlewares.hosts import host_allowed
 from tests.conftest import MODEL, provision, start_app
-from tests.procs import start_gateway
+from tests.support.procs import start_gateway
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import MODEL, start_app
-from tests.procs import free_port, start_sim
+from tests.support.procs import free_port, start_sim
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 

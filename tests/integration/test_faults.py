@@ -18,8 +18,8 @@ import pytest
 from gwproxy.keys import USERS
 from tests.conftest import MODEL, Gateway, gwproxy_cli, provision, start_app, start_replicas
 from tests.integration.test_ratelimit import fire
-from tests.procs import start_gateway, start_sim
-from tests.services import Postgres, Redis
+from tests.support.procs import start_gateway, start_sim
+from tests.support.services import Postgres, Redis
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
 

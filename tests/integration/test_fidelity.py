@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from tests.conftest import MODEL, start_app
-from tests.procs import start_sim
+from tests.support.procs import start_sim
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 6}
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 
 from tests.conftest import MODEL, Gateway, gwproxy_cli, provision
-from tests.procs import start_gateway
-from tests.switching import TINY, get_json, switch, write_profile
+from tests.support.procs import start_gateway
+from tests.support.switching import TINY, get_json, switch, write_profile
 
 
 async def test_without_a_backend_status_reports_the_upstream_and_switching_is_refused(gateway: Gateway) -> None:

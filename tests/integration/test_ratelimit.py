@@ -19,7 +19,7 @@ from gwproxy.ratelimit.bucket import Limit
 from gwproxy.ratelimit.redis_store import RedisStore
 from gwproxy.ratelimit.store import MemoryStore
 from tests.conftest import MODEL, Gateway, gwproxy_cli, provision, start_app, start_replicas
-from tests.services import Redis
+from tests.support.services import Redis
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from gwproxy.keys import USERS
 from tests.conftest import MODEL, start_app
 from tests.integration.test_auth_http import bearer, call
-from tests.services import Redis
+from tests.support.services import Redis
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

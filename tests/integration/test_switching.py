@@ -17,9 +17,9 @@ import aiohttp
 import pytest
 
 from tests.conftest import Gateway, provision
-from tests.podman import SIM_FLAGS, SIM_IMAGE, Podman
-from tests.procs import Proc, free_port
-from tests.switching import (
+from tests.support.podman import SIM_FLAGS, SIM_IMAGE, Podman
+from tests.support.procs import Proc, free_port
+from tests.support.switching import (
     TINY,
     chat_load,
     collect_events,

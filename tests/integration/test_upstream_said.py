@@ -13,7 +13,7 @@ from gwproxy.config import UpstreamConfig
 from gwproxy.errors import ModelNotReady
 from gwproxy.proxy.registry import UpstreamRegistry, UpstreamState
 from tests.conftest import provision
-from tests.procs import Proc, free_port
+from tests.support.procs import Proc, free_port
 
 
 def _gateway(log_dir: Path, tmp: Path, upstream: str, name: str) -> tuple[Proc, str, dict[str, str]]:

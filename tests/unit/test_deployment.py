@@ -105,7 +105,7 @@ def test_image_entrypoint_runs_on_the_host(tmp_path: Path) -> None:
     import urllib.request
 
     from tests.conftest import JWT_SECRET
-    from tests.procs import free_port
+    from tests.support.procs import free_port
 
     text = (ROOT / "Dockerfile").read_text()
     entry = jsonlib.loads(re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1))  # type: ignore[union-attr]

@@ -1,0 +1,1 @@
+"""Support for the tests: processes, throwaway servers (PostgreSQL, Redis, Podman), switching helpers."""
