@@ -198,7 +198,7 @@ def writer_process(gateway: int, timeout: float = 20) -> int:
                 cmdline = (stat.parent / "cmdline").read_bytes()
             except OSError:
                 continue
-            if int(fields[1]) == gateway and b"gwproxy.capture.worker" in cmdline:
+            if int(fields[1]) == gateway and b"gwproxy.capture.process.worker" in cmdline:
                 return int(stat.parent.name)
         time.sleep(0.1)
     raise RuntimeError(f"gateway {gateway} has no capture writer process")

@@ -75,7 +75,7 @@ def usage(proc: psutil.Process) -> tuple[int, int]:
 def writer_of(gateway: psutil.Process) -> psutil.Process | None:
     for child in gateway.children(recursive=True):
         try:
-            if "gwproxy.capture.worker" in " ".join(child.cmdline()):
+            if "gwproxy.capture.process.worker" in " ".join(child.cmdline()):
                 return child
         except psutil.Error:
             continue

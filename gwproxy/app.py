@@ -28,10 +28,10 @@ from aiohttp import web
 from gwproxy import docs, health
 from gwproxy.auth import routes as auth_routes
 from gwproxy.auth.bootstrap import auth_context
-from gwproxy.capture import chat as chat_routes
-from gwproxy.capture import routes as capture_routes
-from gwproxy.capture.courier import capture_context
+from gwproxy.capture.process.courier import capture_context
 from gwproxy.config import Config
+from gwproxy.conversations import chat as chat_routes
+from gwproxy.conversations import routes as conversation_routes
 from gwproxy.cors import setup_cors
 from gwproxy.keys import CONFIG, DEMO, METRICS
 from gwproxy.metrics import Metrics
@@ -84,7 +84,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     auth_routes.add_routes(app)
     ratelimit_routes.add_routes(app)
     switcher_routes.add_routes(app)
-    capture_routes.add_routes(app)
+    conversation_routes.add_routes(app)
     chat_routes.add_routes(app)
     setup_cors(app, config.server.cors_origin_list())
     return app

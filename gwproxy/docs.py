@@ -27,8 +27,8 @@ from marshmallow import Schema, fields
 from gwproxy import __version__
 from gwproxy.auth import schemas as auth_schemas
 from gwproxy.bodies import json
-from gwproxy.capture.chat import ChatBody
-from gwproxy.capture.routes import ConversationChange, NewConversation
+from gwproxy.conversations.chat import ChatBody
+from gwproxy.conversations.routes import ConversationChange, NewConversation
 from gwproxy.errors import NotFound
 from gwproxy.keys import CONFIG
 from gwproxy.proxy.schema import ChatRequest, CompletionRequest, EmbeddingRequest

@@ -11,9 +11,9 @@ if TYPE_CHECKING:
 
     from gwproxy.auth.authenticator import Authenticator
     from gwproxy.auth.users import UserService
-    from gwproxy.capture.chat import RecentTurns
     from gwproxy.capture.record import RecordSink
     from gwproxy.config import Config
+    from gwproxy.conversations.chat import RecentTurns
     from gwproxy.metrics import Metrics
     from gwproxy.principal import Principal
     from gwproxy.proxy.exchange import Exchange

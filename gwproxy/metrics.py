@@ -67,13 +67,8 @@ class Metrics:
         self.ratelimited: dict[str, int] = {}
         self.prompt_tokens: dict[str, int] = {}
         self.completion_tokens: dict[str, int] = {}
-        # Capture: the writer counts; the queue depth is read from the writer's queue.
-        self.capture_queue: Callable[[], int] = lambda: 0
-        self.capture_written = 0
-        self.capture_spooled = 0
-        self.capture_replayed = 0
-        self.capture_dropped = 0
-        self.capture_rejected = 0
+        # Capture's counts and queue depth, read at scrape time from what capture owns.
+        self.capture: Callable[[], Mapping[str, int]] = dict
         self.latency = Histogram(LATENCY_BUCKETS)
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.overhead = Histogram(OVERHEAD_BUCKETS)
@@ -202,16 +197,17 @@ class GatewayCollector(Collector):
         yield m.load_seconds.family(
             "gwproxy_model_load_duration_seconds", "Time a model took from start to serving, by profile", "profile"
         )
+        capture = m.capture()
         depth = GaugeMetricFamily("gwproxy_capture_queue_depth", "Captured requests waiting for the writer")
-        depth.add_metric([], m.capture_queue())
+        depth.add_metric([], capture.get("queue", 0))
         yield depth
-        for name, doc, value in (
-            ("written", "Captured requests written to the database", m.capture_written),
-            ("spooled", "Captured requests written to the disk spool (database down or slow)", m.capture_spooled),
-            ("replayed", "Spooled records replayed into the database", m.capture_replayed),
-            ("dropped", "Captured requests lost because the spool was full (should stay 0)", m.capture_dropped),
-            ("rejected", "Captured requests the database refused, set aside in rejected.jsonl", m.capture_rejected),
+        for name, doc in (
+            ("written", "Captured requests written to the database"),
+            ("spooled", "Captured requests written to the disk spool (database down or slow)"),
+            ("replayed", "Spooled records replayed into the database"),
+            ("dropped", "Captured requests lost because the spool was full (should stay 0)"),
+            ("rejected", "Captured requests the database refused, set aside in rejected.jsonl"),
         ):
             counter = CounterMetricFamily(f"gwproxy_capture_{name}", doc)
-            counter.add_metric([], value)
+            counter.add_metric([], capture.get(name, 0))
             yield counter

@@ -29,11 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gwproxy import log
 from gwproxy.capture.assembly import Assembled, assemble
 from gwproxy.capture.batch import write_batch
+from gwproxy.capture.counters import Counters
 from gwproxy.capture.record import RESPONSES_ROUTE, Record
 from gwproxy.capture.responses import assemble_response
 from gwproxy.capture.spool import Spool
 from gwproxy.config import CaptureConfig
-from gwproxy.metrics import Metrics
 
 _log = log.get("gwproxy.capture")
 
@@ -47,10 +47,10 @@ def reply_of(record: Record) -> Assembled:
 
 
 class CaptureWriter:
-    def __init__(self, cfg: CaptureConfig, engine: AsyncEngine, metrics: Metrics) -> None:
+    def __init__(self, cfg: CaptureConfig, engine: AsyncEngine, counters: Counters | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
-        self.metrics = metrics
+        self.counters = counters or Counters()
         self.queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=cfg.queue_size)
         self.spool = Spool(Path(cfg.spool_dir), cfg.spool_max_bytes)
         self._task: asyncio.Task[None] | None = None
@@ -63,7 +63,7 @@ class CaptureWriter:
         self._closing = False
         self._seqs: dict[str, int] = {}  # request id → the courier's number for its line, until done
         self.confirm: Callable[[list[int]], None] | None = None  # told the numbers of lines written or spooled
-        metrics.capture_queue = self.queue.qsize
+        self.counters.queue = self.queue.qsize
 
     # ---- the request side ----------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ class CaptureWriter:
         for start in range(0, len(left), self.cfg.batch_size):
             await self._write_or_spool(left[start : start + self.cfg.batch_size])
         if left:
-            _log.info("capture queue drained", records=len(left), spooled_total=self.metrics.capture_spooled)
+            _log.info("capture queue drained", records=len(left), spooled_total=self.counters.spooled)
 
     async def _run(self) -> None:
         while True:
@@ -167,9 +167,9 @@ class CaptureWriter:
     def _spool_now(self, batch: Sequence[Record]) -> None:
         lines = [r.dumps() for r in batch]
         kept = self.spool.append(lines)
-        self.metrics.capture_spooled += kept
+        self.counters.spooled += kept
         if kept < len(lines):
-            self.metrics.capture_dropped += len(lines) - kept
+            self.counters.dropped += len(lines) - kept
             _log.error(
                 "capture spool full: records dropped", dropped=len(lines) - kept, max_bytes=self.spool.max_bytes,
                 request_ids=[r.request_id for r in batch[kept:]][:20],
@@ -180,7 +180,7 @@ class CaptureWriter:
         """Write new records in one transaction; returns how many were new."""
         items = [(r, reply_of(r)) for r in batch]
         written = await write_batch(self.engine, items)
-        self.metrics.capture_written += written
+        self.counters.written += written
         return written
 
     async def _replay(self) -> None:
@@ -192,7 +192,7 @@ class CaptureWriter:
                 await loop.run_in_executor(None, self.spool.commit, offset)
                 if await loop.run_in_executor(None, self.spool.pending_bytes) == 0:
                     self._spooling = False
-                    _log.info("capture spool replayed", replayed=self.metrics.capture_replayed)
+                    _log.info("capture spool replayed", replayed=self.counters.replayed)
                 return
             records = [Record.loads(line) for line in lines]
             try:
@@ -202,7 +202,7 @@ class CaptureWriter:
                     _log.info("capture database still unavailable", error=f"{type(exc).__name__}: {exc}")
                     return
                 await self._write_one_by_one(records)
-            self.metrics.capture_replayed += len(records)
+            self.counters.replayed += len(records)
             await loop.run_in_executor(None, self.spool.commit, offset)
 
     async def _database_answers(self) -> bool:
@@ -223,7 +223,7 @@ class CaptureWriter:
 
     def _set_aside(self, line: bytes, request_id: str | None, exc: Exception) -> None:
         """Keep a record that cannot be written (refused, or unreadable) in ``rejected.jsonl``."""
-        self.metrics.capture_rejected += 1
+        self.counters.rejected += 1
         what = "capture record refused by the database" if request_id else "capture line unreadable"
         _log.error(f"{what}, set aside", request_id=request_id, error=f"{type(exc).__name__}: {exc}")
         with (Path(self.cfg.spool_dir) / "rejected.jsonl").open("ab") as f:

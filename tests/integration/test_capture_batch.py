@@ -16,13 +16,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy.auth.users import UserService
-from gwproxy.capture import batch, repository
+from gwproxy.capture import batch
 from gwproxy.capture.assembly import assemble
 from gwproxy.capture.batch import PgStore, write_batch
 from gwproxy.capture.record import Record, Recorder, wire
 from gwproxy.capture.writer import CaptureWriter
 from gwproxy.config import CaptureConfig, DatabaseConfig
-from gwproxy.metrics import Metrics
+from gwproxy.conversations import repository
 from gwproxy.store import migrator
 from gwproxy.store.engine import create_engine
 from gwproxy.store.tables import conversations, messages, requests
@@ -174,8 +174,7 @@ async def test_the_writer_takes_wire_lines_and_sets_aside_what_it_cannot_read(
 ) -> None:
     alice, _ = users
     cfg = CaptureConfig(spool_dir=str(tmp_path), batch_seconds=0)
-    metrics = Metrics()
-    writer = CaptureWriter(cfg, engine, metrics)
+    writer = CaptureWriter(cfg, engine)
     writer.start()
     recorder = Recorder(1 << 20)
     recorder.feed(answer("hello").encode())
@@ -183,7 +182,8 @@ async def test_the_writer_takes_wire_lines_and_sets_aside_what_it_cannot_read(
     writer.submit(wire("w1", alice, None, "/v1/chat/completions", 200, 100.0, body, recorder, None, 5, 2, 1.0, 2.0))
     writer.submit(b'{"request_id": "torn')  # not a record: kept aside, never lost silently
     await writer.close()
-    assert (metrics.capture_written, metrics.capture_rejected, metrics.capture_spooled) == (1, 1, 0)
+    counts = writer.counters.snapshot()
+    assert (counts["written"], counts["rejected"], counts["spooled"]) == (1, 1, 0)
     assert (tmp_path / "rejected.jsonl").read_bytes() == b'{"request_id": "torn\n'
     assert await shapes(engine, alice) == [("hi", [("user", "hi", 0, False), ("assistant", "hello", 1, True)])]
 

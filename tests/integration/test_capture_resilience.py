@@ -198,7 +198,7 @@ def _writer_process(proc: Proc) -> psutil.Process:
     while time.monotonic() < deadline:
         for child in psutil.Process(proc.popen.pid).children():
             with contextlib.suppress(psutil.Error):
-                if "gwproxy.capture.worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                if "gwproxy.capture.process.worker" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
                     return child
         time.sleep(0.1)
     raise AssertionError("no capture writer process")

@@ -9,8 +9,8 @@ import pytest
 from gwproxy.bodies import identifier, nul_at
 from gwproxy.capture.record import Record, without_nul
 from gwproxy.capture.responses import assemble_response, turn_messages
-from gwproxy.capture.routes import fenced, inline
 from gwproxy.config import Config, without_credentials
+from gwproxy.conversations.routes import fenced, inline
 from gwproxy.log import redact
 from gwproxy.middlewares.shape import AUTH_MAX_BODY_BYTES, body_limit, has_dot_segment
 from gwproxy.proxy.endpoints import lookup

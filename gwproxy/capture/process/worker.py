@@ -1,4 +1,4 @@
-"""Worker: the capture writer's own process (``python -m gwproxy.capture.worker``), started and
+"""Worker: the capture writer's own process (``python -m gwproxy.capture.process.worker``), started and
 fed by the gateway's ``Courier``.
 
 Protocol, over the pipes the gateway opened:
@@ -32,21 +32,20 @@ import orjson
 import uvloop
 
 from gwproxy import log as logconf
+from gwproxy.capture.counters import Counters
 from gwproxy.capture.writer import CaptureWriter
 from gwproxy.config import CaptureConfig, DatabaseConfig
-from gwproxy.metrics import Metrics
 from gwproxy.store.engine import create_engine
 
 REPORT_SECONDS = 0.2
 GC_YOUNG = 10_000  # allocations between young collections (Python's default: 700)
-COUNTERS = ("written", "spooled", "replayed", "dropped", "rejected")
 
 _log = logconf.get("gwproxy.capture")
 
 
-def counters(metrics: Metrics, acks: Acks | None = None) -> dict[str, int]:
-    out = {name: int(getattr(metrics, f"capture_{name}")) for name in COUNTERS}
-    out["queue"] = metrics.capture_queue()
+def report(counters: Counters, acks: Acks | None = None) -> dict[str, int]:
+    """What the worker tells the courier: its counts, its queue, the lines it is done with."""
+    out = counters.snapshot()
     if acks is not None:
         out["acked"] = acks.acked
     return out
@@ -89,10 +88,10 @@ class _Intake(asyncio.Protocol):
         self.done.set()
 
 
-async def _report(fd: int, metrics: Metrics, acks: Acks, stop: asyncio.Event) -> None:
+async def _report(fd: int, counters: Counters, acks: Acks, stop: asyncio.Event) -> None:
     last: dict[str, int] = {}
     while True:
-        now = counters(metrics, acks)
+        now = report(counters, acks)
         if now != last:
             try:
                 os.write(fd, orjson.dumps(now) + b"\n")
@@ -108,8 +107,8 @@ async def _report(fd: int, metrics: Metrics, acks: Acks, stop: asyncio.Event) ->
 async def run(settings: dict[str, Any]) -> None:
     cfg = CaptureConfig(**settings["capture"])
     engine = create_engine(DatabaseConfig(**settings["database"]))
-    metrics = Metrics()
-    writer = CaptureWriter(cfg, engine, metrics)
+    counters = Counters()
+    writer = CaptureWriter(cfg, engine, counters)
     acks = Acks()
     writer.confirm = acks.confirm
     writer.start()
@@ -123,7 +122,7 @@ async def run(settings: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     done, reported = asyncio.Event(), asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, done.set)
-    reporter = asyncio.create_task(_report(settings["report_fd"], metrics, acks, reported))
+    reporter = asyncio.create_task(_report(settings["report_fd"], counters, acks, reported))
     transport, _ = await loop.connect_read_pipe(lambda: _Intake(writer, done), sys.stdin.buffer)
     try:
         await done.wait()

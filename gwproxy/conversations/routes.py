@@ -24,8 +24,8 @@ from aiohttp import web
 from marshmallow import RAISE, Schema, fields, validate
 
 from gwproxy.bodies import identifier, json, load
-from gwproxy.capture import repository
 from gwproxy.capture.threads import text_of
+from gwproxy.conversations import repository
 from gwproxy.errors import Forbidden, InvalidRequest
 from gwproxy.keys import DATABASE, PRINCIPAL
 

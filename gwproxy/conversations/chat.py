@@ -28,9 +28,10 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from gwproxy import log
 from gwproxy.bodies import StrictBool, invalid
-from gwproxy.capture import batch, repository, threads
+from gwproxy.capture import batch, threads
 from gwproxy.capture.assembly import assemble
 from gwproxy.capture.record import Recorder
+from gwproxy.conversations import repository
 from gwproxy.keys import DATABASE, EXCHANGE, PRINCIPAL, RECENT_TURNS, RESPONSE_HEADERS
 from gwproxy.proxy.endpoints import TABLE
 from gwproxy.proxy.routes import through_gate

@@ -20,6 +20,10 @@ kept here until the worker acknowledges it written or spooled (``worker``'s ``ac
 - shutdown (``close``): the remaining lines are written, stdin is closed, and the worker drains
   (writes or spools its queue) and exits; the gateway waits for it (``4 × write_timeout + 10`` s
   at most, then kills it).
+
+The worker's lifecycle is ``WorkerState``: idle (none yet; the first record starts one) →
+starting → running → down (exited or failed to start: started again after ``RESTART_SECONDS``)
+→ … → closing → closed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +42,11 @@ import orjson
 from aiohttp import web
 
 from gwproxy import log
+from gwproxy.capture.counters import NAMES, Counters
 from gwproxy.capture.spool import Spool
-from gwproxy.capture.worker import COUNTERS
 from gwproxy.capture.writer import CaptureWriter
 from gwproxy.config import Config
 from gwproxy.keys import CAPTURE, CONFIG, DATABASE, METRICS
-from gwproxy.metrics import Metrics
 
 FLUSH_SECONDS = 0.005
 RESTART_SECONDS = 1.0
@@ -51,10 +55,19 @@ MAX_UNREAD_BYTES = 8 * 1024 * 1024  # written to the pipe, not yet read by the w
 _log = log.get("gwproxy.capture")
 
 
+class WorkerState(Enum):
+    IDLE = "idle"  # no worker yet: the first record (or a spool to replay) starts one
+    STARTING = "starting"
+    RUNNING = "running"
+    DOWN = "down"  # exited or could not start: another is started after RESTART_SECONDS
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
 class Courier:
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    def __init__(self, config: Config) -> None:
         self.cfg = config.capture
-        self.metrics = metrics
+        self.state = WorkerState.IDLE
         self._settings: dict[str, Any] = {
             "capture": asdict(config.capture),
             "database": asdict(config.database),
@@ -69,17 +82,21 @@ class Courier:
         self._seq = 0  # the number of the last line written to the running worker
         self._flush_at: asyncio.TimerHandle | None = None
         self._reported: dict[str, int] = {}  # the running worker's last report
-        self._before = dict.fromkeys(COUNTERS, 0)  # earlier workers' totals, and this side's own
-        self._closing = False
-        self._starting = False
+        self._before = Counters()  # earlier workers' totals, and this side's own (spooled, dropped)
         self._starter: asyncio.Task[None] | None = None
-        metrics.capture_queue = lambda: len(self._lines) + self._reported.get("queue", 0)
+
+    def counts(self) -> dict[str, int]:
+        """The capture counts for ``/metrics``: earlier workers', this side's, the running worker's."""
+        out = {name: getattr(self._before, name) + self._reported.get(name, 0) for name in NAMES}
+        out["queue"] = len(self._lines) + self._reported.get("queue", 0)
+        return out
 
     # ---- the request side ----------------------------------------------------------------------
 
     def submit(self, line: bytes) -> None:
         self._lines.append(line)
-        if self._proc is None and self._starter is None and not self._closing:
+        if self.state is WorkerState.IDLE:
+            self.state = WorkerState.STARTING  # at once: the next submit must not start another
             self._starter = asyncio.create_task(self._start_worker())  # the first record: no cost before
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush)
@@ -89,10 +106,16 @@ class Courier:
         if not self._lines:
             return
         proc = self._proc
-        if self._starting:
+        if self.state is WorkerState.STARTING:
             self._hold()  # a worker is on its way (and may be reading the spool already)
             return
-        if proc is None or proc.returncode is not None or proc.stdin is None or proc.stdin.is_closing():
+        if (
+            self.state is not WorkerState.RUNNING
+            or proc is None
+            or proc.returncode is not None
+            or proc.stdin is None
+            or proc.stdin.is_closing()
+        ):
             self._spool(self._lines)  # no worker to read them: the next one replays the spool
             self._lines = []
             return
@@ -129,21 +152,19 @@ class Courier:
         """Keep the lines (up to ``queue_size``) and try again shortly."""
         excess = len(self._lines) - self.cfg.queue_size
         if excess > 0:
-            self._before["dropped"] += excess
+            self._before.dropped += excess
             _log.error("capture writer process is not reading: records dropped", dropped=excess)
             del self._lines[:excess]
         if self._flush_at is None:
             self._flush_at = asyncio.get_running_loop().call_later(RESTART_SECONDS / 10, self._flush)
-        self._publish()
 
     def _spool(self, lines: list[bytes]) -> None:
         """Only while no worker runs (the spool is the worker's file otherwise); blocking, rare."""
         kept = Spool(Path(self.cfg.spool_dir), self.cfg.spool_max_bytes).append(lines)
-        self._before["spooled"] += kept
+        self._before.spooled += kept
         if kept < len(lines):
-            self._before["dropped"] += len(lines) - kept
+            self._before.dropped += len(lines) - kept
             _log.error("capture spool full: records dropped", dropped=len(lines) - kept)
-        self._publish()
 
     # ---- the worker ----------------------------------------------------------------------------
 
@@ -151,36 +172,38 @@ class Courier:
         """The worker starts with the first record, or now when the spool holds records to replay."""
         if Spool(Path(self.cfg.spool_dir), self.cfg.spool_max_bytes).pending_bytes() > 0:
             _log.info("capture spool has records from an earlier run; starting the writer to replay them")
+            self.state = WorkerState.STARTING
             self._starter = asyncio.create_task(self._start_worker())
             await self._starter
 
     async def _start_worker(self) -> None:
-        self._starting = True
         try:
             await self._spawn()
         except OSError as exc:  # lines go to the spool meanwhile; the next record tries again
             _log.error("capture writer process could not start", error=str(exc))
-            self._starting = False
             await asyncio.sleep(RESTART_SECONDS)
             self._starter = None
+            if self.state is WorkerState.DOWN:
+                self.state = WorkerState.IDLE
             return
         self._supervisor = asyncio.create_task(self._supervise(), name="gwproxy-capture-courier")
         self._flush()
 
     async def _spawn(self) -> None:
-        self._starting = True
+        if self.state is not WorkerState.CLOSING:
+            self.state = WorkerState.STARTING
         read_fd, write_fd = os.pipe()
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "gwproxy.capture.worker",
+                sys.executable, "-m", "gwproxy.capture.process.worker",
                 stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,), start_new_session=True,
             )  # fmt: skip
         except BaseException:
             os.close(read_fd)
+            self.state = WorkerState.CLOSING if self.state is WorkerState.CLOSING else WorkerState.DOWN
             raise
         finally:
             os.close(write_fd)
-            self._starting = False
         assert self._proc.stdin is not None
         self._proc.stdin.write(orjson.dumps({**self._settings, "report_fd": write_fd}) + b"\n")
         self._reported = {}
@@ -189,6 +212,8 @@ class Courier:
         loop = asyncio.get_running_loop()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
         self._reports = asyncio.create_task(self._read_reports(reader))
+        if self.state is WorkerState.STARTING:
+            self.state = WorkerState.RUNNING
         _log.info("capture writer process started", pid=self._proc.pid)
 
     async def _read_reports(self, reader: asyncio.StreamReader) -> None:
@@ -196,11 +221,6 @@ class Courier:
             with contextlib.suppress(orjson.JSONDecodeError):
                 self._reported = orjson.loads(line)
                 self._acknowledged(self._reported.pop("acked", 0))
-                self._publish()
-
-    def _publish(self) -> None:
-        for name in COUNTERS:
-            setattr(self.metrics, f"capture_{name}", self._before[name] + self._reported.get(name, 0))
 
     async def _supervise(self) -> None:
         while True:
@@ -209,18 +229,18 @@ class Courier:
             if self._reports is not None:
                 await self._reports  # its last report, if it made one
                 self._reports = None
-            if self._closing:
+            if self.state is WorkerState.CLOSING:
                 return
+            self.state = WorkerState.DOWN
             resend = self._take_unacked()
             _log.error(
                 "capture writer process exited; starting another, which gets the records it had not "
                 "confirmed first", exit_code=code, resent=len(resend),
             )  # fmt: skip
             self._lines[:0] = resend
-            for name in COUNTERS:
-                self._before[name] += self._reported.get(name, 0)
+            for name in NAMES:
+                setattr(self._before, name, getattr(self._before, name) + self._reported.get(name, 0))
             self._reported = {}
-            self._publish()
             await asyncio.sleep(RESTART_SECONDS)
             self._flush()  # spools what came meanwhile, before the next worker reads the spool
             try:
@@ -232,7 +252,7 @@ class Courier:
 
     async def close(self) -> None:
         """Hand over what is left, close the worker's input and wait for it to drain and exit."""
-        self._closing = True
+        self.state = WorkerState.CLOSING
         if self._starter is not None:
             with contextlib.suppress(Exception):
                 await self._starter
@@ -262,19 +282,22 @@ class Courier:
         if self._lines:
             self._spool(self._lines)
             self._lines = []
+        self.state = WorkerState.CLOSED
 
 
 async def capture_context(app: web.Application) -> AsyncIterator[None]:
     """The writer in its own process (``capture.process``, the default) or in this event loop."""
     config = app[CONFIG]
     if config.capture.process:
-        courier = Courier(config, app[METRICS])
+        courier = Courier(config)
+        app[METRICS].capture = courier.counts
         app[CAPTURE] = courier
         await courier.start()
         yield
         await courier.close()
         return
-    writer = CaptureWriter(config.capture, app[DATABASE], app[METRICS])
+    writer = CaptureWriter(config.capture, app[DATABASE])
+    app[METRICS].capture = writer.counters.snapshot
     app[CAPTURE] = writer
     writer.start()
     yield
