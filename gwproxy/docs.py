@@ -1,11 +1,12 @@
 """Docs: the OpenAPI 3.1 document (``GET /openapi.json``) and the interactive page (``GET /docs``).
 
-The document is generated with apispec from the marshmallow schemas the handlers load requests
-with (auth, limits, models, conversations, chat, and the /v1 request checks), plus the response
-schemas below, which describe what the handlers render. Every operation lists its security
-(a bearer JWT or API key, or none), its error envelope, and its statuses. ``OPERATIONS`` is the
-one table of what is documented; a test checks it against the app's router, so a new route
-cannot go undocumented.
+The document is built by walking the app's router: every route whose handler declares an
+``@operation`` (``gwproxy.operations``) is documented from that declaration — summary, request and
+response schemas (the marshmallow schemas beside the handlers), statuses, query parameters, and
+its security (a bearer JWT or API key, or none) — with the error envelope for every error it
+lists. The auth middleware enforces the same declared access. vLLM's own endpoints, which the
+gateway relays rather than routes one by one, are documented from the endpoint table
+(``UPSTREAM``). A test checks that every ``/api`` route declares an operation.
 
 ``/docs`` is Swagger UI 5 (it renders OpenAPI 3.1), served from the files the ``swagger-ui-py``
 package installs: no CDN, it works offline. It is on when ``server.debug`` is, or when
@@ -14,28 +15,21 @@ package installs: no CDN, it works offline. It is on when ``server.debug`` is, o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cache
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import orjson
 from aiohttp import web
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 
 from gwproxy import __version__
-from gwproxy.auth import schemas as auth_schemas
-from gwproxy.bodies import json
-from gwproxy.conversations.chat import ChatBody
-from gwproxy.conversations.routes import ConversationChange, NewConversation
 from gwproxy.errors import NotFound
 from gwproxy.keys import CONFIG
+from gwproxy.operations import Access, Operation, operation_of
 from gwproxy.proxy.schema import ChatRequest, CompletionRequest, EmbeddingRequest
-from gwproxy.ratelimit.routes import LimitsBody
-from gwproxy.switcher.routes import SwitchBody
-
-# ---- response schemas: what the handlers render ------------------------------------------------
 
 
 class ErrorBody(Schema):
@@ -47,127 +41,6 @@ class ErrorBody(Schema):
 
 class ErrorEnvelope(Schema):
     error = fields.Nested(ErrorBody, required=True)
-
-
-class TokenPair(Schema):
-    access_token = fields.String(required=True)
-    token_type = fields.String(required=True)
-    expires_in = fields.Integer(required=True)
-    refresh_token = fields.String(required=True)
-    refresh_expires_in = fields.Integer(required=True)
-
-
-class Me(Schema):
-    id = fields.Integer(required=True)
-    username = fields.String(required=True)
-    role = fields.String(required=True)
-    auth = fields.String(required=True)
-    key_id = fields.Integer(required=True, allow_none=True)
-
-
-class ApiKey(Schema):
-    id = fields.Integer(required=True)
-    user_id = fields.Integer(required=True)
-    name = fields.String(required=True)
-    prefix = fields.String(required=True)
-    created_at = fields.DateTime(required=True)
-    expires_at = fields.DateTime(required=True, allow_none=True)
-    last_used_at = fields.DateTime(required=True, allow_none=True)
-    revoked_at = fields.DateTime(required=True, allow_none=True)
-
-
-class NewApiKey(ApiKey):
-    key = fields.String(required=True, metadata={"description": "the key itself, shown this once"})
-
-
-class User(Schema):
-    id = fields.Integer(required=True)
-    username = fields.String(required=True)
-    role = fields.String(required=True)
-    active = fields.Boolean(required=True)
-    capture = fields.Boolean(required=True)
-    created_at = fields.DateTime(required=True)
-
-
-class KeyList(Schema):
-    object = fields.String(required=True)
-    data = fields.List(fields.Nested(ApiKey), required=True)
-
-
-class UserList(Schema):
-    object = fields.String(required=True)
-    data = fields.List(fields.Nested(User), required=True)
-
-
-class Limits(Schema):
-    user_id = fields.Integer()
-    key_id = fields.Integer()
-    overrides = fields.Dict(required=True)
-    effective = fields.Dict(required=True)
-
-
-class ModelsStatus(Schema):
-    backend = fields.String(required=True, allow_none=True)
-    state = fields.String(required=True)
-    current_profile = fields.String(required=True, allow_none=True)
-    instance = fields.Dict(required=True, allow_none=True)
-    served_models = fields.List(fields.String(), required=True)
-    upstream = fields.Dict(required=True)
-    error = fields.String(required=True, allow_none=True)
-    boot = fields.Dict(required=True, allow_none=True)  # default, started, reason: a default that did not fit
-    gate = fields.Dict(required=True)
-    job = fields.Dict(required=True, allow_none=True)
-    hardware = fields.Dict(required=True)
-
-
-class ProfileList(Schema):
-    hardware = fields.String(required=True)
-    current_profile = fields.String(required=True, allow_none=True)
-    data = fields.List(fields.Dict(), required=True)
-    problems = fields.List(fields.Dict(), required=True)
-
-
-class Recommendations(Schema):
-    hardware = fields.Dict(required=True)
-    recommendations = fields.List(fields.Dict(), required=True)
-
-
-class SwitchAnswer(Schema):
-    job = fields.Dict(required=True)
-    joined = fields.Boolean(required=True)
-
-
-class Reloaded(Schema):
-    loaded = fields.List(fields.String(), required=True)
-    problems = fields.List(fields.Dict(), required=True)
-
-
-class Conversation(Schema):
-    id = fields.String(required=True)
-    title = fields.String(required=True)
-    model = fields.String(required=True, allow_none=True)
-    metadata = fields.Dict(required=True)
-    created_at = fields.DateTime(required=True)
-    updated_at = fields.DateTime(required=True)
-
-
-class ConversationFull(Conversation):
-    messages = fields.List(
-        fields.Dict(), required=True, metadata={"description": "every message; parent_id links branches"}
-    )
-    branch = fields.List(fields.String(), required=True, metadata={"description": "ids of the current branch"})
-
-
-class ConversationPage(Schema):
-    data = fields.List(fields.Nested(Conversation), required=True)
-    next_cursor = fields.String(required=True, allow_none=True)
-    has_more = fields.Boolean(required=True)
-
-
-class Usage(Schema):
-    user_id = fields.Raw(required=True, metadata={"description": "a user id, or 'all'"})
-    data = fields.List(fields.Dict(), required=True)
-    total = fields.Dict(required=True)
 
 
 class OpenAIObject(Schema):
@@ -183,89 +56,38 @@ SSE_EVENT = {
     "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}},
 }
 
-# ---- the operations ----------------------------------------------------------------------------
 
-USER, ADMIN, PUBLIC = "user", "admin", "public"
-
-
-@dataclass(frozen=True)
-class Op:
+@dataclass(frozen=True, slots=True)
+class Documented:
     method: str
     path: str
-    summary: str
-    tag: str
-    body: type[Schema] | None = None
-    answer: type[Schema] | str | None = None  # a schema, "sse" (event stream or JSON), "text", or None (204)
-    status: int = 200
-    access: str = USER
-    errors: tuple[int, ...] = ()
-    query: dict[str, str] = field(default_factory=dict)  # name → description
+    op: Operation
 
 
-ID = {"user_id": "integer", "key_id": "integer", "conversation_id": "string"}
-OPERATIONS: tuple[Op, ...] = (
-    Op("post", "/api/auth/login", "Sign in: an access token and a refresh token", "auth", auth_schemas.Login,
-       TokenPair, access=PUBLIC, errors=(400, 401, 429)),
-    Op("post", "/api/auth/refresh", "Trade a refresh token for a new pair", "auth", auth_schemas.Refresh, TokenPair,
-       access=PUBLIC, errors=(400, 401)),
-    Op("post", "/api/auth/logout", "End a session (revoke its refresh token)", "auth", auth_schemas.Refresh, None,
-       status=204, access=PUBLIC, errors=(400,)),
-    Op("get", "/api/auth/me", "Who you are", "auth", None, Me),
-    Op("post", "/api/auth/keys", "Create an API key (shown once)", "auth", auth_schemas.NewKey, NewApiKey, status=201,
-       errors=(400, 403, 404)),
-    Op("get", "/api/auth/keys", "Your API keys (admins: ?user_id=N or all)", "auth", None, KeyList, errors=(400, 403),
-       query={"user_id": "admins: a user id, or 'all'"}),
-    Op("delete", "/api/auth/keys/{key_id}", "Revoke an API key", "auth", None, None, status=204, errors=(403, 404)),
-    Op("get", "/api/admin/users", "All users", "admin", None, UserList, access=ADMIN),
-    Op("post", "/api/admin/users", "Create a user", "admin", auth_schemas.NewUser, User, status=201, access=ADMIN,
-       errors=(400, 409)),
-    Op("patch", "/api/admin/users/{user_id}", "Change a user's role, active flag or capture", "admin",
-       auth_schemas.UserChange, User, access=ADMIN, errors=(400, 404)),
-    Op("get", "/api/admin/users/{user_id}/limits", "A user's rate-limit overrides and limits in effect", "admin",
-       None, Limits, access=ADMIN, errors=(404,)),
-    Op("put", "/api/admin/users/{user_id}/limits", "Replace a user's rate-limit overrides", "admin", LimitsBody,
-       Limits, access=ADMIN, errors=(400, 404)),
-    Op("get", "/api/admin/keys/{key_id}/limits", "An API key's rate-limit overrides", "admin", None, Limits,
-       access=ADMIN, errors=(404,)),
-    Op("put", "/api/admin/keys/{key_id}/limits", "Replace an API key's rate-limit overrides", "admin", LimitsBody,
-       Limits, access=ADMIN, errors=(400, 404)),
-    Op("get", "/api/models/status", "The running model, the switch job, the GPUs, the upstream", "models", None,
-       ModelsStatus),
-    Op("get", "/api/models/profiles", "Every model profile with its fit for this hardware", "models", None,
-       ProfileList),
-    Op("get", "/api/models/hardware-recommendations", "Every profile ranked for this hardware", "models", None,
-       Recommendations),
-    Op("post", "/api/models/switch", "Switch the served model (202 + job; 200 for a dry run)", "models", SwitchBody,
-       SwitchAnswer, status=202, access=ADMIN, errors=(400, 404, 409)),
-    Op("post", "/api/models/reload", "Re-read the profile files", "models", None, Reloaded, access=ADMIN),
-    Op("get", "/api/models/events", "Switch progress as Server-Sent Events, ending with the job", "models", None,
-       "events", query={"follow": "true: stay open across switches (default false)"}),
-    Op("get", "/api/conversations", "Your conversations, newest first", "conversations", None, ConversationPage,
-       errors=(400,), query={"limit": "1 to 100 (default 20)", "cursor": "next_cursor of the previous page",
-                             "model": "only this model", "since": "ISO date or time", "until": "ISO date or time",
-                             "q": "text in the title"}),
-    Op("post", "/api/conversations", "Start a conversation", "conversations", NewConversation, Conversation,
-       status=201, errors=(400,)),
-    Op("get", "/api/conversations/{conversation_id}", "A conversation with every message", "conversations", None,
-       ConversationFull, errors=(404,)),
-    Op("patch", "/api/conversations/{conversation_id}", "Rename it or change its metadata", "conversations",
-       ConversationChange, Conversation, errors=(400, 404)),
-    Op("delete", "/api/conversations/{conversation_id}", "Delete a conversation", "conversations", None, None,
-       status=204, errors=(404,)),
-    Op("get", "/api/conversations/{conversation_id}/export", "Export as JSON or Markdown", "conversations", None,
-       "export", errors=(400, 404), query={"format": "json (default) or markdown"}),
-    Op("post", "/api/chat", "Chat in a conversation (the /v1/chat/completions answer)", "conversations", ChatBody,
-       "sse", errors=(400, 404, 429, 502, 503, 504)),
-    Op("get", "/api/usage", "Requests and tokens by day and model", "conversations", None, Usage, errors=(400, 403),
-       query={"since": "ISO date or time", "until": "ISO date or time", "user_id": "admins: a user id, or 'all'"}),
-    Op("post", "/v1/chat/completions", "OpenAI chat completions, relayed to vLLM byte for byte", "v1", ChatRequest,
-       "sse", errors=(400, 413, 429, 502, 503, 504)),
-    Op("post", "/v1/completions", "OpenAI completions, relayed to vLLM", "v1", CompletionRequest, "sse",
-       errors=(400, 413, 429, 502, 503, 504)),
-    Op("post", "/v1/embeddings", "OpenAI embeddings, relayed to vLLM", "v1", EmbeddingRequest, OpenAIObject,
-       errors=(400, 413, 429, 502, 503, 504)),
-    Op("get", "/v1/models", "The models vLLM serves now", "v1", None, OpenAIObject, errors=(429, 502, 503, 504)),
+_RELAYED = (400, 413, 429, 502, 503, 504)
+# vLLM's endpoints the gateway checks and relays (not routes of their own: one catch-all serves /v1).
+UPSTREAM: tuple[Documented, ...] = (
+    Documented("post", "/v1/chat/completions", Operation(
+        "OpenAI chat completions, relayed to vLLM byte for byte", "v1", ChatRequest, "sse", errors=_RELAYED)),
+    Documented("post", "/v1/completions", Operation(
+        "OpenAI completions, relayed to vLLM", "v1", CompletionRequest, "sse", errors=_RELAYED)),
+    Documented("post", "/v1/embeddings", Operation(
+        "OpenAI embeddings, relayed to vLLM", "v1", EmbeddingRequest, OpenAIObject, errors=_RELAYED)),
+    Documented("get", "/v1/models", Operation(
+        "The models vLLM serves now", "v1", None, OpenAIObject, errors=(429, 502, 503, 504))),
 )  # fmt: skip
+ID = {"user_id": "integer", "key_id": "integer", "conversation_id": "string"}
+
+
+def operations(app: web.Application) -> list[Documented]:
+    """Every documented operation: the routes that declare one, then vLLM's relayed endpoints."""
+    found = []
+    for route in app.router.routes():
+        op = operation_of(route.handler)
+        if op is not None and route.resource is not None and route.method != "HEAD":
+            found.append(Documented(route.method.lower(), route.resource.canonical, op))
+    return [*found, *UPSTREAM]
+
 
 _STATUS_TEXT = {
     400: "Invalid request (the param names the field)",
@@ -281,7 +103,15 @@ _STATUS_TEXT = {
 }
 
 
-def _responses(op: Op) -> dict[str, Any]:
+def _content(answer: Any) -> dict[str, Any]:
+    if isinstance(answer, dict):
+        return {
+            kind: {"schema": schema if schema is not None else {"type": "string"}} for kind, schema in answer.items()
+        }
+    return {"application/json": {"schema": answer}}
+
+
+def _responses(op: Operation) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if op.answer is None:
         out[str(op.status)] = {"description": "Done, no content"}
@@ -292,41 +122,43 @@ def _responses(op: Op) -> dict[str, Any]:
         }
     elif op.answer == "events":
         out["200"] = {"description": "status, then job events", "content": {"text/event-stream": {"schema": SSE_EVENT}}}
-    elif op.answer == "export":
-        out["200"] = {
-            "description": "The conversation (attachment)",
-            "content": {
-                "application/json": {"schema": ConversationFull},
-                "text/markdown": {"schema": {"type": "string"}},
-            },
-        }
     else:
-        assert isinstance(op.answer, type)
-        out[str(op.status)] = {"description": "OK", "content": {"application/json": {"schema": op.answer}}}
-        if op.path == "/api/models/switch":
-            out["200"] = {
-                "description": "A dry run: the plan",
-                "content": {"application/json": {"schema": SwitchAnswer}},
-            }
-    codes = set(op.errors) | ({401} if op.access != PUBLIC else set()) | ({403} if op.access == ADMIN else set())
+        out[str(op.status)] = {"description": "OK", "content": _content(op.answer)}
+    for status, answer in op.others.items():
+        out[str(status)] = {"description": "Also", "content": _content(answer)}
+    codes = set(op.errors)
+    if op.access is not Access.PUBLIC:
+        codes.add(401)
+    if op.access is Access.ADMIN:
+        codes.add(403)
     for code in sorted(codes):
         out[str(code)] = {"description": _STATUS_TEXT[code], "content": {"application/json": {"schema": ErrorEnvelope}}}
     return out
 
 
-def _parameters(op: Op) -> list[dict[str, Any]]:
+def _parameters(item: Documented) -> list[dict[str, Any]]:
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": ID[name]}}
         for name in ID
-        if "{" + name + "}" in op.path
+        if "{" + name + "}" in item.path
     ]
     params += [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}, "description": d}
-               for n, d in op.query.items()]  # fmt: skip
+               for n, d in item.op.query.items()]  # fmt: skip
     return params
 
 
-@cache
-def document() -> dict[str, Any]:
+def _schemas(op: Operation) -> list[type[Schema]]:
+    answers = [op.answer, *op.others.values()]
+    found = []
+    for answer in answers:
+        for schema in answer.values() if isinstance(answer, dict) else [answer]:
+            if isinstance(schema, type) and issubclass(schema, Schema):
+                found.append(schema)
+    return found
+
+
+def document(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI document of ``app``'s routes."""
     spec = APISpec(
         title="gwproxy",
         version=__version__,
@@ -337,34 +169,44 @@ def document() -> dict[str, Any]:
     bearer = {"type": "http", "scheme": "bearer", "description": "an access token (JWT) or an API key (gwp-…)"}
     spec.components.security_scheme("bearer", bearer)
     spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "x-api-key"})
-    for schema in (ErrorEnvelope, TokenPair, Me, ApiKey, NewApiKey, User, KeyList, UserList, Limits, ModelsStatus,
-                   ProfileList, Recommendations, SwitchAnswer, Reloaded, Conversation, ConversationFull,
-                   ConversationPage, Usage, OpenAIObject):  # fmt: skip
-        spec.components.schema(schema.__name__, schema=schema)
+    found = operations(app)
+    named: dict[str, type[Schema]] = {"ErrorEnvelope": ErrorEnvelope, "OpenAIObject": OpenAIObject}
+    for item in found:
+        for schema in _schemas(item.op):
+            named.setdefault(schema.__name__, schema)
+    for name in sorted(named):
+        spec.components.schema(name, schema=named[name])
     paths: dict[str, dict[str, Any]] = {}
-    for op in OPERATIONS:
-        operation: dict[str, Any] = {
+    for item in found:
+        op = item.op
+        entry: dict[str, Any] = {
             "summary": op.summary,
             "tags": [op.tag],
-            "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "operationId": f"{item.method}_{item.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
             "responses": _responses(op),
-            "security": [] if op.access == PUBLIC else [{"bearer": []}, {"apiKey": []}],
+            "security": [] if op.access is Access.PUBLIC else [{"bearer": []}, {"apiKey": []}],
         }
-        if op.access == ADMIN:
-            operation["description"] = "Admins only."
+        if op.access is Access.ADMIN:
+            entry["description"] = "Admins only."
         if op.body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
-        parameters = _parameters(op)
+            entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": op.body}}}
+        parameters = _parameters(item)
         if parameters:
-            operation["parameters"] = parameters
-        paths.setdefault(op.path, {})[op.method] = operation
-    for path, operations in paths.items():
-        spec.path(path=path, operations=operations)
+            entry["parameters"] = parameters
+        paths.setdefault(item.path, {})[item.method] = entry
+    for path in sorted(paths):
+        spec.path(path=path, operations=paths[path])
     return spec.to_dict()
 
 
+_BUILT: dict[int, bytes] = {}  # the document per app (its routes do not change once it serves)
+
+
 async def openapi(request: web.Request) -> web.Response:
-    return json(document())
+    key = id(request.app)
+    if key not in _BUILT:
+        _BUILT[key] = orjson.dumps(document(request.app))
+    return web.Response(body=_BUILT[key], content_type="application/json")
 
 
 PAGE = """<!doctype html>

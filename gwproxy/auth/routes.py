@@ -14,6 +14,7 @@ from gwproxy.auth import schemas
 from gwproxy.bodies import identifier, json, load
 from gwproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from gwproxy.keys import AUTHENTICATOR, CONFIG, GUARD, PRINCIPAL, USERS
+from gwproxy.operations import Access, operation
 from gwproxy.principal import Principal, require_admin
 
 _log = log.get("gwproxy.auth")
@@ -26,6 +27,8 @@ def _int(request: web.Request, name: str) -> int:
     return value
 
 
+@operation("Sign in: an access token and a refresh token", "auth", body=schemas.Login, answer=schemas.TokenPair,
+           access=Access.PUBLIC, errors=(400, 401, 429))  # fmt: skip
 async def login(request: web.Request) -> web.Response:
     """The attempt is reserved with the guard before the password is checked (``ratelimit.guard``
     says how attempts are counted per username, address and both)."""
@@ -45,12 +48,16 @@ async def login(request: web.Request) -> web.Response:
     return json(pair.public())
 
 
+@operation("Trade a refresh token for a new pair", "auth", body=schemas.Refresh, answer=schemas.TokenPair,
+           access=Access.PUBLIC, errors=(400, 401))  # fmt: skip
 async def refresh(request: web.Request) -> web.Response:
     body = await load(request, schemas.Refresh())
     pair = await request.app[USERS].rotate(body["refresh_token"])
     return json(pair.public())
 
 
+@operation("End a session (revoke its refresh token)", "auth", body=schemas.Refresh, status=204,
+           access=Access.PUBLIC, errors=(400,))  # fmt: skip
 async def logout(request: web.Request) -> web.Response:
     body = await load(request, schemas.Refresh())
     session = await request.app[USERS].close_session(body["refresh_token"])
@@ -58,6 +65,7 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@operation("Who you are", "auth", answer=schemas.Me)
 async def me(request: web.Request) -> web.Response:
     p = request[PRINCIPAL]
     return json({"id": p.user_id, "username": p.username, "role": p.role, "auth": p.via, "key_id": p.key_id})
@@ -71,6 +79,8 @@ def _target_user(principal: Principal, requested: int | None) -> int:
     return requested
 
 
+@operation("Create an API key (shown once)", "auth", body=schemas.NewKey, answer=schemas.NewApiKey, status=201,
+           errors=(400, 403, 404))  # fmt: skip
 async def create_key(request: web.Request) -> web.Response:
     body = await load(request, schemas.NewKey())
     user_id = _target_user(request[PRINCIPAL], body["user_id"])
@@ -78,6 +88,8 @@ async def create_key(request: web.Request) -> web.Response:
     return json({**info.public(), "key": value}, status=201)
 
 
+@operation("Your API keys (admins: ?user_id=N or all)", "auth", answer=schemas.KeyList, errors=(400, 403),
+           query={"user_id": "admins: a user id, or 'all'"})  # fmt: skip
 async def list_keys(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     raw = request.query.get("user_id")
@@ -93,6 +105,7 @@ async def list_keys(request: web.Request) -> web.Response:
     return json({"object": "list", "data": [k.public() for k in keys]})
 
 
+@operation("Revoke an API key", "auth", status=204, errors=(403, 404))
 async def revoke_key(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     owner = None if principal.is_admin else principal.user_id
@@ -101,21 +114,24 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@operation("All users", "admin", answer=schemas.UserList, access=Access.ADMIN)
 async def admin_list_users(request: web.Request) -> web.Response:
-    require_admin(request)
     users = await request.app[USERS].list_users()
     return json({"object": "list", "data": [u.public() for u in users]})
 
 
+@operation("Create a user", "admin", body=schemas.NewUser, answer=schemas.User, status=201,
+           access=Access.ADMIN, errors=(400, 409))  # fmt: skip
 async def admin_create_user(request: web.Request) -> web.Response:
-    require_admin(request)
     body = await load(request, schemas.NewUser())
     user = await request.app[USERS].create_user(body["username"], body["password"], body["role"])
     return json(user.public(), status=201)
 
 
+@operation("Change a user's role, active flag or capture", "admin", body=schemas.UserChange,
+           answer=schemas.User, access=Access.ADMIN, errors=(400, 404))  # fmt: skip
 async def admin_update_user(request: web.Request) -> web.Response:
-    admin = require_admin(request)
+    admin = request[PRINCIPAL]  # an admin: the guard checked the operation's access
     body = await load(request, schemas.UserChange())
     user_id = _int(request, "user_id")
     if user_id == admin.user_id and (body.get("active") is False or body.get("role") == "user"):

@@ -41,3 +41,56 @@ class UserChange(_Strict):
     role = fields.String(validate=validate.OneOf(["user", "admin"]))
     active = StrictBool()
     capture = StrictBool()
+
+
+# ---- answers (what the routes render; the API docs show these) ----
+
+
+class TokenPair(Schema):
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True)
+    expires_in = fields.Integer(required=True)
+    refresh_token = fields.String(required=True)
+    refresh_expires_in = fields.Integer(required=True)
+
+
+class Me(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    role = fields.String(required=True)
+    auth = fields.String(required=True)
+    key_id = fields.Integer(required=True, allow_none=True)
+
+
+class ApiKey(Schema):
+    id = fields.Integer(required=True)
+    user_id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    prefix = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+    expires_at = fields.DateTime(required=True, allow_none=True)
+    last_used_at = fields.DateTime(required=True, allow_none=True)
+    revoked_at = fields.DateTime(required=True, allow_none=True)
+
+
+class NewApiKey(ApiKey):
+    key = fields.String(required=True, metadata={"description": "the key itself, shown this once"})
+
+
+class User(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    role = fields.String(required=True)
+    active = fields.Boolean(required=True)
+    capture = fields.Boolean(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class KeyList(Schema):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(ApiKey), required=True)
+
+
+class UserList(Schema):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(User), required=True)

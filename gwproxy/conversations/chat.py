@@ -33,6 +33,7 @@ from gwproxy.capture.assembly import assemble
 from gwproxy.capture.record import Recorder
 from gwproxy.conversations import repository
 from gwproxy.keys import DATABASE, EXCHANGE, PRINCIPAL, RECENT_TURNS, RESPONSE_HEADERS
+from gwproxy.operations import operation
 from gwproxy.proxy.endpoints import TABLE
 from gwproxy.proxy.routes import through_gate
 from gwproxy.store.engine import database_away
@@ -83,6 +84,8 @@ async def _history(request: web.Request, user_id: int, cid: str) -> list[dict[st
     return [{k: m[k] for k in keep if k in m and m[k] is not None} for m in branch]
 
 
+@operation("Chat in a conversation (the /v1/chat/completions answer)", "conversations", body=ChatBody,
+           answer="sse", errors=(400, 404, 429, 502, 503, 504))  # fmt: skip
 async def chat(request: web.Request) -> web.StreamResponse:
     principal = request[PRINCIPAL]
     exchange = request[EXCHANGE]

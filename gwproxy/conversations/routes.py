@@ -28,6 +28,7 @@ from gwproxy.capture.threads import text_of
 from gwproxy.conversations import repository
 from gwproxy.errors import Forbidden, InvalidRequest
 from gwproxy.keys import DATABASE, PRINCIPAL
+from gwproxy.operations import operation
 
 MAX_PAGE = 100
 
@@ -74,6 +75,38 @@ def _limit(request: web.Request) -> int:
     return value
 
 
+class Conversation(Schema):
+    id = fields.String(required=True)
+    title = fields.String(required=True)
+    model = fields.String(required=True, allow_none=True)
+    metadata = fields.Dict(required=True)
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+
+
+class ConversationFull(Conversation):
+    messages = fields.List(
+        fields.Dict(), required=True, metadata={"description": "every message; parent_id links branches"}
+    )
+    branch = fields.List(fields.String(), required=True, metadata={"description": "ids of the current branch"})
+
+
+class ConversationPage(Schema):
+    data = fields.List(fields.Nested(Conversation), required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
+    has_more = fields.Boolean(required=True)
+
+
+class Usage(Schema):
+    user_id = fields.Raw(required=True, metadata={"description": "a user id, or 'all'"})
+    data = fields.List(fields.Dict(), required=True)
+    total = fields.Dict(required=True)
+
+
+@operation("Your conversations, newest first", "conversations", answer=ConversationPage, errors=(400,),
+           query={"limit": "1 to 100 (default 20)", "cursor": "next_cursor of the previous page",
+                  "model": "only this model", "since": "ISO date or time", "until": "ISO date or time",
+                  "q": "text in the title"})  # fmt: skip
 async def list_conversations(request: web.Request) -> web.Response:
     async with request.app[DATABASE].connect() as conn:
         page = await repository.list_conversations(
@@ -84,6 +117,8 @@ async def list_conversations(request: web.Request) -> web.Response:
     return json({"data": page.items, "next_cursor": page.next_cursor, "has_more": page.next_cursor is not None})
 
 
+@operation("Start a conversation", "conversations", body=NewConversation, answer=Conversation, status=201,
+           errors=(400,))  # fmt: skip
 async def create_conversation(request: web.Request) -> web.Response:
     body = await load(request, NewConversation())
     async with request.app[DATABASE].begin() as conn:
@@ -102,10 +137,13 @@ async def _full(request: web.Request) -> dict[str, Any]:
     return {**conversation, "messages": stored, "branch": [m["id"] for m in branch]}
 
 
+@operation("A conversation with every message", "conversations", answer=ConversationFull, errors=(404,))
 async def get_conversation(request: web.Request) -> web.Response:
     return json(await _full(request))
 
 
+@operation("Rename it or change its metadata", "conversations", body=ConversationChange, answer=Conversation,
+           errors=(400, 404))  # fmt: skip
 async def update_conversation(request: web.Request) -> web.Response:
     body = await load(request, ConversationChange())
     async with request.app[DATABASE].begin() as conn:
@@ -115,6 +153,7 @@ async def update_conversation(request: web.Request) -> web.Response:
     return json(updated)
 
 
+@operation("Delete a conversation", "conversations", status=204, errors=(404,))
 async def delete_conversation(request: web.Request) -> web.Response:
     async with request.app[DATABASE].begin() as conn:
         await repository.delete_conversation(conn, _user(request), request.match_info["conversation_id"])
@@ -161,6 +200,9 @@ def markdown(conversation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@operation("Export as JSON or Markdown", "conversations", errors=(400, 404),
+           answer={"application/json": ConversationFull, "text/markdown": None},
+           query={"format": "json (default) or markdown"})  # fmt: skip
 async def export_conversation(request: web.Request) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt not in ("json", "markdown", "md"):
@@ -176,6 +218,9 @@ async def export_conversation(request: web.Request) -> web.Response:
     return response
 
 
+@operation("Requests and tokens by day and model", "conversations", answer=Usage, errors=(400, 403),
+           query={"since": "ISO date or time", "until": "ISO date or time",
+                  "user_id": "admins: a user id, or 'all'"})  # fmt: skip
 async def usage(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     asked = request.query.get("user_id")

@@ -17,8 +17,14 @@ from gwproxy.address import client_ip
 from gwproxy.config import AuthConfig, RateLimitConfig
 from gwproxy.errors import Forbidden
 from gwproxy.keys import AUTHENTICATOR, EXCHANGE, PRINCIPAL
+from gwproxy.operations import Access, operation_of
 from gwproxy.principal import ANONYMOUS
-from gwproxy.proxy.endpoints import Access
+
+
+def _route_access(request: web.Request) -> Access | None:
+    """The access the matched route's handler declares (``@operation``), if it declares one."""
+    op = operation_of(request.match_info.handler)
+    return None if op is None else op.access
 
 
 def auth_middleware(cfg: AuthConfig, limits: RateLimitConfig) -> Middleware:
@@ -37,9 +43,9 @@ def auth_middleware(cfg: AuthConfig, limits: RateLimitConfig) -> Middleware:
         elif access is Access.USER or access is Access.ADMIN:
             address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
             principal = await request.app[AUTHENTICATOR].authenticate(request.headers, address)
-            if access is Access.ADMIN and not principal.is_admin:
-                raise Forbidden(f"{request.path} is for admins")
             exchange.principal = request[PRINCIPAL] = principal
+            if not principal.is_admin and (access is Access.ADMIN or _route_access(request) is Access.ADMIN):
+                raise Forbidden("This route is for admins")
         elif access is Access.METRICS and not cfg.metrics_public:
             address = client_ip(request.remote, request.headers.get("X-Forwarded-For"), trusted)
             principal = await request.app[AUTHENTICATOR].authenticate(request.headers, address)

@@ -18,14 +18,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from gwproxy.operations import Access
 from gwproxy.proxy.schema import BodyCheck, ChatRequest, CompletionRequest, EmbeddingRequest
-
-
-class Access(Enum):
-    PUBLIC = "public"  # no credential (health, docs, login: it carries its own)
-    USER = "user"  # any authenticated principal
-    ADMIN = "admin"  # an admin principal
-    METRICS = "metrics"  # public unless auth.metrics_public is false, then admins
 
 
 class BodyLimit(Enum):

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gwproxy.bodies import identifier, json, load
 from gwproxy.errors import NotFound
 from gwproxy.keys import DATABASE, LIMITER, USERS
-from gwproxy.principal import require_admin
+from gwproxy.operations import Access, operation
 from gwproxy.ratelimit.policy import OVERRIDABLE, set_overrides
 from gwproxy.store.tables import api_keys, rate_limits
 
@@ -40,6 +40,15 @@ class LimitsBody(Schema):
     concurrency = fields.Integer(
         strict=True, allow_none=True, load_default=None, validate=validate.Range(min=0, max=INT32)
     )
+
+
+class Limits(Schema):
+    """A user's or key's overrides and the limits in effect."""
+
+    user_id = fields.Integer()
+    key_id = fields.Integer()
+    overrides = fields.Dict(required=True)
+    effective = fields.Dict(required=True)
 
 
 def _target(request: web.Request) -> tuple[str, int]:
@@ -69,15 +78,13 @@ async def _render(request: web.Request, kind: str, ident: int) -> web.Response:
     return json({kind: ident, "overrides": overrides, "effective": effective.public()})
 
 
-async def get_limits(request: web.Request) -> web.Response:
-    require_admin(request)
+async def _get(request: web.Request) -> web.Response:
     kind, ident = _target(request)
     await _exists(request, kind, ident)
     return await _render(request, kind, ident)
 
 
-async def put_limits(request: web.Request) -> web.Response:
-    require_admin(request)
+async def _put(request: web.Request) -> web.Response:
     kind, ident = _target(request)
     body = await load(request, LimitsBody())
     await _exists(request, kind, ident)
@@ -91,7 +98,31 @@ async def put_limits(request: web.Request) -> web.Response:
     return await _render(request, kind, ident)
 
 
+@operation("A user's rate-limit overrides and limits in effect", "admin", answer=Limits, access=Access.ADMIN,
+           errors=(404,))  # fmt: skip
+async def get_user_limits(request: web.Request) -> web.Response:
+    return await _get(request)
+
+
+@operation("Replace a user's rate-limit overrides", "admin", body=LimitsBody, answer=Limits, access=Access.ADMIN,
+           errors=(400, 404))  # fmt: skip
+async def put_user_limits(request: web.Request) -> web.Response:
+    return await _put(request)
+
+
+@operation("An API key's rate-limit overrides", "admin", answer=Limits, access=Access.ADMIN, errors=(404,))
+async def get_key_limits(request: web.Request) -> web.Response:
+    return await _get(request)
+
+
+@operation("Replace an API key's rate-limit overrides", "admin", body=LimitsBody, answer=Limits,
+           access=Access.ADMIN, errors=(400, 404))  # fmt: skip
+async def put_key_limits(request: web.Request) -> web.Response:
+    return await _put(request)
+
+
 def add_routes(app: web.Application) -> None:
-    for path in ("/api/admin/users/{user_id}/limits", "/api/admin/keys/{key_id}/limits"):
-        app.router.add_get(path, get_limits)
-        app.router.add_put(path, put_limits)
+    app.router.add_get("/api/admin/users/{user_id}/limits", get_user_limits)
+    app.router.add_put("/api/admin/users/{user_id}/limits", put_user_limits)
+    app.router.add_get("/api/admin/keys/{key_id}/limits", get_key_limits)
+    app.router.add_put("/api/admin/keys/{key_id}/limits", put_key_limits)

@@ -25,7 +25,7 @@ from marshmallow import RAISE, Schema, fields
 
 from gwproxy.bodies import StrictBool, json, load
 from gwproxy.keys import SWITCHER
-from gwproxy.principal import require_admin
+from gwproxy.operations import Access, operation
 
 
 class SwitchBody(Schema):
@@ -37,10 +37,48 @@ class SwitchBody(Schema):
     force = StrictBool(load_default=False)
 
 
+class ModelsStatus(Schema):
+    backend = fields.String(required=True, allow_none=True)
+    state = fields.String(required=True)
+    current_profile = fields.String(required=True, allow_none=True)
+    instance = fields.Dict(required=True, allow_none=True)
+    served_models = fields.List(fields.String(), required=True)
+    upstream = fields.Dict(required=True)
+    error = fields.String(required=True, allow_none=True)
+    boot = fields.Dict(required=True, allow_none=True)  # default, started, reason: a default that did not fit
+    gate = fields.Dict(required=True)
+    job = fields.Dict(required=True, allow_none=True)
+    hardware = fields.Dict(required=True)
+
+
+class ProfileList(Schema):
+    hardware = fields.String(required=True)
+    current_profile = fields.String(required=True, allow_none=True)
+    data = fields.List(fields.Dict(), required=True)
+    problems = fields.List(fields.Dict(), required=True)
+
+
+class Recommendations(Schema):
+    hardware = fields.Dict(required=True)
+    recommendations = fields.List(fields.Dict(), required=True)
+
+
+class SwitchAnswer(Schema):
+    job = fields.Dict(required=True)
+    joined = fields.Boolean(required=True)
+
+
+class Reloaded(Schema):
+    loaded = fields.List(fields.String(), required=True)
+    problems = fields.List(fields.Dict(), required=True)
+
+
+@operation("The running model, the switch job, the GPUs, the upstream", "models", answer=ModelsStatus)
 async def status(request: web.Request) -> web.Response:
     return json(await request.app[SWITCHER].status())
 
 
+@operation("Every model profile with its fit for this hardware", "models", answer=ProfileList)
 async def profiles(request: web.Request) -> web.Response:
     switcher = request.app[SWITCHER]
     hw = await switcher.hardware()
@@ -58,6 +96,7 @@ async def profiles(request: web.Request) -> web.Response:
     )
 
 
+@operation("Every profile ranked for this hardware", "models", answer=Recommendations)
 async def recommendations(request: web.Request) -> web.Response:
     switcher = request.app[SWITCHER]
     hw = await switcher.hardware()
@@ -66,16 +105,18 @@ async def recommendations(request: web.Request) -> web.Response:
     return json({"hardware": hw.public(), "recommendations": ranked})
 
 
+@operation("Switch the served model (202 + job; 200 for a dry run)", "models", body=SwitchBody,
+           answer=SwitchAnswer, status=202, others={200: SwitchAnswer}, access=Access.ADMIN,
+           errors=(400, 404, 409))  # fmt: skip
 async def switch(request: web.Request) -> web.Response:
-    require_admin(request)
     body = await load(request, SwitchBody())
     job, joined = request.app[SWITCHER].switch(body["profile_id"], dry_run=body["dry_run"], force=body["force"])
     status = 200 if job.dry_run else 202
     return json({"job": job.public(), "joined": joined}, status=status)
 
 
+@operation("Re-read the profile files", "models", answer=Reloaded, access=Access.ADMIN)
 async def reload(request: web.Request) -> web.Response:
-    require_admin(request)
     loaded = request.app[SWITCHER].reload()
     return json(
         {
@@ -107,6 +148,8 @@ def job_delta(job: dict[str, Any], sent: dict[str, Any] | None) -> dict[str, Any
     return out
 
 
+@operation("Switch progress as Server-Sent Events, ending with the job", "models", answer="events",
+           query={"follow": "true: stay open across switches (default false)"})  # fmt: skip
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: a ``status`` event (the whole status), then a ``job`` event for each
     change of a switch job: ``{"state", "current_profile", "job"}`` where ``job`` is whole the
