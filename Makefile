@@ -46,7 +46,7 @@ typecheck: $(VENV)/.installed-test
 ## The overhead benchmark: direct vs bare pass-through vs gateway, one run; writes bench/results/.
 bench: $(VENV)/.installed-test
 	bash bench/setup.sh
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* *.egg-info

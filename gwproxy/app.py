@@ -13,27 +13,46 @@ Middleware order, outermost first, and why:
 5. ratelimit  — needs the principal; refuses before any upstream work, releases after it;
 6. capture    — innermost: records only what was admitted, and sees the response end (or the
                 client leave) before the limiter settles.
-Cleanup contexts, in dependency order: the database engine (checked to be migrated), the bucket
-store (Redis or in process) and the login/credential guard on it, the auth services on both,
-the capture writer (drained into the database or the spool before the engine closes), the rate
-limiter (its overrides live in the database, its buckets in the store), the upstream registry
-(its pool is what /v1 uses), the switcher (it polls the upstream through the registry; the
-gate it owns is what /v1 waits on during a model switch).
+The services, built by ``services`` in one visible sequence, each from its factory with its
+dependencies as arguments (and closed in reverse): the database engine (checked to be migrated),
+the bucket store (Redis or in process) and the login/credential guard on it, the auth services on
+both, the capture sink (drained into the database or the spool before the engine closes), the
+rate limiter (its overrides live in the database, its buckets in the store), the upstream (its
+pool is what /v1 uses; it answers the switcher's readiness probe), the switcher (it starts models
+behind the upstream; the gate it owns is what /v1 waits on during a model switch). Handlers find
+them under their keys (``gwproxy.keys``).
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
 from gwproxy import docs, health
 from gwproxy.auth import routes as auth_routes
-from gwproxy.auth.bootstrap import auth_context
-from gwproxy.capture.process.courier import capture_context
+from gwproxy.auth.bootstrap import open_auth
+from gwproxy.capture.process.courier import open_capture
 from gwproxy.config import Config
 from gwproxy.conversations import chat as chat_routes
 from gwproxy.conversations import routes as conversation_routes
 from gwproxy.cors import setup_cors
-from gwproxy.keys import CONFIG, DEMO, METRICS
+from gwproxy.keys import (
+    AUTHENTICATOR,
+    BUCKETS,
+    CAPTURE,
+    CONFIG,
+    DATABASE,
+    DEMO,
+    GATE,
+    GUARD,
+    LIMITER,
+    METRICS,
+    SWITCHER,
+    UPSTREAM,
+    USERS,
+)  # fmt: skip
 from gwproxy.metrics import Metrics
 from gwproxy.middlewares.auth import auth_middleware
 from gwproxy.middlewares.capture import capture_middleware
@@ -44,12 +63,13 @@ from gwproxy.middlewares.ratelimit import ratelimit_middleware
 from gwproxy.middlewares.request_id import add_response_headers, request_id_middleware
 from gwproxy.middlewares.shape import shape_middleware
 from gwproxy.proxy import routes as proxy_routes
-from gwproxy.proxy.registry import upstream_context
+from gwproxy.proxy.registry import open_upstream
 from gwproxy.ratelimit import routes as ratelimit_routes
-from gwproxy.ratelimit.limiter import buckets_context, limiter_context
-from gwproxy.store.engine import database_context
+from gwproxy.ratelimit.guard import Guard
+from gwproxy.ratelimit.limiter import open_buckets, open_limiter
+from gwproxy.store.engine import open_database
 from gwproxy.switcher import routes as switcher_routes
-from gwproxy.switcher.context import switcher_context
+from gwproxy.switcher.context import open_switcher
 
 
 def create_app(config: Config, *, demo: bool = False) -> web.Application:
@@ -70,13 +90,25 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = metrics
     app[DEMO] = demo
-    app.cleanup_ctx.append(database_context)
-    app.cleanup_ctx.append(buckets_context)
-    app.cleanup_ctx.append(auth_context)
-    app.cleanup_ctx.append(capture_context)
-    app.cleanup_ctx.append(limiter_context)
-    app.cleanup_ctx.append(upstream_context)
-    app.cleanup_ctx.append(switcher_context)
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            engine = app[DATABASE] = await stack.enter_async_context(open_database(config.database))
+            buckets = app[BUCKETS] = await stack.enter_async_context(open_buckets(config.ratelimit, metrics))
+            guard = app[GUARD] = Guard(buckets, config.auth)
+            app[USERS], app[AUTHENTICATOR] = await stack.enter_async_context(
+                open_auth(config.auth, engine, guard, demo=demo)
+            )
+            app[CAPTURE] = await stack.enter_async_context(open_capture(config, engine, metrics))
+            app[LIMITER] = await stack.enter_async_context(
+                open_limiter(config.ratelimit, engine, buckets, metrics, config.auth.key_cache_seconds)
+            )
+            upstream = app[UPSTREAM] = await stack.enter_async_context(open_upstream(config.upstream))
+            switcher = app[SWITCHER] = await stack.enter_async_context(open_switcher(config, upstream, metrics))
+            app[GATE] = switcher.gate
+            yield
+
+    app.cleanup_ctx.append(services)
     app.on_response_prepare.append(add_response_headers)
     health.add_routes(app)
     docs.add_routes(app)

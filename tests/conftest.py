@@ -185,11 +185,17 @@ def scratch_dir(prefix: str) -> Path:
     return path
 
 
+def remove_scratch(only: list[Path] | None = None) -> None:
+    """Remove the scratch directories (``only`` these, when given)."""
+    for path in list(_SCRATCH if only is None else only):
+        shutil.rmtree(path, ignore_errors=True)
+        _SCRATCH.remove(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _remove_scratch() -> Iterator[None]:
     yield
-    for path in _SCRATCH:
-        shutil.rmtree(path, ignore_errors=True)
+    remove_scratch()
 
 
 async def migrated_sqlite() -> str:

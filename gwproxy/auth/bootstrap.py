@@ -1,7 +1,7 @@
 """Bootstrap: the auth services of a running gateway, and its first admin.
 
-``auth_context`` builds the token codec, the users service and the authenticator on the app's
-database engine (and the guard that ``buckets_context`` made, which throttles credential checks).
+``open_auth`` builds the token codec, the users service and the authenticator on the database
+engine (and the guard, which throttles credential checks).
 When no admin exists and ``auth.admin_password`` (or ``GWPROXY_ADMIN_PASSWORD``) is set, it
 creates ``auth.admin_username`` with that password.
 """
@@ -9,17 +9,17 @@ creates ``auth.admin_username`` with that password.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy import log
-from gwproxy.auth.authenticator import Authenticator
+from gwproxy.auth.authenticator import Authenticator, Checks
 from gwproxy.auth.passwords import dummy_hash
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.auth.users import UserService
 from gwproxy.config import AuthConfig
 from gwproxy.errors import Conflict
-from gwproxy.keys import AUTHENTICATOR, CONFIG, DATABASE, DEMO, GUARD, USERS
 
 _log = log.get("gwproxy.auth")
 
@@ -36,13 +36,14 @@ async def ensure_admin(users: UserService, cfg: AuthConfig) -> None:
     _log.info("first admin created from configuration", username=user.username)
 
 
-async def auth_context(app: web.Application) -> AsyncIterator[None]:
-    cfg = app[CONFIG].auth
+@asynccontextmanager
+async def open_auth(
+    cfg: AuthConfig, engine: AsyncEngine, guard: Checks, demo: bool = False
+) -> AsyncIterator[tuple[UserService, Authenticator]]:
+    """The users service and the authenticator, with the first admin made if configured."""
     # Without auth (or in the demo) a missing secret is replaced by one that dies with the process.
-    codec = TokenCodec(cfg, demo=app.get(DEMO, False) or not cfg.enabled)
-    users = UserService(app[DATABASE], codec, cfg.refresh_expire_days)
+    codec = TokenCodec(cfg, demo=demo or not cfg.enabled)
+    users = UserService(engine, codec, cfg.refresh_expire_days)
     await dummy_hash()  # now, so that the first login for an unknown name takes no longer than the rest
     await ensure_admin(users, cfg)
-    app[USERS] = users
-    app[AUTHENTICATOR] = Authenticator(users, codec, cfg.key_cache_seconds, checks=app[GUARD])
-    yield
+    yield users, Authenticator(users, codec, cfg.key_cache_seconds, checks=guard)

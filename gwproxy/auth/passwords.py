@@ -47,7 +47,7 @@ _dummy: str | None = None
 async def dummy_hash() -> str:
     """A hash to verify against when the username does not exist, so that answering "no such
     user" takes as long as "wrong password". Made once, off the event loop, when the server starts
-    (``auth_context``) rather than at import: every command-line call paid for it (~0.17 s)."""
+    (``open_auth``) rather than at import: every command-line call paid for it (~0.17 s)."""
     global _dummy
     if _dummy is None:
         _dummy = await asyncio.get_running_loop().run_in_executor(None, _hasher.hash, "gwproxy-dummy-password")

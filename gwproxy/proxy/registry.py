@@ -18,22 +18,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 from gwproxy import log
 from gwproxy.config import UpstreamConfig
 from gwproxy.errors import ModelNotReady
-from gwproxy.keys import CONFIG, UPSTREAM
 from gwproxy.proxy.watchdog import Watchdog
 
 _log = log.get("gwproxy.upstream")
 
 ALIASES = frozenset({"current"})
 DOWN_LOG_POLLS = 12
+
+
+PROBE_SECONDS = 2.0  # a readiness probe's bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,22 @@ class UpstreamRegistry:
         self.state = new
         return new
 
+    async def ready(self, served_name: str | None) -> bool:
+        """Whether the upstream is up (``/health`` answers 200) and, with ``served_name``, serves
+        that model (``/v1/models``, read by ``refresh``, which updates ``state`` too): what a
+        model switch waits for."""
+        try:
+            probe = aiohttp.ClientTimeout(total=PROBE_SECONDS)
+            async with self.session.get(self.origin + "/health", headers=self._auth, timeout=probe) as r:
+                if r.status != 200:
+                    return False
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+        if served_name is None:
+            return True
+        state = await self.refresh()
+        return state.reachable and served_name in state.models
+
     def _bad_status(self, status: int) -> str:
         said = f"GET {self.public_url}/models answered {status}"
         if status == 404 and not self.v1_url.endswith("/v1"):
@@ -152,9 +170,12 @@ class UpstreamRegistry:
         return model if model in self.state.models else "other"
 
 
-async def upstream_context(app: web.Application) -> AsyncIterator[None]:
-    registry = UpstreamRegistry(app[CONFIG].upstream)
+@asynccontextmanager
+async def open_upstream(cfg: UpstreamConfig) -> AsyncIterator[UpstreamRegistry]:
+    """The upstream, polled for the models it serves, with its connection pool."""
+    registry = UpstreamRegistry(cfg)
     await registry.start()
-    app[UPSTREAM] = registry
-    yield
-    await registry.close()
+    try:
+        yield registry
+    finally:
+        await registry.close()

@@ -15,16 +15,16 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gwproxy.config import RateLimitConfig
 from gwproxy.errors import TooManyRequests
-from gwproxy.keys import BUCKETS, CONFIG, DATABASE, GUARD, LIMITER, METRICS
 from gwproxy.metrics import Metrics
 from gwproxy.principal import Principal
 from gwproxy.ratelimit.bucket import Decision
-from gwproxy.ratelimit.guard import Guard
 from gwproxy.ratelimit.policy import Charge, Policy
 from gwproxy.ratelimit.store import BucketStore, MemoryStore, Ticket
 from gwproxy.trace import Trace
@@ -121,10 +121,8 @@ class Limiter:
             took = time.perf_counter() - trace.started
             last = self.slot_seconds
             self.slot_seconds = took if last is None else last + SLOT_EWMA * (took - last)
-        store = admission.ticket.store
-        if isinstance(store, MemoryStore):
-            key, limit = plan.token_bucket if plan.token_bucket else (None, None)
-            store.settle_now(admission.ticket, key, limit, self._delta(plan, trace))
+        key, limit = plan.token_bucket if plan.token_bucket else (None, None)
+        if admission.ticket.store.settle_at_once(admission.ticket, key, limit, self._delta(plan, trace)):
             return
         task = asyncio.create_task(self._settle(admission, trace))
         self._pending.add(task)
@@ -151,32 +149,32 @@ class Limiter:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
 
-async def buckets_context(app: web.Application) -> AsyncIterator[None]:
-    """The bucket store (Redis when configured, else in process) and the login/credential guard
-    on it; before the auth services, which use the guard."""
-    cfg = app[CONFIG]
-    store: BucketStore
-    if not cfg.ratelimit.redis_url:
-        store = MemoryStore()
-        app[BUCKETS] = store
-        app[GUARD] = Guard(store, cfg.auth)
-        yield
+@asynccontextmanager
+async def open_buckets(cfg: RateLimitConfig, metrics: Metrics) -> AsyncIterator[BucketStore]:
+    """The bucket store: Redis when ``ratelimit.redis_url`` is set (replicas share it), else in
+    process. The login/credential guard and the limiter both take from it."""
+    if not cfg.redis_url:
+        yield MemoryStore()
         return
     from gwproxy.ratelimit.redis_store import RedisStore, connect
 
-    client = connect(cfg.ratelimit.redis_url)
-    redis_store = RedisStore(client, app[METRICS], fail_open=cfg.ratelimit.fail_open, lease=cfg.ratelimit.lease_seconds)
-    app[BUCKETS] = redis_store
-    app[GUARD] = Guard(redis_store, cfg.auth)
-    yield
-    await redis_store.close()
-    await client.aclose()
+    client = connect(cfg.redis_url)
+    store = RedisStore(client, metrics, fail_open=cfg.fail_open, lease=cfg.lease_seconds)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await client.aclose()
 
 
-async def limiter_context(app: web.Application) -> AsyncIterator[None]:
-    cfg = app[CONFIG]
-    policy = Policy(cfg.ratelimit, app[DATABASE], cfg.auth.key_cache_seconds)
-    limiter = Limiter(policy, app[BUCKETS], app[METRICS])
-    app[LIMITER] = limiter
-    yield
-    await limiter.close()
+@asynccontextmanager
+async def open_limiter(
+    cfg: RateLimitConfig, engine: AsyncEngine, buckets: BucketStore, metrics: Metrics, key_cache_seconds: float
+) -> AsyncIterator[Limiter]:
+    """The limiter: overrides from the database (cached ``key_cache_seconds``), buckets in the store;
+    on close it waits for the settlements still in flight."""
+    limiter = Limiter(Policy(cfg, engine, key_cache_seconds), buckets, metrics)
+    try:
+        yield limiter
+    finally:
+        await limiter.close()

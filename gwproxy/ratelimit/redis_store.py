@@ -216,6 +216,9 @@ class RedisStore:
                 self._renewer = asyncio.create_task(self._renew_leases())
         return decision, Ticket(self, slot, lease)
 
+    def settle_at_once(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> bool:
+        return False  # a round trip: ``settle``, in a task of its own
+
     async def settle(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> None:
         """Charge the usage difference and release the slot's lease; a failure is retried (the
         lease ends by itself meanwhile, and this process stops renewing it at once)."""

@@ -41,6 +41,10 @@ class BucketStore(Protocol):
 
     async def settle(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> None: ...
 
+    def settle_at_once(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> bool:
+        """Settle without waiting, if this store can (in memory); False: ``settle`` must be awaited."""
+        ...
+
 
 SLOT_FULL_RETRY = 1.0  # seconds a request refused for concurrency is told to wait
 
@@ -70,9 +74,9 @@ class MemoryStore:
         return decision, Ticket(self, slot)
 
     async def settle(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> None:
-        self.settle_now(ticket, key, limit, delta)
+        self.settle_at_once(ticket, key, limit, delta)
 
-    def settle_now(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> None:
+    def settle_at_once(self, ticket: Ticket, key: str | None, limit: Limit | None, delta: float) -> bool:
         """``settle`` without a coroutine: memory needs no waiting."""
         if key is not None and limit is not None and delta:
             self.buckets[key] = settle_bucket(self.buckets.get(key), limit, delta, self.clock())
@@ -82,3 +86,4 @@ class MemoryStore:
                 self.slots[ticket.slot.key] = left
             else:
                 self.slots.pop(ticket.slot.key, None)
+        return True

@@ -11,10 +11,10 @@ a statement's own error.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from sqlalchemy import event, text
 from sqlalchemy import exc as db
 from sqlalchemy.engine import make_url
@@ -22,7 +22,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gwproxy.config import ConfigError, DatabaseConfig
-from gwproxy.keys import CONFIG, DATABASE
 
 
 def database_url(cfg: DatabaseConfig) -> str:
@@ -67,11 +66,11 @@ class SchemaOutOfDate(ConfigError):
     """The database is not at the migrations' head revision."""
 
 
-async def database_context(app: web.Application) -> AsyncIterator[None]:
-    """Open the engine; refuse to serve on a database that is not migrated to head."""
+@asynccontextmanager
+async def open_database(cfg: DatabaseConfig) -> AsyncIterator[AsyncEngine]:
+    """The engine, for as long as the gateway runs; refuses a database not migrated to head."""
     from gwproxy.store import migrator  # alembic is imported only where it is needed
 
-    cfg = app[CONFIG].database
     engine = create_engine(cfg)
     try:
         at, head = await current_revision(engine), migrator.head()
@@ -80,12 +79,9 @@ async def database_context(app: web.Application) -> AsyncIterator[None]:
                 f"the database {describe(cfg)} is at schema revision {at or 'none (empty)'}, the gateway "
                 f"needs {head}: run `gwproxy migrate` with the same configuration first"
             )
-    except BaseException:
+        yield engine
+    finally:
         await engine.dispose()
-        raise
-    app[DATABASE] = engine
-    yield
-    await engine.dispose()
 
 
 def describe(cfg: DatabaseConfig) -> str:

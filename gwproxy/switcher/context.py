@@ -15,15 +15,15 @@ import os
 import shlex
 import signal
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from gwproxy import log
 from gwproxy.config import Config, ConfigError
-from gwproxy.keys import CONFIG, GATE, METRICS, SWITCHER, UPSTREAM
+from gwproxy.metrics import Metrics
+from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.switcher import hardware
 from gwproxy.switcher.backend import Backend
 from gwproxy.switcher.profiles import load_profiles
@@ -66,27 +66,27 @@ def build_backend(cfg: Config) -> Backend | None:
     return None
 
 
-async def switcher_context(app: web.Application) -> AsyncIterator[None]:
-    cfg = app[CONFIG]
-    if cfg.switch.backend and cfg.server.workers > 1:
+@asynccontextmanager
+async def open_switcher(config: Config, upstream: UpstreamRegistry, metrics: Metrics) -> AsyncIterator[Switcher]:
+    """The switcher on the upstream it starts models behind; SIGHUP re-reads the profiles."""
+    if config.switch.backend and config.server.workers > 1:
         raise ConfigError(
             "config key 'switch.backend': one process must own the model; with server.workers > 1 run the "
             "switching gateway as its own single-worker process"
         )
-    read = partial(load_profiles, Path(cfg.switch.profiles_dir))
-    metrics = app[METRICS]
-    switcher = Switcher(cfg.switch, app[UPSTREAM], build_backend(cfg), read(), hardware_source(cfg), read, metrics)
-    metrics.model_info = switcher.served
+    read = partial(load_profiles, Path(config.switch.profiles_dir))
+    switcher = Switcher(config.switch, upstream, build_backend(config), read(), hardware_source(config), read, metrics)
     for problem in switcher.profiles.problems:
         _log.warning("profile not loaded", file=problem.file, field=problem.field, reason=problem.reason)
-    app[SWITCHER] = switcher
-    app[GATE] = switcher.gate
+    metrics.model_info = switcher.served
     await switcher.start()
     hup = False
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, switcher.reload)
         hup = True
-    yield
-    if hup:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-    await switcher.close()
+    try:
+        yield switcher
+    finally:
+        if hup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await switcher.close()

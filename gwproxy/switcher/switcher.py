@@ -29,9 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import orjson
-
 from gwproxy import log
 from gwproxy.config import SwitchConfig
 from gwproxy.errors import Conflict, NotFound
@@ -395,23 +392,7 @@ class Switcher:
             _log.warning("log stream ended", error=f"{type(exc).__name__}: {exc}")
 
     async def _ready(self, profile: Profile | None) -> bool:
-        session, origin = self.registry.session, self.registry.origin
-        probe = aiohttp.ClientTimeout(total=2)
-        try:
-            async with session.get(origin + "/health", headers=self.registry.auth_headers, timeout=probe) as r:
-                if r.status != 200:
-                    return False
-            if profile is None:
-                return True
-            async with session.get(
-                self.registry.v1_url + "/models", headers=self.registry.auth_headers, timeout=probe
-            ) as r:
-                if r.status != 200:
-                    return False
-                ids = {c.get("id") for c in orjson.loads(await r.read()).get("data") or []}
-        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
-            return False
-        return profile.served_name in ids
+        return await self.registry.ready(profile.served_name if profile is not None else None)
 
     async def _roll_back(self, job: Job, reason: str) -> None:
         assert self.backend is not None

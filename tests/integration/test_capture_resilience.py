@@ -42,10 +42,11 @@ def _provision(pg: Postgres) -> tuple[dict[str, str], dict[str, str]]:
 def _gateway(log_dir: Path, sim: int, env: dict[str, str], spool: Path, name: str, **extra: str) -> tuple[Proc, str]:
     proc, port = start_gateway(
         log_dir, sim, name=name,
-        env={**env, **extra, "GWPROXY_CAPTURE_SPOOL_DIR": str(spool), "GWPROXY_CAPTURE_RETRY_SECONDS": "0.3",
+        env={**env, "GWPROXY_CAPTURE_SPOOL_DIR": str(spool), "GWPROXY_CAPTURE_RETRY_SECONDS": "0.3",
              "GWPROXY_CAPTURE_WRITE_TIMEOUT": "2", "GWPROXY_CAPTURE_BATCH_SECONDS": "0.05",
              "GWPROXY_RATELIMIT_ENABLED": "false",
-             "GWPROXY_AUTH_KEY_CACHE_SECONDS": "600"},  # keys stay known while the database is away
+             "GWPROXY_AUTH_KEY_CACHE_SECONDS": "600",  # keys stay known while the database is away
+             **extra},
     )  # fmt: skip
     return proc, f"http://127.0.0.1:{port}"
 
@@ -232,7 +233,8 @@ def test_a_gateway_killed_outright_leaves_its_writer_to_finish(
     log_dir: Path, sim: int, own_postgres: Postgres, tmp_path: Path
 ) -> None:
     env, auth = _provision(own_postgres)
-    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-killed")
+    # A long batch window: the writer still holds the turns when the gateway dies.
+    proc, base = _gateway(log_dir, sim, env, tmp_path / "spool", "gw-killed", GWPROXY_CAPTURE_BATCH_SECONDS="30")
     replies: dict[int, str] = {}
     try:
         asyncio.run(_run_turns(base, auth, range(0, 40), False, replies))

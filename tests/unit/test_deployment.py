@@ -177,3 +177,17 @@ def test_a_compose_client_reads_the_stack_and_the_dev_overlay() -> None:
     assert gateway["build"] and {"spool", "state"} <= set(stack["volumes"])
     missing = _compose("docker-compose.yml", env={"JWT_SECRET": ""})
     assert missing.returncode != 0 and "set JWT_SECRET to at least 32 random bytes" in missing.stderr
+
+
+def test_the_suite_removes_its_temporary_directories() -> None:
+    """pytest keeps a failed test's directories only; helpers' scratch directories go at the end."""
+    import tomllib
+
+    from tests.conftest import remove_scratch, scratch_dir
+
+    ini = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert ini["tmp_path_retention_policy"] == "failed"
+    made = scratch_dir("gwproxy-check-")
+    (made / "file").write_text("x")
+    remove_scratch(only=[made])  # what the session's last fixture does for all of them
+    assert not made.exists()

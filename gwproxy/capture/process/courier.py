@@ -33,20 +33,22 @@ import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy import log
 from gwproxy.capture.counters import NAMES, Counters
+from gwproxy.capture.record import RecordSink
 from gwproxy.capture.spool import Spool
 from gwproxy.capture.writer import CaptureWriter
 from gwproxy.config import Config
-from gwproxy.keys import CAPTURE, CONFIG, DATABASE, METRICS
+from gwproxy.metrics import Metrics
 
 FLUSH_SECONDS = 0.005
 RESTART_SECONDS = 1.0
@@ -285,20 +287,23 @@ class Courier:
         self.state = WorkerState.CLOSED
 
 
-async def capture_context(app: web.Application) -> AsyncIterator[None]:
-    """The writer in its own process (``capture.process``, the default) or in this event loop."""
-    config = app[CONFIG]
+@asynccontextmanager
+async def open_capture(config: Config, engine: AsyncEngine, metrics: Metrics) -> AsyncIterator[RecordSink]:
+    """Where captured records go: the writer in its own process (``capture.process``, the default)
+    through a courier, or the writer in this event loop. Its counts are read by ``/metrics``."""
     if config.capture.process:
         courier = Courier(config)
-        app[METRICS].capture = courier.counts
-        app[CAPTURE] = courier
+        metrics.capture = courier.counts
         await courier.start()
-        yield
-        await courier.close()
+        try:
+            yield courier
+        finally:
+            await courier.close()
         return
-    writer = CaptureWriter(config.capture, app[DATABASE])
-    app[METRICS].capture = writer.counters.snapshot
-    app[CAPTURE] = writer
+    writer = CaptureWriter(config.capture, engine)
+    metrics.capture = writer.counters.snapshot
     writer.start()
-    yield
-    await writer.close()
+    try:
+        yield writer
+    finally:
+        await writer.close()

@@ -1,0 +1,1 @@
+"""The benchmarks: `make bench` runs `python -m bench.run` (see DEVELOPERS.md)."""
