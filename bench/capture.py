@@ -37,24 +37,10 @@ from bench.harness import (
 )
 
 
-def provision_postgres(url: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The same user and a key in a PostgreSQL database: (gateway environment, request headers)."""
+def provision_database(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The bench user and a key in the database at ``url``, migrated here: (gateway environment,
+    request headers)."""
     env = {**os.environ, "DATABASE_URL": url, "JWT_SECRET": JWT_SECRET, "RATE_LIMIT_REQUESTS": "1000000000"}
-    cli = [sys.executable, "-m", "gwproxy"]
-    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run([*cli, "user", "add", "bench", "--password-stdin"], input=b"bench-password\n", env=env,
-                   check=True, capture_output=True)  # fmt: skip
-    key = subprocess.run(
-        [*cli, "key", "create", "--user", "bench"], env=env, check=True, capture_output=True, text=True
-    )
-    return env, {**HEADERS, "Authorization": f"Bearer {key.stdout.strip()}"}
-
-
-def provision_sqlite() -> tuple[dict[str, str], dict[str, str]]:
-    """A user and a key in a fresh SQLite file of its own: (gateway environment, request headers)."""
-    (WORK / "capture.db").unlink(missing_ok=True)
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{WORK}/capture.db", "JWT_SECRET": JWT_SECRET,
-           "RATE_LIMIT_REQUESTS": "1000000000"}  # fmt: skip
     cli = [sys.executable, "-m", "gwproxy"]
     subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True)
     subprocess.run([*cli, "user", "add", "bench", "--password-stdin"], input=b"bench-password\n", env=env,
@@ -81,10 +67,11 @@ def capture_pair(
             # PostgreSQL's work is capture's too: it stays off the gateways' core (backends inherit this).
             postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
             subprocess.run(["taskset", "-a", "-p", "-c", LOAD_CORE, str(postmaster)], check=True, capture_output=True)
-            env, headers = provision_postgres(pg.create_database("bench"))
+            env, headers = provision_database(pg.create_database("bench"))
         else:
             postmaster = 0
-            env, headers = provision_sqlite()
+            (WORK / "capture.db").unlink(missing_ok=True)  # a fresh SQLite file of its own
+            env, headers = provision_database(f"sqlite:///{WORK}/capture.db")
         ports = {"gw_capture_off": free_port(), "gw_capture_on": free_port(), "pid_pg": postmaster}
         spool = WORK / "spool"
         shutil.rmtree(spool, ignore_errors=True)
