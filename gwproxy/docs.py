@@ -199,14 +199,15 @@ def document(app: web.Application) -> dict[str, Any]:
     return spec.to_dict()
 
 
-_BUILT: dict[int, bytes] = {}  # the document per app (its routes do not change once it serves)
+# The document, built on the first request (the routes do not change once the app serves).
+BUILT: web.AppKey[dict[str, bytes]] = web.AppKey("openapi_built")
 
 
 async def openapi(request: web.Request) -> web.Response:
-    key = id(request.app)
-    if key not in _BUILT:
-        _BUILT[key] = orjson.dumps(document(request.app))
-    return web.Response(body=_BUILT[key], content_type="application/json")
+    built = request.app[BUILT]
+    if "json" not in built:
+        built["json"] = orjson.dumps(document(request.app))
+    return web.Response(body=built["json"], content_type="application/json")
 
 
 PAGE = """<!doctype html>
@@ -243,6 +244,7 @@ async def docs_off(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[BUILT] = {}
     app.router.add_get("/openapi.json", openapi)
     cfg = app[CONFIG].server
     if not docs_enabled(cfg.docs, cfg.debug):
