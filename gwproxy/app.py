@@ -103,7 +103,8 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
             app[LIMITER] = await stack.enter_async_context(
                 open_limiter(config.ratelimit, engine, buckets, metrics, config.auth.key_cache_seconds)
             )
-            upstream = app[UPSTREAM] = await stack.enter_async_context(open_upstream(config.upstream))
+            managed = bool(config.switch.backend)  # the switcher starts the model: down at start is expected
+            upstream = app[UPSTREAM] = await stack.enter_async_context(open_upstream(config.upstream, managed))
             switcher = app[SWITCHER] = await stack.enter_async_context(open_switcher(config, upstream, metrics))
             app[GATE] = switcher.gate
             yield

@@ -47,8 +47,9 @@ class UpstreamState:
 
 
 class UpstreamRegistry:
-    def __init__(self, cfg: UpstreamConfig) -> None:
+    def __init__(self, cfg: UpstreamConfig, managed: bool = False) -> None:
         self.cfg = cfg
+        self.managed = managed  # the gateway starts the model itself: down at start is expected
         self.origin = cfg.origin
         self.v1_url = cfg.v1_url
         self.public_origin = cfg.public_origin  # the forms to show: credentials masked
@@ -116,6 +117,9 @@ class UpstreamRegistry:
         now = time.monotonic()
         if new.reachable and (changed or first):
             _log.info("upstream up", url=self.public_url, models=list(new.models))
+        elif not new.reachable and first and self.managed:
+            self._down_logged = now  # the model manager is about to start it: said as such, not as a fault
+            _log.info("upstream not up yet: the model manager starts the model", url=self.public_url)
         elif not new.reachable and (
             changed or first or now - self._down_logged >= self.cfg.poll_interval * DOWN_LOG_POLLS
         ):
@@ -171,9 +175,10 @@ class UpstreamRegistry:
 
 
 @asynccontextmanager
-async def open_upstream(cfg: UpstreamConfig) -> AsyncIterator[UpstreamRegistry]:
-    """The upstream, polled for the models it serves, with its connection pool."""
-    registry = UpstreamRegistry(cfg)
+async def open_upstream(cfg: UpstreamConfig, managed: bool = False) -> AsyncIterator[UpstreamRegistry]:
+    """The upstream, polled for the models it serves, with its connection pool; ``managed`` when
+    the gateway's model manager starts what serves there."""
+    registry = UpstreamRegistry(cfg, managed)
     await registry.start()
     try:
         yield registry

@@ -61,7 +61,11 @@ def test_demo_listens_locally_reuses_its_key_and_says_when_its_port_is_taken(log
     for run in range(2):
         proc = Proc(f"demo-reuse-{run}", ["demo", "--port", str(port)], log_dir, env=env)
         try:
-            keys.append(_banner_key(proc.wait_output("Press Ctrl-C to stop.")))
+            banner = proc.wait_output("Press Ctrl-C to stop.")
+            keys.append(_banner_key(banner))
+            # The simulator is not up when the gateway starts: said plainly, not as a fault.
+            assert "upstream not up yet: the model manager starts the model" in banner
+            assert "upstream unreachable" not in banner
             if run == 0:
                 assert _listening(port) == {"127.0.0.1"}
         finally:
