@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gwproxy import log as logconf
+from gwproxy.auth.credentials import PREFIX_LEN
 from gwproxy.auth.passwords import WeakPassword, check_strength
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.auth.users import UserService
 from gwproxy.cli.common import fail, json_flag, load, say, show
 from gwproxy.config import Config
-from gwproxy.errors import GatewayError
+from gwproxy.errors import GatewayError, NotFound
 from gwproxy.store import migrator
 from gwproxy.store.engine import create_engine, describe
 
@@ -122,11 +123,10 @@ def cmd_user(cfg: Config, args: argparse.Namespace) -> int:
             await users.update_user(user.id, active=True)
             say(f"{user.username} is enabled")
         elif action == "delete":
-            if not args.yes:
-                return fail(
-                    f"deleting {user.username} also deletes their keys and conversations; "
-                    "add --yes to do it (or `gwproxy user disable` to keep them)"
-                )
+            if not args.yes and sys.stdin.isatty():  # a person at a terminal confirms; scripts say --yes or not
+                question = f"Delete {user.username} with their keys and conversations? [y/N] "
+                if (await asyncio.to_thread(input, question)).strip().lower() not in ("y", "yes"):
+                    return fail("not deleted (`gwproxy user disable` keeps their data)")
             await users.delete_user(user.id)
             say(f"{user.username} is deleted, with their keys and conversations")
         return 0
@@ -157,11 +157,23 @@ def cmd_key(cfg: Config, args: argparse.Namespace) -> int:
                 })  # fmt: skip
             show(rows, KEY_COLUMNS, args.json)
             return 0
-        await users.revoke_key(args.id, None)
-        say(f"key {args.id} is revoked (refused everywhere within auth.key_cache_seconds)")
+        key_id = await _key_id(users, args.key)
+        await users.revoke_key(key_id, None)
+        say(f"key {key_id} is revoked (refused everywhere within auth.key_cache_seconds)")
         return 0
 
     return _run(cfg, work)
+
+
+async def _key_id(users: UserService, given: str) -> int:
+    """A key named by its id, its prefix as ``key list`` shows it (``gwp-AbCdEfGh…``), or the key."""
+    if given.isascii() and given.isdigit():
+        return int(given)
+    prefix = given.rstrip("…").strip()[:PREFIX_LEN]
+    found = [k for k in await users.list_keys(None) if k.prefix == prefix]
+    if len(found) != 1:
+        raise NotFound(f"no API key {given!r}: give its id or its prefix (gwproxy key list)")
+    return found[0].id
 
 
 def _expired(at: Any) -> bool:
@@ -213,12 +225,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     for name, text in (
         ("disable", "disable a user (their keys and sessions stop working; nothing is deleted)"),
         ("enable", "enable a disabled user again"),
-        ("delete", "delete a user with their keys and conversations (needs --yes)"),
+        ("delete", "delete a user with their keys and conversations (asks first at a terminal)"),
     ):
         cmd = users.add_parser(name, help=text, parents=[common])
         cmd.add_argument("name", help="the username")
         if name == "delete":
-            cmd.add_argument("--yes", action="store_true", help="confirm: the user's data is deleted too")
+            cmd.add_argument("--yes", action="store_true", help="do not ask (at a terminal it asks first)")
     user.set_defaults(func=bind(cmd_user))
 
     key = sub.add_parser("key", help="manage API keys")
@@ -230,6 +242,6 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     listing = keys.add_parser("list", help="list API keys (never the secrets)", parents=[common])
     listing.add_argument("--user", help="only this user's keys")
     json_flag(listing)
-    revoke = keys.add_parser("revoke", help="revoke an API key by its id (see key list)", parents=[common])
-    revoke.add_argument("id", type=int, help="the key's id")
+    revoke = keys.add_parser("revoke", help="revoke an API key (see key list)", parents=[common])
+    revoke.add_argument("key", help="the key's id, its prefix as key list shows it, or the key itself")
     key.set_defaults(func=bind(cmd_key))
