@@ -143,6 +143,18 @@ async def admin_update_user(request: web.Request) -> web.Response:
     return json(user.public())
 
 
+@operation("Delete a user with their keys, sessions and conversations", "admin", status=204, access=Access.ADMIN,
+           errors=(400, 404, 409))  # fmt: skip
+async def admin_delete_user(request: web.Request) -> web.Response:
+    admin = request[PRINCIPAL]  # an admin: the guard checked the operation's access
+    user_id = _int(request, "user_id")
+    if user_id == admin.user_id:
+        raise InvalidRequest("Admins cannot delete themselves", param="user_id")
+    await request.app[USERS].delete_user(user_id)
+    request.app[AUTHENTICATOR].forget()
+    return web.Response(status=204)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/api/auth/login", login)
@@ -155,3 +167,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/admin/users", admin_list_users)
     r.add_post("/api/admin/users", admin_create_user)
     r.add_patch("/api/admin/users/{user_id}", admin_update_user)
+    r.add_delete("/api/admin/users/{user_id}", admin_delete_user)

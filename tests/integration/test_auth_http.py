@@ -211,6 +211,19 @@ async def test_admin_routes(env: Env) -> None:
         "PATCH", env.url(f"/api/admin/users/{created['id']}"), headers=bearer(env.admin_key), json={"active": "no"}
     )
     assert status == 400
+    # Deleting: a user's key stops working at once on this replica; admins cannot delete themselves.
+    carol_key, _ = await env.server.app[USERS].create_key(created["id"], "c")  # type: ignore[index]
+    assert (await call("GET", env.url("/api/auth/me"), headers=bearer(carol_key)))[0] == 200
+    status, _, _ = await call("DELETE", env.url(f"/api/admin/users/{created['id']}"), headers=bearer(env.user_key))
+    assert status == 403
+    status, _, _ = await call("DELETE", env.url(f"/api/admin/users/{created['id']}"), headers=bearer(env.admin_key))
+    assert status == 204
+    assert (await call("GET", env.url("/api/auth/me"), headers=bearer(carol_key)))[0] == 401
+    status, _, _ = await call("DELETE", env.url(f"/api/admin/users/{created['id']}"), headers=bearer(env.admin_key))
+    assert status == 404
+    status, me, _ = await call("GET", env.url("/api/auth/me"), headers=bearer(env.admin_key))
+    status, _, _ = await call("DELETE", env.url(f"/api/admin/users/{me['id']}"), headers=bearer(env.admin_key))  # type: ignore[index]
+    assert status == 400
 
 
 async def test_keys_of_others(env: Env) -> None:
