@@ -40,11 +40,9 @@ from gwproxy.conversations import routes as conversation_routes
 from gwproxy.cors import setup_cors
 from gwproxy.keys import (
     AUTHENTICATOR,
-    BUCKETS,
     CAPTURE,
     CONFIG,
     DATABASE,
-    DEMO,
     GATE,
     GUARD,
     LIMITER,
@@ -89,12 +87,11 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = metrics
-    app[DEMO] = demo
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             engine = app[DATABASE] = await stack.enter_async_context(open_database(config.database))
-            buckets = app[BUCKETS] = await stack.enter_async_context(open_buckets(config.ratelimit, metrics))
+            buckets = await stack.enter_async_context(open_buckets(config.ratelimit, metrics))
             guard = app[GUARD] = Guard(buckets, config.auth)
             app[USERS], app[AUTHENTICATOR] = await stack.enter_async_context(
                 open_auth(config.auth, engine, guard, demo=demo)

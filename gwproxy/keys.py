@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from gwproxy.proxy.registry import UpstreamRegistry
     from gwproxy.ratelimit.guard import Guard
     from gwproxy.ratelimit.limiter import Limiter
-    from gwproxy.ratelimit.store import BucketStore
     from gwproxy.switcher.gate import Gate
     from gwproxy.switcher.switcher import Switcher
 
@@ -30,9 +29,7 @@ UPSTREAM: web.AppKey[UpstreamRegistry] = web.AppKey("upstream")
 DATABASE: web.AppKey[AsyncEngine] = web.AppKey("database")
 USERS: web.AppKey[UserService] = web.AppKey("users")
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator")
-BUCKETS: web.AppKey[BucketStore] = web.AppKey("buckets")
 GUARD: web.AppKey[Guard] = web.AppKey("guard")
-DEMO: web.AppKey[bool] = web.AppKey("demo")
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
