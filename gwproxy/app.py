@@ -101,7 +101,10 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
                 open_limiter(config.ratelimit, engine, buckets, metrics, config.auth.key_cache_seconds)
             )
             managed = bool(config.switch.backend)  # the switcher starts the model: down at start is expected
-            upstream = app[UPSTREAM] = await stack.enter_async_context(open_upstream(config.upstream, managed))
+            upstream = app[UPSTREAM] = await stack.enter_async_context(
+                open_upstream(config.upstream, config.upstream_targets(), managed)
+            )
+            metrics.upstreams = upstream.counts
             switcher = app[SWITCHER] = await stack.enter_async_context(open_switcher(config, upstream, metrics))
             app[GATE] = switcher.gate
             yield

@@ -13,6 +13,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -91,15 +92,11 @@ class ServerConfig:
         return [h.lower() for h in items(self.allowed_hosts)]
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamConfig:
-    base_url: str = _key("http://localhost:8000/v1", _http_url)
-    api_key: str = _key("")
-    connect_timeout: float = _key(5.0, _positive)
-    first_byte_timeout: float = _key(600.0, _positive)
-    idle_timeout: float = _key(120.0, _positive)
-    poll_interval: float = _key(5.0, _positive)
-    max_connections: int = _key(0, _non_negative)
+class _BaseUrl:
+    """The forms of an upstream's base URL: origin, ``/v1`` URL, and both fit to show."""
+
+    __slots__ = ()
+    base_url: str
 
     @property
     def origin(self) -> str:
@@ -119,6 +116,76 @@ class UpstreamConfig:
     @property
     def public_origin(self) -> str:
         return without_credentials(self.origin)
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig(_BaseUrl):
+    base_url: str = _key("http://localhost:8000/v1", _http_url)
+    api_key: str = _key("")
+    connect_timeout: float = _key(5.0, _positive)
+    first_byte_timeout: float = _key(600.0, _positive)
+    idle_timeout: float = _key(120.0, _positive)
+    poll_interval: float = _key(5.0, _positive)
+    max_connections: int = _key(0, _non_negative)
+    # Several upstreams: passive health, load metrics, conversation affinity.
+    eject_after: int = _key(3, _positive)  # consecutive failures that eject an upstream
+    eject_seconds: float = _key(30.0, _positive)  # the cool-down before /health probes may bring it back
+    probe_interval: float = _key(1.0, _positive)  # how often an ejected upstream's /health is asked
+    metrics_interval: float = _key(2.0, _non_negative)  # scrape of each replica's /metrics (0: off)
+    affinity_entries: int = _key(100_000, _non_negative)  # conversations remembered (0: no affinity)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget(_BaseUrl):
+    """One upstream of several: ``[[upstreams]]`` in config.toml, ``--upstream [NAME=]URL``, or the
+    one ``upstream.base_url`` names. ``weight`` scales its share of a model's traffic."""
+
+    name: str
+    base_url: str
+    api_key: str = ""
+    weight: float = 1.0
+
+
+def _target_name(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def upstream_target(raw: Any, source: str, index: int) -> UpstreamTarget:
+    """An upstream from ``[NAME=]URL`` (a flag, ``GWPROXY_UPSTREAMS``) or a ``[[upstreams]]`` table."""
+    where = f"upstreams[{index}] ({source})"
+    if isinstance(raw, str):
+        text = raw.strip()
+        name, url = "", text
+        if "=" in text and not text.lower().startswith(("http://", "https://")):
+            name, _, url = text.partition("=")
+        raw = {"name": name.strip(), "base_url": url.strip()}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{where}': expected a table or NAME=URL, got {raw!r}")
+    unknown = set(raw) - {"name", "base_url", "api_key", "weight"}
+    if unknown:
+        raise ConfigError(f"config key '{where}': unknown key(s) {', '.join(sorted(unknown))}")
+    base_url = raw.get("base_url")
+    if not isinstance(base_url, str) or _http_url(base_url):
+        raise ConfigError(
+            f"config key '{where}.base_url': must be an http:// or https:// URL with a host, got {base_url!r}"
+        )
+    name = raw.get("name") or _target_name(base_url)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"config key '{where}.name': letters, digits and . _ : - (at most 63, starting with a letter or "
+            f"digit), got {name!r}"
+        )
+    api_key = raw.get("api_key", "")
+    if not isinstance(api_key, str):
+        raise ConfigError(f"config key '{where}.api_key': expected a string")
+    weight = raw.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+        raise ConfigError(f"config key '{where}.weight': must be a number greater than 0, got {weight!r}")
+    return UpstreamTarget(name, base_url, api_key, float(weight))
 
 
 def without_credentials(url: str) -> str:
@@ -273,6 +340,14 @@ class Config:
     ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
     switch: SwitchConfig = field(default_factory=SwitchConfig)
     capture: CaptureConfig = field(default_factory=CaptureConfig)
+    upstreams: tuple[UpstreamTarget, ...] = ()  # several upstreams; empty: the one upstream.base_url names
+
+    def upstream_targets(self) -> tuple[UpstreamTarget, ...]:
+        """Every upstream the gateway forwards to; the first is where managed models serve."""
+        if self.upstreams:
+            return self.upstreams
+        u = self.upstream
+        return (UpstreamTarget(_target_name(u.base_url), u.base_url, u.api_key),)
 
 
 # Environment names kept from the original gateway → dotted key.
@@ -331,12 +406,12 @@ def _coerce(key: str, kind: type, raw: Any, source: str) -> Any:
 
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if f.name != "upstreams"}
 
 
 def known_env_names() -> set[str]:
     """Every environment variable the configuration reads."""
-    names = set(LEGACY_ENV) | {"GWPROXY_CONFIG"}
+    names = set(LEGACY_ENV) | {"GWPROXY_CONFIG", "GWPROXY_UPSTREAMS"}
     for sname, stype in _sections().items():
         names |= {f"GWPROXY_{sname}_{f.name}".upper() for f in dataclasses.fields(stype)}
     return names
@@ -396,7 +471,7 @@ def load_config_sources(
     overrides = overrides or {}
     sections = _sections()
     for name in file_values:
-        if name not in sections:
+        if name not in sections and name != "upstreams":
             raise ConfigError(f"config file {path}: unknown section [{name}]")
     built: dict[str, Any] = {}
     for sname, stype in sections.items():
@@ -431,4 +506,30 @@ def load_config_sources(
                 raise ConfigError(f"config key '{dotted}' ({source}): {why}, got {raw!r}")
             values[fname] = value
         built[sname] = stype(**values)
+    built["upstreams"] = _upstreams(file_values.get("upstreams"), path, env, overrides.get("upstreams"), sources)
     return Config(**built), sources
+
+
+def _upstreams(
+    table: Any, path: Path | None, env: Mapping[str, str], flags: Any, sources: dict[str, str]
+) -> tuple[UpstreamTarget, ...]:
+    """``upstreams``: flags (``--upstream``, repeatable), else ``GWPROXY_UPSTREAMS`` (comma-separated
+    ``[NAME=]URL``), else the file's ``[[upstreams]]`` tables; names must differ."""
+    if flags:
+        raw, source = list(flags), "command-line flag"
+    elif env.get("GWPROXY_UPSTREAMS", "").strip():
+        raw, source = items(env["GWPROXY_UPSTREAMS"]), "environment GWPROXY_UPSTREAMS"
+    elif table is not None:
+        if not isinstance(table, list):
+            raise ConfigError(f"config file {path}: upstreams must be an array of tables ([[upstreams]])")
+        raw, source = table, f"config file {path}"
+    else:
+        sources["upstreams"] = "default"
+        return ()
+    sources["upstreams"] = source
+    targets = tuple(upstream_target(r, source, i) for i, r in enumerate(raw))
+    names = [t.name for t in targets]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"config key 'upstreams' ({source}): the name {name!r} is used twice; names must differ")
+    return targets

@@ -88,6 +88,23 @@ class NotFound(GatewayError):
     type = "not_found_error"
 
 
+class ModelNotFound(GatewayError):
+    """A model no upstream serves: vLLM's 404 (its type, its code, its message first), followed
+    by the names that are served."""
+
+    status = 404
+    type = "NotFoundError"
+    code = 404
+
+    def __init__(self, model: str, available: list[str]) -> None:
+        names = ", ".join(available) if available else "none yet"
+        super().__init__(f"The model `{model}` does not exist. Available models: {names}.")
+
+
+class ModelNotAllowed(Forbidden):
+    code = "model_not_allowed"
+
+
 class Conflict(GatewayError):
     status = 409
     type = "conflict_error"

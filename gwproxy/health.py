@@ -16,7 +16,7 @@ from aiohttp import web
 from gwproxy import __version__
 from gwproxy.bodies import json
 from gwproxy.keys import METRICS, UPSTREAM
-from gwproxy.proxy.registry import UpstreamState
+from gwproxy.proxy.registry import UpstreamRegistry, UpstreamState
 
 _STARTED = time.time()
 
@@ -39,7 +39,7 @@ async def index(request: web.Request) -> web.Response:
             "version": __version__,
             "description": "OpenAI-compatible gateway for self-hosted vLLM",
             "upstream": registry.public_url,
-            "models": list(registry.state.models),
+            "models": registry.models(),
             "endpoints": {
                 "openai": "/v1",
                 "health": "/health",
@@ -50,32 +50,46 @@ async def index(request: web.Request) -> web.Response:
     )
 
 
+def _serves(registry: UpstreamRegistry) -> bool:
+    return any(u.state.reachable and u.state.models for u in registry.upstreams)
+
+
 async def health(request: web.Request) -> web.Response:
+    """``ok`` while every upstream is up and serves a model; ``degraded`` otherwise (one replica
+    down or ejected is worth a look even while its model is served by another)."""
     registry = request.app[UPSTREAM]
-    up = registry.state.reachable and bool(registry.state.models)
+    every = all(u.state.reachable and u.state.models and not u.ejected for u in registry.upstreams)
     return json(
         {
-            "status": "ok" if up else "degraded",
+            "status": "ok" if every else "degraded",
             "version": __version__,
             "uptime_s": round(time.time() - _STARTED, 3),
-            "components": {"upstream": _upstream(registry.state, registry.public_url)},
+            "components": {
+                "upstream": _upstream(registry.state, registry.public_url),
+                "upstreams": registry.public(),
+            },
         }
     )
 
 
 async def ready(request: web.Request) -> web.Response:
+    """Ready while at least one upstream answers and serves a model."""
     registry = request.app[UPSTREAM]
-    state = registry.state
-    if not (state.reachable and state.models):
-        state = await registry.refresh()  # don't make a starting gateway wait a poll interval
-    ok = state.reachable and bool(state.models)
+    if not _serves(registry):
+        await registry.refresh()  # don't make a starting gateway wait a poll interval
+    ok = _serves(registry)
     reason = None
-    if not state.reachable:
+    if not any(u.state.reachable for u in registry.upstreams):
         reason = "upstream unreachable"
-    elif not state.models:
+    elif not ok:
         reason = "upstream serves no model"
     return json(
-        {"ready": ok, "reason": reason, "upstream": _upstream(state, registry.public_url)},
+        {
+            "ready": ok,
+            "reason": reason,
+            "upstream": _upstream(registry.state, registry.public_url),
+            "upstreams": registry.public(),
+        },
         status=200 if ok else 503,
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
@@ -56,6 +57,17 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamCounts:
+    name: str
+    requests: int
+    errors: Mapping[str, int]
+    in_flight: int
+    ejections: int
+    up: bool
+    ejected: bool
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -75,6 +87,8 @@ class Metrics:
         # Models: what is served (read at scrape time from the switcher and the upstream's
         # /v1/models), switch jobs by outcome and how long they took, model loads by profile.
         self.model_info: Callable[[], list[tuple[str, str]]] = lambda: []  # (profile or "", served name)
+        # Per upstream, read at scrape time from the registry: its counters and state.
+        self.upstreams: Callable[[], list[UpstreamCounts]] = lambda: []
         self.switches: dict[str, int] = {}
         self.switch_seconds = Histogram(SWITCH_BUCKETS)
         self.load_seconds = Histogram(SWITCH_BUCKETS)
@@ -197,6 +211,7 @@ class GatewayCollector(Collector):
         yield m.load_seconds.family(
             "gwproxy_model_load_duration_seconds", "Time a model took from start to serving, by profile", "profile"
         )
+        yield from _upstream_families(m.upstreams())
         capture = m.capture()
         depth = GaugeMetricFamily("gwproxy_capture_queue_depth", "Captured requests waiting for the writer")
         depth.add_metric([], capture.get("queue", 0))
@@ -211,3 +226,25 @@ class GatewayCollector(Collector):
             counter = CounterMetricFamily(f"gwproxy_capture_{name}", doc)
             counter.add_metric([], capture.get(name, 0))
             yield counter
+
+
+def _upstream_families(upstreams: list[UpstreamCounts]) -> Iterator[Metric]:
+    yield _counter("gwproxy_upstream_requests", "Requests sent to each upstream (retries included)",
+                   ("upstream",), {(u.name,): u.requests for u in upstreams})  # fmt: skip
+    yield _counter(
+        "gwproxy_upstream_failures",
+        "Failures of each upstream, by kind (refused, timeout, disconnected, status_502, status_503, idle_timeout)",
+        ("upstream", "kind"),
+        {(u.name, kind): n for u in upstreams for kind, n in u.errors.items()},
+    )
+    yield _counter("gwproxy_upstream_ejections", "Times each upstream was ejected after repeated failures",
+                   ("upstream",), {(u.name,): u.ejections for u in upstreams})  # fmt: skip
+    for name, doc, value in (
+        ("gwproxy_upstream_in_flight", "Requests in flight at each upstream through the gateway", "in_flight"),
+        ("gwproxy_upstream_up", "1 while the upstream answered its last /v1/models poll", "up"),
+        ("gwproxy_upstream_ejected", "1 while the upstream is ejected (out of rotation)", "ejected"),
+    ):
+        gauge = GaugeMetricFamily(name, doc, labels=["upstream"])
+        for u in upstreams:
+            gauge.add_metric([u.name], int(getattr(u, value)))
+        yield gauge

@@ -23,6 +23,11 @@ class Principal:
     via: Literal["jwt", "api_key", "anonymous"]
     key_id: int | None = None
     capture: bool = True  # record this user's conversations (an admin can turn it off per user)
+    models: frozenset[str] | None = None  # the models it may name (its user's and key's lists); None: any
+
+    def may_use(self, *names: str) -> bool:
+        """Whether any of ``names`` (as asked, as served) is a model it may name."""
+        return self.models is None or any(n in self.models for n in names)
 
     @property
     def is_admin(self) -> bool:

@@ -20,6 +20,7 @@ class Trace:
     completion_tokens: int | None = None
     stream_events: int = 0  # SSE events relayed (a measure of progress when usage never came)
     upstream_error: str | None = None
+    upstream: str | None = None  # the name of the upstream that answered
 
     def ttft(self) -> float | None:
         """Seconds from the request's arrival to the first body bytes from the upstream."""

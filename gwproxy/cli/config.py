@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gwproxy.cli.common import fail, json_flag, show
-from gwproxy.config import ConfigError, load_config_sources, shown
+from gwproxy.config import ConfigError, UpstreamTarget, load_config_sources, shown
 
 COLUMNS = (("key", "KEY"), ("value", "VALUE"), ("source", "SOURCE"))
 
@@ -24,6 +24,9 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for section in dataclasses.fields(cfg):
         values = getattr(cfg, section.name)
+        if section.name == "upstreams":
+            rows += _upstream_rows(values, sources["upstreams"], args.key)
+            continue
         for f in dataclasses.fields(values):
             dotted = f"{section.name}.{f.name}"
             if args.key and not dotted.startswith(args.key):
@@ -37,6 +40,19 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         show([{**r, "value": json.dumps(r["value"]) if not isinstance(r["value"], str) else r["value"]} for r in rows],
              COLUMNS, False)  # fmt: skip
     return 0
+
+
+def _upstream_rows(targets: tuple[UpstreamTarget, ...], source: str, prefix: str) -> list[dict[str, Any]]:
+    """``upstreams[i].KEY`` rows ([[upstreams]] tables, --upstream flags, GWPROXY_UPSTREAMS)."""
+    rows = []
+    for i, target in enumerate(targets):
+        for f in dataclasses.fields(target):
+            dotted = f"upstreams[{i}].{f.name}"
+            if dotted.startswith(prefix):
+                value = getattr(target, f.name)
+                kind = {"api_key": "upstream.api_key", "base_url": "upstream.base_url"}.get(f.name, dotted)
+                rows.append({"key": dotted, "value": shown(kind, value), "source": source})
+    return rows
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from gwproxy import log as logconf
 from gwproxy.cli.common import load, run_server, serve_app
-from gwproxy.config import Config, without_credentials
+from gwproxy.config import Config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         {
             "server.host": args.host,
             "server.port": args.port,
-            "upstream.base_url": args.upstream,
+            "upstreams": args.upstream,
             "server.workers": args.workers,
         },
     )
@@ -45,8 +45,8 @@ def _serve_one(cfg: Config, reuse_port: bool) -> int:
     async def main(stop: asyncio.Event) -> None:
         app = create_app(cfg)
         runner = await serve_app(app, cfg.server, reuse_port)
-        upstream = without_credentials(cfg.upstream.base_url)
-        log.info("gwproxy serving", host=cfg.server.host, port=cfg.server.port, upstream=upstream)
+        upstreams = [f"{t.name}={t.public_v1_url}" for t in cfg.upstream_targets()]
+        log.info("gwproxy serving", host=cfg.server.host, port=cfg.server.port, upstreams=upstreams)
         await stop.wait()
         log.info("gwproxy stopping", shutdown_timeout=cfg.server.shutdown_timeout)
         await runner.cleanup()
@@ -113,6 +113,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     serve = sub.add_parser("serve", parents=[common], help="run the gateway")
     serve.add_argument("--host", help="address to listen on (default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    serve.add_argument("--upstream", help="vLLM base URL, as VLLM_BASE_URL (e.g. http://localhost:8000/v1)")
+    serve.add_argument(
+        "--upstream",
+        action="append",
+        metavar="[NAME=]URL",
+        help="a vLLM base URL (e.g. http://localhost:8000/v1); repeat it for several upstreams, named or not "
+        "(default: VLLM_BASE_URL)",
+    )
     serve.add_argument("--workers", type=int, help="processes sharing the port (default 1)")
     serve.set_defaults(func=cmd_serve)

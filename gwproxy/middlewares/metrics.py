@@ -68,6 +68,7 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
                 prompt_tokens=trace.prompt_tokens,
                 completion_tokens=trace.completion_tokens,
                 upstream_error=trace.upstream_error,
+                upstream=trace.upstream,
             )
 
     return measure

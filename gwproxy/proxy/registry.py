@@ -1,16 +1,18 @@
-"""Registry: the upstream's one shared connection pool and what the gateway knows of it.
+"""Registry: the upstreams, their one shared connection pool, and which of them serves what.
 
 Owns the ``ClientSession`` every proxied request uses, the ``Watchdog`` that ends silent
-upstream bodies, and a poller that asks the upstream's
-``/v1/models`` every ``poll_interval`` seconds to learn the served model names (the first one is
-what the alias ``"current"`` means) and whether the upstream answers at all. Only the poller
-writes the state; handlers read it.
+upstream bodies, the ``Balancer`` that picks among a model's replicas, and three background
+tasks: a poller that asks every upstream's ``/v1/models`` each ``poll_interval`` seconds (the
+served names, and whether it answers at all), a scraper of each replica's ``/metrics`` (only with
+several upstreams: load figures for the balancer) and a prober that asks an ejected upstream's
+``/health`` once its cool-down is over and brings it back when it answers. Only these tasks and
+the request path write the upstreams' state; handlers read it.
 
-An upstream that is down is said plainly: logged when the gateway starts, when it goes down and
-every ``DOWN_LOG_POLLS`` polls (a minute at the default interval) while it stays down, with the
-reason (a base URL whose ``/models`` answers 404 gets a hint about ``/v1``); a request for
-``current`` that finds no served name known is answered 503 saying whether the upstream is
-unreachable or up but serving no model yet (loading).
+The first upstream is the primary: where the model manager's models serve, whose first served
+name is what the alias ``"current"`` means (else the first name any upstream serves). A request
+naming a model no upstream is known to serve triggers one refresh (at most one a second) and is
+then answered 404 listing the models that are served, unless no upstream answers at all (then it
+goes to the primary and gets the upstream's own failure).
 """
 
 from __future__ import annotations
@@ -19,47 +21,59 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
-import orjson
 
-from gwproxy import log
-from gwproxy.config import UpstreamConfig
-from gwproxy.errors import ModelNotReady
+from gwproxy.config import UpstreamConfig, UpstreamTarget
+from gwproxy.errors import ModelNotFound, ModelNotReady
+from gwproxy.metrics import UpstreamCounts
+from gwproxy.proxy.balancer import Balancer
+from gwproxy.proxy.upstream import Upstream, UpstreamState
 from gwproxy.proxy.watchdog import Watchdog
 
-_log = log.get("gwproxy.upstream")
-
 ALIASES = frozenset({"current"})
-DOWN_LOG_POLLS = 12
+PROBE_SECONDS = 2.0  # a readiness or health probe's bound
+MISS_REFRESH_SECONDS = 1.0  # an unknown model refreshes the lists at most this often
 
-
-PROBE_SECONDS = 2.0  # a readiness probe's bound
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamState:
-    reachable: bool = False
-    models: tuple[str, ...] = ()
-    checked_at: float | None = None  # wall-clock seconds
-    error: str | None = None
+__all__ = ["ALIASES", "UpstreamRegistry", "UpstreamState", "open_upstream"]
 
 
 class UpstreamRegistry:
-    def __init__(self, cfg: UpstreamConfig, managed: bool = False) -> None:
+    def __init__(self, cfg: UpstreamConfig, targets: tuple[UpstreamTarget, ...], managed: bool = False) -> None:
+        assert targets, "at least one upstream"
         self.cfg = cfg
-        self.managed = managed  # the gateway starts the model itself: down at start is expected
-        self.origin = cfg.origin
-        self.v1_url = cfg.v1_url
-        self.public_origin = cfg.public_origin  # the forms to show: credentials masked
-        self.public_url = cfg.public_v1_url
-        self.state = UpstreamState()
-        self._down_logged = 0.0  # monotonic time of the last "unreachable" line
+        self.upstreams = tuple(Upstream(t, cfg, managed and i == 0) for i, t in enumerate(targets))
+        self.primary = self.upstreams[0]
+        self.balancer = Balancer(cfg.affinity_entries)
+        self.watchdog = Watchdog(cfg.idle_timeout, cfg.first_byte_timeout)
+        self._serving: dict[str, tuple[Upstream, ...]] = {}  # reachable at the last poll
+        self._known: dict[str, tuple[Upstream, ...]] = {}  # listed at the last good poll, up or not
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.watchdog = Watchdog(cfg.idle_timeout, cfg.first_byte_timeout)
-        self._auth = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+        self._missed_at = 0.0
+
+    # The primary's face, as the switcher and the status pages know the upstream.
+    @property
+    def state(self) -> UpstreamState:
+        return self.primary.state
+
+    @property
+    def origin(self) -> str:
+        return self.primary.origin
+
+    @property
+    def public_url(self) -> str:
+        return self.primary.public_url
+
+    @property
+    def public_origin(self) -> str:
+        return self.primary.public_origin
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What the gateway sends the primary to authenticate itself (VLLM_API_KEY)."""
+        return self.primary.auth
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -67,9 +81,8 @@ class UpstreamRegistry:
         return self._session
 
     @property
-    def auth_headers(self) -> dict[str, str]:
-        """What the gateway sends upstream to authenticate itself (VLLM_API_KEY)."""
-        return self._auth
+    def several(self) -> bool:
+        return len(self.upstreams) > 1
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self.cfg.max_connections, limit_per_host=0, ttl_dns_cache=300)
@@ -80,10 +93,10 @@ class UpstreamRegistry:
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
         await self.refresh()
-        self._tasks = [
-            asyncio.create_task(self._poll(), name="gwproxy-upstream-poller"),
-            asyncio.create_task(self.watchdog.run(), name="gwproxy-upstream-watchdog"),
-        ]
+        tasks = [self._poll(), self._probe(), self.watchdog.run()]
+        if self.several and self.cfg.metrics_interval > 0:
+            tasks.append(self._scrape())
+        self._tasks = [asyncio.create_task(t, name="gwproxy-upstreams") for t in tasks]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -92,78 +105,125 @@ class UpstreamRegistry:
         if self._session is not None:
             await self._session.close()
 
+    # ---- background ----------------------------------------------------------------------------
+
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.poll_interval)
             await self.refresh()
 
+    async def _scrape(self) -> None:
+        while True:
+            await asyncio.gather(*(u.scrape(self.session) for u in self.upstreams))
+            await asyncio.sleep(self.cfg.metrics_interval)
+
+    async def _probe(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.probe_interval)
+            now = time.monotonic()
+            due = [u for u in self.upstreams if u.ejected_until is not None and now >= u.ejected_until]
+            if due:
+                answers = await asyncio.gather(*(u.healthy(self.session, PROBE_SECONDS) for u in due))
+                for u, ok in zip(due, answers, strict=True):
+                    if ok:
+                        u.restore()
+                        await u.refresh(self.session)
+                self._index()
+
     async def refresh(self) -> UpstreamState:
-        """Ask the upstream which models it serves; never raises."""
-        url = self.v1_url + "/models"
-        try:
-            async with self.session.get(
-                url, headers=self._auth, timeout=aiohttp.ClientTimeout(total=self.cfg.connect_timeout * 2)
-            ) as resp:
-                body = await resp.read()
-                if resp.status != 200:
-                    raise ValueError(self._bad_status(resp.status))
-                cards = orjson.loads(body).get("data") or []
-                models = tuple(str(c["id"]) for c in cards if isinstance(c, dict) and "id" in c)
-            new = UpstreamState(True, models, time.time(), None)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, AttributeError) as exc:
-            new = UpstreamState(False, self.state.models, time.time(), log.redact(f"{type(exc).__name__}: {exc}"))
-        changed = (new.reachable, new.models) != (self.state.reachable, self.state.models)
-        first = self.state.checked_at is None
-        now = time.monotonic()
-        if new.reachable and (changed or first):
-            _log.info("upstream up", url=self.public_url, models=list(new.models))
-        elif not new.reachable and first and self.managed:
-            self._down_logged = now  # the model manager is about to start it: said as such, not as a fault
-            _log.info("upstream not up yet: the model manager starts the model", url=self.public_url)
-        elif not new.reachable and (
-            changed or first or now - self._down_logged >= self.cfg.poll_interval * DOWN_LOG_POLLS
-        ):
-            self._down_logged = now
-            _log.warning("upstream unreachable", url=self.public_url, error=new.error)
-        self.state = new
-        return new
+        """Ask every upstream which models it serves (at once); never raises. The primary's
+        state is returned (what a model switch and readiness look at)."""
+        await asyncio.gather(*(u.refresh(self.session) for u in self.upstreams))
+        self._index()
+        return self.primary.state
+
+    def _index(self) -> None:
+        serving: dict[str, list[Upstream]] = {}
+        known: dict[str, list[Upstream]] = {}
+        for u in self.upstreams:
+            for name in u.state.models:
+                known.setdefault(name, []).append(u)
+                if u.state.reachable:
+                    serving.setdefault(name, []).append(u)
+        self._serving = {name: tuple(us) for name, us in serving.items()}
+        self._known = {name: tuple(us) for name, us in known.items()}
 
     async def ready(self, served_name: str | None) -> bool:
-        """Whether the upstream is up (``/health`` answers 200) and, with ``served_name``, serves
-        that model (``/v1/models``, read by ``refresh``, which updates ``state`` too): what a
-        model switch waits for."""
-        try:
-            probe = aiohttp.ClientTimeout(total=PROBE_SECONDS)
-            async with self.session.get(self.origin + "/health", headers=self._auth, timeout=probe) as r:
-                if r.status != 200:
-                    return False
-        except (aiohttp.ClientError, TimeoutError):
+        """Whether the primary is up (``/health`` answers 200) and, with ``served_name``, serves
+        that model (``/v1/models``, which refreshes every upstream's state too): what a model
+        switch waits for."""
+        if not await self.primary.healthy(self.session, PROBE_SECONDS):
             return False
         if served_name is None:
             return True
         state = await self.refresh()
         return state.reachable and served_name in state.models
 
-    def _bad_status(self, status: int) -> str:
-        said = f"GET {self.public_url}/models answered {status}"
-        if status == 404 and not self.v1_url.endswith("/v1"):
-            return f"{said}: did you mean {self.public_origin}/v1? (vLLM serves its API under /v1)"
-        return said
+    # ---- reading -------------------------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Every served name, the primary's first, each once."""
+        seen: dict[str, None] = {}
+        for u in self.upstreams:
+            for name in u.state.models:
+                seen.setdefault(name)
+        return list(seen)
+
+    def cards(self) -> list[dict[str, Any]]:
+        """Every served model's card as its first upstream sent it, each name once."""
+        seen: dict[str, dict[str, Any]] = {}
+        for u in self.upstreams:
+            for card in u.state.cards:
+                seen.setdefault(str(card["id"]), card)
+        return list(seen.values())
+
+    def serving(self, model: str) -> tuple[Upstream, ...]:
+        """The upstreams serving ``model``: reachable at their last poll (ejected ones included:
+        the balancer leaves them out)."""
+        return self._serving.get(model, ())
+
+    def default_group(self) -> tuple[Upstream, ...]:
+        """Where a request naming no model goes: the replicas of what ``current`` means."""
+        models = self.primary.state.models or tuple(self.models())
+        return (self._serving.get(models[0]) or (self.primary,)) if models else (self.primary,)
+
+    async def group_for(self, model: str) -> tuple[Upstream, ...]:
+        """The upstreams serving ``model``. Else those that served it when last asked (down or
+        ejected now: the request gets their failure, or the balancer tries them anyway); an
+        unknown name refreshes the lists (at most once a second) and is then ``ModelNotFound`` —
+        unless no upstream answers at all, when the primary is tried (its failure is the answer)."""
+        found = self._serving.get(model)
+        if found:
+            return found
+        now = time.monotonic()
+        if now - self._missed_at >= MISS_REFRESH_SECONDS:
+            self._missed_at = now
+            await self.refresh()
+            found = self._serving.get(model)
+            if found:
+                return found
+        found = self._known.get(model)
+        if found:
+            return found
+        if not any(u.state.reachable for u in self.upstreams):
+            return (self.primary,)
+        raise ModelNotFound(model, self.models())
 
     def resolve(self, model: str) -> str:
         """The served name a request's ``model`` stands for (aliases resolved)."""
         if model not in ALIASES:
             return model
-        state = self.state
-        if state.models:  # the last served name known (one failed poll does not unname it)
-            return state.models[0]
-        if not state.reachable:
+        models = self.primary.state.models or tuple(self.models())
+        if models:  # the last served name known (one failed poll does not unname it)
+            return models[0]
+        state = self.primary.state
+        if not any(u.state.reachable for u in self.upstreams):
             raise ModelNotReady(
-                f"model alias '{model}' cannot be resolved: the upstream {self.public_url} is unreachable "
+                f"model alias '{model}' cannot be resolved: the upstream {self.primary.public_url} is unreachable "
                 f"({state.error or 'no answer yet'}); is vLLM running there?"
             )
         raise ModelNotReady(
-            f"model alias '{model}' cannot be resolved: the upstream {self.public_url} answers but serves "
+            f"model alias '{model}' cannot be resolved: the upstream {self.primary.public_url} answers but serves "
             "no model yet (still loading?)"
         )
 
@@ -171,14 +231,27 @@ class UpstreamRegistry:
         """A bounded metric label: a served model's name, else ``other``."""
         if model is None:
             return "-"
-        return model if model in self.state.models else "other"
+        return model if model in self._known else "other"
+
+    def counts(self) -> list[UpstreamCounts]:
+        """Each upstream's counters and state, for ``/metrics``."""
+        return [
+            UpstreamCounts(u.name, u.requests, dict(u.errors), u.in_flight, u.ejections, u.state.reachable, u.ejected)
+            for u in self.upstreams
+        ]
+
+    def public(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [u.public(now) for u in self.upstreams]
 
 
 @asynccontextmanager
-async def open_upstream(cfg: UpstreamConfig, managed: bool = False) -> AsyncIterator[UpstreamRegistry]:
-    """The upstream, polled for the models it serves, with its connection pool; ``managed`` when
-    the gateway's model manager starts what serves there."""
-    registry = UpstreamRegistry(cfg, managed)
+async def open_upstream(
+    cfg: UpstreamConfig, targets: tuple[UpstreamTarget, ...], managed: bool = False
+) -> AsyncIterator[UpstreamRegistry]:
+    """The upstreams, polled for the models they serve, with their connection pool; ``managed``
+    when the gateway's model manager starts what serves at the first."""
+    registry = UpstreamRegistry(cfg, targets, managed)
     await registry.start()
     try:
         yield registry

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -19,14 +20,20 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gwproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from gwproxy import log
+from gwproxy.errors import GatewayError, ModelNotAllowed, UpstreamTimeout, UpstreamUnavailable
 from gwproxy.keys import CONFIG, EXCHANGE, GATE, METRICS, REQUEST_ID, UPSTREAM
+from gwproxy.principal import Principal
 from gwproxy.proxy import usage
 from gwproxy.proxy.endpoints import ROOT_PATHS, Endpoint
 from gwproxy.proxy.exchange import Exchange
+from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.proxy.relay import HOP_BY_HOP, relay
+from gwproxy.proxy.upstream import Upstream
 from gwproxy.proxy.usage import UsageTap
 from gwproxy.proxy.watchdog import Watch
+
+_log = log.get("gwproxy.proxy")
 
 MODEL_CARD = "/v1/models/"  # one model's card: the alias in its path is resolved
 # Client headers that never go upstream: hop-by-hop, recomputed, the gateway's credentials, or
@@ -66,27 +73,35 @@ async def through_gate(request: web.Request, exchange: Exchange, target: Endpoin
 async def forward(request: web.Request, exchange: Exchange, target: Endpoint) -> web.StreamResponse:
     """Send the request upstream to ``target`` (the request's own endpoint, or the one a local
     endpoint such as /api/chat stands for, whose handler set ``exchange.body``) and relay the
-    answer."""
+    answer. The upstream is one of the replicas serving the model the body names (or the path,
+    for a model card), picked by the balancer; a replica that refuses, drops the connection or
+    answers 502/503 before anything reached the client is replaced by another, once."""
     app = request.app
     cfg, registry, metrics = app[CONFIG], app[UPSTREAM], app[METRICS]
     trace = exchange.trace
+    principal = exchange.principal
     own = target is exchange.endpoint
     body = await request.read() if own and request.body_exists else b""  # cached by aiohttp
     parsed = exchange.body
     tap: UsageTap | None = None
+    asked: str | None = None  # the model the request names, and what it stands for
+    served: str | None = None
     if parsed is not None:
         if not own and target.schema is not None:
             target.schema(parsed)  # what a local endpoint built must pass as the client's would
         rewrite = not own
         model = parsed.get("model")
         if isinstance(model, str):
+            asked = model
             served = registry.resolve(model)
             if served != model:
                 parsed["model"] = served
                 rewrite = True
-            trace.model = registry.label(served)
         elif model is None:  # vLLM answers with the model it serves: the request is "current"'s
             trace.model = registry.label(registry.state.models[0] if registry.state.models else None)
+            if principal is not None and principal.models is not None:
+                asked = "current"
+                served = registry.resolve(asked)
         if target.usage:
             sse = usage.streams(parsed)
             if target.responses:
@@ -105,21 +120,33 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
     if own:
         query = request.rel_url.raw_query_string
         raw_path = request.rel_url.raw_path
-        if request.method == "GET" and raw_path.startswith(MODEL_CARD):  # models.retrieve("current")
-            name = request.path[len(MODEL_CARD) :]
-            served = registry.resolve(name)
-            if served != name:
-                raw_path = MODEL_CARD + quote(served, safe="/")
-            trace.model = registry.label(served)
-        url = URL(registry.origin + raw_path + ("?" + query if query else ""), encoded=True)
+        if request.method == "GET":
+            if raw_path.startswith(MODEL_CARD):  # models.retrieve("current")
+                asked = request.path[len(MODEL_CARD) :]
+                served = registry.resolve(asked)
+                if served != asked:
+                    raw_path = MODEL_CARD + quote(served, safe="/")
+            elif raw_path == "/v1/models" and (registry.several or (principal is not None and principal.models)):
+                return model_list(registry, principal)
+        path = raw_path + ("?" + query if query else "")
     else:
-        url = URL(registry.origin + target.path)
-    headers = forward_headers(request, registry.auth_headers, request[REQUEST_ID])
+        path = target.path
+    if served is not None:
+        assert asked is not None
+        if principal is not None and not principal.may_use(asked, served):
+            allowed = ", ".join(sorted(principal.models or ()))
+            said = f"This credential may not use the model `{asked}`; it may use: {allowed}"
+            raise ModelNotAllowed(said, param="model")
+        trace.model = registry.label(served)
+        group = await registry.group_for(served)
+    else:
+        group = registry.default_group()
     trace.upstream_started = time.perf_counter()
     watchdog = registry.watchdog
     watch = watchdog.watch(asyncio.current_task(), cfg.upstream.first_byte_timeout)
     try:
-        upstream = await _send(request, url, body, headers, watch)
+        chosen, upstream = await _open(request, group, parsed, path, body, watch)
+        trace.upstream = chosen.name
         extra = {}
         if cfg.proxy.overhead_header:
             # Time spent before the request went upstream; relaying after that is a copy per chunk.
@@ -131,6 +158,9 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
             return await relay(request, upstream, trace, tap, exchange.tee, watch, metrics, extra)
         finally:
             upstream.release()
+            chosen.in_flight -= 1
+            if trace.upstream_error in MID_RESPONSE_FAILURES:
+                chosen.count_error(trace.upstream_error)
             if tap is not None:
                 trace.stream_events = tap.events
                 if tap.usage is not None:
@@ -139,13 +169,81 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
         watchdog.release(watch)
 
 
+MID_RESPONSE_FAILURES = frozenset({"disconnected", "idle_timeout"})
+RETRIED_STATUSES = frozenset({502, 503})
+
+
+def model_list(registry: UpstreamRegistry, principal: Principal | None) -> web.Response:
+    """``/v1/models`` across every upstream, in vLLM's shape: each served model's card once,
+    only those the caller may name."""
+    cards = registry.cards()
+    if principal is not None and principal.models is not None:
+        cards = [c for c in cards if principal.may_use(str(c["id"]))]
+    return web.Response(body=orjson.dumps({"object": "list", "data": cards}), content_type="application/json")
+
+
+class _Failed(Exception):
+    """A send that got no answer: the gateway error to answer with, and whether another replica
+    may be tried (nothing was answered: refused, dropped, or the connection timed out)."""
+
+    def __init__(self, error: GatewayError, retry: bool) -> None:
+        self.error = error
+        self.retry = retry
+
+
+async def _open(
+    request: web.Request,
+    group: tuple[Upstream, ...],
+    parsed: dict[str, Any] | None,
+    path: str,
+    body: bytes,
+    watch: Watch,
+) -> tuple[Upstream, aiohttp.ClientResponse]:
+    """Send to the replica the balancer picks and wait for its response headers; on a refusal, a
+    dropped connection or a 502/503, once more to another replica of the group when there is one.
+    The chosen upstream is counted in flight (the caller uncounts it)."""
+    registry = request.app[UPSTREAM]
+    chosen = registry.balancer.pick(group, parsed)
+    assert chosen is not None
+    for attempt in (0, 1):
+        url = URL(chosen.origin + path, encoded=True)
+        headers = forward_headers(request, chosen.auth, request[REQUEST_ID])
+        chosen.in_flight += 1
+        chosen.requests += 1
+        try:
+            response = await _send(request, chosen, url, body, headers, watch)
+        except _Failed as failed:
+            chosen.in_flight -= 1
+            other = registry.balancer.pick(group, parsed, tried=chosen) if failed.retry and attempt == 0 else None
+            if other is None:
+                raise failed.error from None
+            _log.info("retrying on another replica", upstream=chosen.name, to=other.name, error=failed.error.message)
+            chosen = other
+            watch.last = time.monotonic()
+            continue
+        if response.status not in RETRIED_STATUSES:
+            chosen.succeeded()
+            return chosen, response
+        chosen.failed(f"status_{response.status}")
+        other = registry.balancer.pick(group, parsed, tried=chosen) if attempt == 0 else None
+        if other is None:
+            return chosen, response  # the answer as it is: nothing better to offer
+        _log.info("retrying on another replica", upstream=chosen.name, to=other.name, status=response.status)
+        response.release()
+        chosen.in_flight -= 1
+        chosen = other
+        watch.last = time.monotonic()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def _send(
-    request: web.Request, url: URL, body: bytes, headers: CIMultiDict[str], watch: Watch
+    request: web.Request, chosen: Upstream, url: URL, body: bytes, headers: CIMultiDict[str], watch: Watch
 ) -> aiohttp.ClientResponse:
-    """Send the request upstream and wait for the response headers; failures as gateway errors."""
-    registry, metrics = request.app[UPSTREAM], request.app[METRICS]
+    """Send the request to ``chosen`` and wait for the response headers; a failure is counted
+    (on the upstream's health too) and raised as ``_Failed``."""
+    metrics = request.app[METRICS]
     try:
-        return await registry.session.request(
+        return await request.app[UPSTREAM].session.request(
             request.method, url, data=body or None, headers=headers, allow_redirects=False
         )
     except asyncio.CancelledError:
@@ -153,22 +251,27 @@ async def _send(
         if not watch.expired or task is None:
             raise  # the client went away
         task.uncancel()
-        metrics.count_upstream_error("timeout")
-        raise UpstreamTimeout(f"The upstream {registry.public_origin} did not answer within {watch.limit:g}s") from None
+        kind, retry = "timeout", False
+        error: GatewayError = UpstreamTimeout(
+            f"The upstream {chosen.public_origin} did not answer within {watch.limit:g}s"
+        )
     except aiohttp.ServerTimeoutError:
-        metrics.count_upstream_error("timeout")
-        raise UpstreamTimeout(f"Connecting to the upstream {registry.public_origin} timed out") from None
+        kind, retry = "timeout", True
+        error = UpstreamTimeout(f"Connecting to the upstream {chosen.public_origin} timed out")
     except aiohttp.ClientConnectorError as exc:
-        metrics.count_upstream_error("refused")
-        raise UpstreamUnavailable(
-            f"The upstream {registry.public_origin} is unreachable ({exc.os_error.strerror or exc}); "
+        kind, retry = "refused", True
+        error = UpstreamUnavailable(
+            f"The upstream {chosen.public_origin} is unreachable ({exc.os_error.strerror or exc}); "
             "is vLLM running and loaded?"
-        ) from None
+        )
     except aiohttp.ClientError as exc:
-        metrics.count_upstream_error("disconnected")
-        raise UpstreamUnavailable(
-            f"The upstream {registry.public_origin} failed before answering: {type(exc).__name__}"
-        ) from None
+        kind, retry = "disconnected", True
+        error = UpstreamUnavailable(
+            f"The upstream {chosen.public_origin} failed before answering: {type(exc).__name__}"
+        )
+    metrics.count_upstream_error(kind)
+    chosen.failed(kind)
+    raise _Failed(error, retry)
 
 
 # Explicit methods rather than "*": OPTIONS stays free for CORS preflights, answered here.

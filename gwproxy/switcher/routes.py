@@ -43,7 +43,8 @@ class ModelsStatus(Schema):
     current_profile = fields.String(required=True, allow_none=True)
     instance = fields.Dict(required=True, allow_none=True)
     served_models = fields.List(fields.String(), required=True)
-    upstream = fields.Dict(required=True)
+    upstream = fields.Dict(required=True)  # the primary: where managed models serve
+    upstreams = fields.List(fields.Dict(), required=True)  # every upstream: status, models, load, health
     error = fields.String(required=True, allow_none=True)
     boot = fields.Dict(required=True, allow_none=True)  # default, started, reason: a default that did not fit
     gate = fields.Dict(required=True)

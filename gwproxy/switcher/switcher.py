@@ -106,6 +106,7 @@ class Switcher:
                 "checked_at": up.checked_at,
                 "error": up.error,
             },
+            "upstreams": self.registry.public(),
             "error": self.error,
             "boot": self.boot,
             "gate": {"open": self.gate.is_open, "reason": self.gate.reason or None, "in_flight": self.gate.inflight},

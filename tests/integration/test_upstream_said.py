@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gwproxy.config import UpstreamConfig
+from gwproxy.config import Config, UpstreamConfig
 from gwproxy.errors import ModelNotReady
 from gwproxy.proxy.registry import UpstreamRegistry, UpstreamState
 from tests.conftest import provision
@@ -61,13 +61,14 @@ async def test_a_base_url_without_v1_gets_a_hint(log_dir: Path, tmp_path: Path, 
 
 
 def test_a_503_for_current_says_unreachable_or_loading() -> None:
-    registry = UpstreamRegistry(UpstreamConfig(base_url="http://u:p@10.9.9.9:8000/v1"))
-    registry.state = UpstreamState(False, (), 1.0, "ClientConnectorError: refused")
+    cfg = Config(upstream=UpstreamConfig(base_url="http://u:p@10.9.9.9:8000/v1"))
+    registry = UpstreamRegistry(cfg.upstream, cfg.upstream_targets())
+    registry.primary.state = UpstreamState(False, (), 1.0, "ClientConnectorError: refused")
     with pytest.raises(ModelNotReady, match=r"unreachable \(ClientConnectorError: refused\)"):
         registry.resolve("current")
-    registry.state = UpstreamState(True, (), 1.0, None)
+    registry.primary.state = UpstreamState(True, (), 1.0, None)
     with pytest.raises(ModelNotReady, match="answers but serves no model yet") as err:
         registry.resolve("current")
     assert "u:p@" not in err.value.message
-    registry.state = UpstreamState(False, ("m",), 1.0, "a poll timed out")
+    registry.primary.state = UpstreamState(False, ("m",), 1.0, "a poll timed out")
     assert registry.resolve("current") == "m"  # one failed poll does not unname the model
