@@ -156,7 +156,10 @@ def _target_name(url: str) -> str:
 
 def upstream_target(raw: Any, source: str, index: int) -> UpstreamTarget:
     """An upstream from ``[NAME=]URL`` (a flag, ``GWPROXY_UPSTREAMS``) or a ``[[upstreams]]`` table."""
-    where = f"upstreams[{index}] ({source})"
+
+    def fail(key: str, why: str) -> ConfigError:
+        return ConfigError(f"config key 'upstreams[{index}]{key}' ({source}): {why}")
+
     if isinstance(raw, str):
         text = raw.strip()
         name, url = "", text
@@ -164,27 +167,22 @@ def upstream_target(raw: Any, source: str, index: int) -> UpstreamTarget:
             name, _, url = text.partition("=")
         raw = {"name": name.strip(), "base_url": url.strip()}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config key '{where}': expected a table or NAME=URL, got {raw!r}")
+        raise fail("", f"expected a table or NAME=URL, got {raw!r}")
     unknown = set(raw) - {"name", "base_url", "api_key", "weight"}
     if unknown:
-        raise ConfigError(f"config key '{where}': unknown key(s) {', '.join(sorted(unknown))}")
+        raise fail("", f"unknown key(s) {', '.join(sorted(unknown))}")
     base_url = raw.get("base_url")
     if not isinstance(base_url, str) or _http_url(base_url):
-        raise ConfigError(
-            f"config key '{where}.base_url': must be an http:// or https:// URL with a host, got {base_url!r}"
-        )
+        raise fail(".base_url", f"must be an http:// or https:// URL with a host, got {base_url!r}")
     name = raw.get("name") or _target_name(base_url)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(
-            f"config key '{where}.name': letters, digits and . _ : - (at most 63, starting with a letter or "
-            f"digit), got {name!r}"
-        )
+        raise fail(".name", f"letters, digits and . _ : - (at most 63, starting with a letter or digit), got {name!r}")
     api_key = raw.get("api_key", "")
     if not isinstance(api_key, str):
-        raise ConfigError(f"config key '{where}.api_key': expected a string")
+        raise fail(".api_key", "expected a string")
     weight = raw.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
-        raise ConfigError(f"config key '{where}.weight': must be a number greater than 0, got {weight!r}")
+        raise fail(".weight", f"must be a number greater than 0, got {weight!r}")
     return UpstreamTarget(name, base_url, api_key, float(weight))
 
 

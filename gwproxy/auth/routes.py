@@ -11,6 +11,7 @@ from aiohttp import web
 from gwproxy import log
 from gwproxy.address import client_ip
 from gwproxy.auth import schemas
+from gwproxy.auth.users import UNCHANGED
 from gwproxy.bodies import identifier, json, load
 from gwproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from gwproxy.keys import AUTHENTICATOR, CONFIG, GUARD, PRINCIPAL, USERS
@@ -84,7 +85,9 @@ def _target_user(principal: Principal, requested: int | None) -> int:
 async def create_key(request: web.Request) -> web.Response:
     body = await load(request, schemas.NewKey())
     user_id = _target_user(request[PRINCIPAL], body["user_id"])
-    value, info = await request.app[USERS].create_key(user_id, body["name"], body["expires_days"])
+    value, info = await request.app[USERS].create_key(
+        user_id, body["name"], body["expires_days"], body["allowed_models"]
+    )
     return json({**info.public(), "key": value}, status=201)
 
 
@@ -124,11 +127,13 @@ async def admin_list_users(request: web.Request) -> web.Response:
            access=Access.ADMIN, errors=(400, 409))  # fmt: skip
 async def admin_create_user(request: web.Request) -> web.Response:
     body = await load(request, schemas.NewUser())
-    user = await request.app[USERS].create_user(body["username"], body["password"], body["role"])
+    user = await request.app[USERS].create_user(
+        body["username"], body["password"], body["role"], body["allowed_models"]
+    )
     return json(user.public(), status=201)
 
 
-@operation("Change a user's role, active flag or capture", "admin", body=schemas.UserChange,
+@operation("Change a user's role, active flag, capture or allowed models", "admin", body=schemas.UserChange,
            answer=schemas.User, access=Access.ADMIN, errors=(400, 404))  # fmt: skip
 async def admin_update_user(request: web.Request) -> web.Response:
     admin = request[PRINCIPAL]  # an admin: the guard checked the operation's access
@@ -137,7 +142,11 @@ async def admin_update_user(request: web.Request) -> web.Response:
     if user_id == admin.user_id and (body.get("active") is False or body.get("role") == "user"):
         raise InvalidRequest("Admins cannot disable or demote themselves", param="user_id")
     user = await request.app[USERS].update_user(
-        user_id, role=body.get("role"), active=body.get("active"), capture=body.get("capture")
+        user_id,
+        role=body.get("role"),
+        active=body.get("active"),
+        capture=body.get("capture"),
+        allowed_models=body.get("allowed_models", UNCHANGED),
     )
     request.app[AUTHENTICATOR].forget()
     return json(user.public())

@@ -21,8 +21,19 @@ class Refresh(_Strict):
     refresh_token = fields.String(required=True, validate=validate.Length(min=1, max=256))
 
 
+def _models(**kw: object) -> fields.List[str]:
+    return fields.List(
+        fields.String(validate=validate.Length(min=1, max=256)),
+        allow_none=True,
+        validate=validate.Length(max=1000),
+        metadata={"description": "the models it may name (served names or profile ids); null: any"},
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 class NewKey(_Strict):
     name = fields.String(load_default="", validate=validate.Length(max=128))
+    allowed_models = _models(load_default=None)
     expires_days = fields.Float(
         load_default=None, allow_none=True, validate=validate.Range(min=0, max=36500, min_inclusive=False)
     )
@@ -35,12 +46,14 @@ class NewUser(_Strict):
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     password = fields.String(required=True, validate=validate.Length(min=8, max=1024))
     role = fields.String(load_default="user", validate=validate.OneOf(["user", "admin"]))
+    allowed_models = _models(load_default=None)
 
 
 class UserChange(_Strict):
     role = fields.String(validate=validate.OneOf(["user", "admin"]))
     active = StrictBool()
     capture = StrictBool()
+    allowed_models = _models()
 
 
 # ---- answers (what the routes render; the API docs show these) ----
@@ -71,6 +84,7 @@ class ApiKey(Schema):
     expires_at = fields.DateTime(required=True, allow_none=True)
     last_used_at = fields.DateTime(required=True, allow_none=True)
     revoked_at = fields.DateTime(required=True, allow_none=True)
+    allowed_models = _models(required=True)
 
 
 class NewApiKey(ApiKey):
@@ -84,6 +98,7 @@ class User(Schema):
     active = fields.Boolean(required=True)
     capture = fields.Boolean(required=True)
     created_at = fields.DateTime(required=True)
+    allowed_models = _models(required=True)
 
 
 class KeyList(Schema):

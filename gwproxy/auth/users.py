@@ -40,6 +40,13 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+class Unchanged:
+    """The default of an update argument that may be set to None."""
+
+
+UNCHANGED = Unchanged()
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     id: int
@@ -48,6 +55,7 @@ class User:
     active: bool
     created_at: datetime
     capture: bool = True
+    allowed_models: tuple[str, ...] | None = None  # None: any
 
     def public(self) -> dict[str, Any]:
         return {
@@ -57,6 +65,7 @@ class User:
             "active": self.active,
             "created_at": self.created_at.isoformat(),
             "capture": self.capture,
+            "allowed_models": _listed(self.allowed_models),
         }
 
 
@@ -70,6 +79,7 @@ class KeyInfo:
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    allowed_models: tuple[str, ...] | None = None  # None: as its user
 
     def public(self) -> dict[str, Any]:
         def iso(d: datetime | None) -> str | None:
@@ -84,6 +94,7 @@ class KeyInfo:
             "expires_at": iso(self.expires_at),
             "last_used_at": iso(self.last_used_at),
             "revoked_at": iso(self.revoked_at),
+            "allowed_models": _listed(self.allowed_models),
         }
 
 
@@ -104,6 +115,33 @@ class TokenPair:
         }
 
 
+def _listed(models: tuple[str, ...] | None) -> list[str] | None:
+    return None if models is None else list(models)
+
+
+def _models(value: Any) -> tuple[str, ...] | None:
+    """A stored ``allowed_models`` (a JSON list; NULL: no restriction)."""
+    return None if value is None else tuple(str(v) for v in value)
+
+
+def allowed(user: Any, key: Any = None) -> frozenset[str] | None:
+    """The models a principal may name: its user's list narrowed by its key's (None: any)."""
+    lists = [set(_models(v) or ()) for v in (user, key) if v is not None]
+    if not lists:
+        return None
+    return frozenset(set.intersection(*lists))
+
+
+def check_models(models: list[str] | None) -> list[str] | None:
+    """An ``allowed_models`` as given: names without blanks, each once (None: no restriction)."""
+    if models is None:
+        return None
+    names = list(dict.fromkeys(m.strip() for m in models))
+    if any(not n or len(n) > 256 for n in names):
+        raise InvalidRequest("allowed_models: each model name is 1-256 characters", param="allowed_models")
+    return names
+
+
 def _user(row: Row[Any]) -> User:
     m = row._mapping
     return User(
@@ -113,6 +151,7 @@ def _user(row: Row[Any]) -> User:
         bool(m["active"]),
         cast(datetime, _aware(m["created_at"])),
         bool(m["capture"]),
+        _models(m["allowed_models"]),
     )
 
 
@@ -127,6 +166,7 @@ def _key(row: Row[Any]) -> KeyInfo:
         _aware(m["expires_at"]),
         _aware(m["last_used_at"]),
         _aware(m["revoked_at"]),
+        _models(m["allowed_models"]),
     )
 
 
@@ -158,14 +198,22 @@ class UserService:
 
     # -- users -------------------------------------------------------------------------------
 
-    async def create_user(self, username: str, password: str, role: str = "user") -> User:
+    async def create_user(
+        self, username: str, password: str, role: str = "user", allowed_models: list[str] | None = None
+    ) -> User:
         username, role_ = check_username(username), check_role(role)
+        models = check_models(allowed_models)
         hashed = await hash_password(password)
         try:
             async with self.engine.begin() as conn:
                 result = await conn.execute(
                     insert(users).values(
-                        username=username, password_hash=hashed, role=role_, active=True, created_at=self.clock()
+                        username=username,
+                        password_hash=hashed,
+                        role=role_,
+                        active=True,
+                        created_at=self.clock(),
+                        allowed_models=models,
                     )
                 )
                 user_id = int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -199,9 +247,18 @@ class UserService:
         return int(count or 0)
 
     async def update_user(
-        self, user_id: int, *, role: str | None = None, active: bool | None = None, capture: bool | None = None
+        self,
+        user_id: int,
+        *,
+        role: str | None = None,
+        active: bool | None = None,
+        capture: bool | None = None,
+        allowed_models: list[str] | Unchanged | None = UNCHANGED,
     ) -> User:
+        """Change what is given; ``allowed_models=None`` lifts the restriction."""
         values: dict[str, Any] = {}
+        if not isinstance(allowed_models, Unchanged):
+            values["allowed_models"] = check_models(allowed_models)
         if capture is not None:
             values["capture"] = capture
         if role is not None:
@@ -263,11 +320,17 @@ class UserService:
         if row is None or not row._mapping["active"]:
             return None
         m = row._mapping
-        return Principal(m["id"], m["username"], m["role"], "api_key" if key_id else "jwt", key_id, m["capture"])
+        return Principal(
+            m["id"], m["username"], m["role"], "api_key" if key_id else "jwt", key_id, m["capture"],
+            allowed(m["allowed_models"]),
+        )  # fmt: skip
 
     # -- API keys ----------------------------------------------------------------------------
 
-    async def create_key(self, user_id: int, name: str = "", expires_days: float | None = None) -> tuple[str, KeyInfo]:
+    async def create_key(
+        self, user_id: int, name: str = "", expires_days: float | None = None, allowed_models: list[str] | None = None
+    ) -> tuple[str, KeyInfo]:
+        """A new key (its value returned this once); ``allowed_models`` narrows what its user may name."""
         await self.get_user(user_id)
         secret = credentials.mint(credentials.API_KEY)
         now = self.clock()
@@ -281,6 +344,7 @@ class UserService:
                     key_hash=secret.digest,
                     created_at=now,
                     expires_at=expires,
+                    allowed_models=check_models(allowed_models),
                 )
             )
             key_id = result.inserted_primary_key[0] if result.inserted_primary_key else None
@@ -322,7 +386,14 @@ class UserService:
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    select(api_keys, users.c.username, users.c.role, users.c.active, users.c.capture)
+                    select(
+                        api_keys,
+                        users.c.username,
+                        users.c.role,
+                        users.c.active,
+                        users.c.capture,
+                        users.c.allowed_models.label("user_models"),
+                    )
                     .join(users, users.c.id == api_keys.c.user_id)
                     .where(api_keys.c.prefix == prefix)
                 )
@@ -334,7 +405,8 @@ class UserService:
             if m["revoked_at"] is not None or (expires is not None and expires <= now) or not m["active"]:
                 return None
             await conn.execute(update(api_keys).where(api_keys.c.id == m["id"]).values(last_used_at=now))
-        return Principal(m["user_id"], m["username"], m["role"], "api_key", m["id"], m["capture"])
+        models = allowed(m["user_models"], m["allowed_models"])
+        return Principal(m["user_id"], m["username"], m["role"], "api_key", m["id"], m["capture"], models)
 
     # -- sessions: access + refresh tokens ----------------------------------------------------
 

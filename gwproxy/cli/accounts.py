@@ -21,15 +21,16 @@ from gwproxy.auth.passwords import WeakPassword, check_strength
 from gwproxy.auth.tokens import TokenCodec
 from gwproxy.auth.users import UserService
 from gwproxy.cli.common import fail, json_flag, load, say, show
-from gwproxy.config import Config
+from gwproxy.config import Config, items
 from gwproxy.errors import GatewayError, NotFound
 from gwproxy.store import migrator
 from gwproxy.store.engine import create_engine, describe
 
 USER_COLUMNS = (("id", "ID"), ("username", "USERNAME"), ("role", "ROLE"), ("state", "STATE"),
-                ("capture", "CAPTURE"), ("created_at", "CREATED"))  # fmt: skip
+                ("capture", "CAPTURE"), ("models", "MODELS"), ("created_at", "CREATED"))  # fmt: skip
 KEY_COLUMNS = (("id", "ID"), ("username", "USER"), ("name", "NAME"), ("prefix", "PREFIX"), ("state", "STATE"),
-               ("created_at", "CREATED"), ("expires_at", "EXPIRES"), ("last_used_at", "LAST USED"))  # fmt: skip
+               ("models", "MODELS"), ("created_at", "CREATED"), ("expires_at", "EXPIRES"),
+               ("last_used_at", "LAST USED"))  # fmt: skip
 
 
 def _password(args: argparse.Namespace) -> str:
@@ -82,19 +83,33 @@ def _when(value: Any) -> str | None:
     return None if value is None else value.isoformat(timespec="seconds")
 
 
+def _model_list(text: str | None) -> list[str] | None:
+    """``--models a,b`` as a list (None when not given: no restriction)."""
+    return None if text is None else items(text)
+
+
+def _models_shown(models: tuple[str, ...] | None) -> str:
+    return "any" if models is None else ",".join(models) or "none"
+
+
 def cmd_user(cfg: Config, args: argparse.Namespace) -> int:
     action = args.user_command
 
     async def work(users: UserService) -> int:
         if action == "list":
             rows = [
-                {**u.public(), "state": "active" if u.active else "disabled", "created_at": _when(u.created_at)}
+                {
+                    **u.public(),
+                    "state": "active" if u.active else "disabled",
+                    "created_at": _when(u.created_at),
+                    "models": _models_shown(u.allowed_models),
+                }
                 for u in await users.list_users()
             ]
             show(rows, USER_COLUMNS, args.json)
             return 0
         if action == "add":
-            user = await users.create_user(args.name, _password(args), args.role)
+            user = await users.create_user(args.name, _password(args), args.role, _model_list(args.models))
             say(f"created user {user.username} (id {user.id}, {user.role})")
             return 0
         user = await users.find_user(args.name)
@@ -116,6 +131,10 @@ def cmd_user(cfg: Config, args: argparse.Namespace) -> int:
             await set_overrides(users.engine, user_id=user.id, key_id=None, values=values)
             shown = ", ".join(f"{k}={v}" for k, v in values.items() if v is not None) or "the defaults"
             say(f"limits of {user.username}: {shown}")
+        elif action == "set-models":
+            models = None if args.any else _model_list(args.models)
+            await users.update_user(user.id, allowed_models=models)
+            say(f"{user.username} may use " + (", ".join(models) if models is not None else "any model"))
         elif action == "disable":
             await users.update_user(user.id, active=False)
             say(f"{user.username} is disabled (their keys and sessions stop working)")
@@ -140,7 +159,7 @@ def cmd_key(cfg: Config, args: argparse.Namespace) -> int:
     async def work(users: UserService) -> int:
         if action == "create":
             user = await users.find_user(args.user)
-            value, info = await users.create_key(user.id, args.name or "", args.expires)
+            value, info = await users.create_key(user.id, args.name or "", args.expires, _model_list(args.models))
             print(value)
             say(f"key {info.prefix}… for {user.username} (id {info.id})")
             return 0
@@ -152,6 +171,7 @@ def cmd_key(cfg: Config, args: argparse.Namespace) -> int:
                 state = "revoked" if k.revoked_at else "expired" if _expired(k.expires_at) else "active"
                 rows.append({
                     **k.public(), "username": names.get(k.user_id), "state": state, "prefix": k.prefix + "…",
+                    "models": _models_shown(k.allowed_models),
                     "created_at": _when(k.created_at), "expires_at": _when(k.expires_at),
                     "last_used_at": _when(k.last_used_at),
                 })  # fmt: skip
@@ -207,7 +227,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("name", help="the username")
     add.add_argument("--role", choices=["user", "admin"], default="user", help="user (default) or admin")
     add.add_argument("--password-stdin", action="store_true", help="read the password from stdin (else prompted)")
+    add.add_argument("--models", metavar="A,B", help="the only models the user may name (default: any)")
     json_flag(users.add_parser("list", help="list users", parents=[common]))
+    models = users.add_parser("set-models", help="limit the models a user may name", parents=[common])
+    models.add_argument("name", help="the username")
+    which = models.add_mutually_exclusive_group(required=True)
+    which.add_argument("--models", metavar="A,B", help="the only models the user may name")
+    which.add_argument("--any", action="store_true", help="lift the limit: any model")
     role = users.add_parser("set-role", help="make a user an admin or a user", parents=[common])
     role.add_argument("name", help="the username")
     role.add_argument("role", choices=["user", "admin"], help="the new role")
@@ -238,6 +264,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     create = keys.add_parser("create", help="create an API key; prints it alone on stdout", parents=[common])
     create.add_argument("--user", required=True, help="the username the key acts as")
     create.add_argument("--name", help="a label to recognise the key by")
+    create.add_argument("--models", metavar="A,B", help="the only models the key may name (within its user's)")
     create.add_argument("--expires", type=float, metavar="DAYS", help="days until it expires (default: never)")
     listing = keys.add_parser("list", help="list API keys (never the secrets)", parents=[common])
     listing.add_argument("--user", help="only this user's keys")

@@ -76,7 +76,9 @@ async def relay(
     watch: Watch,
     metrics: Metrics,
     extra_headers: Mapping[str, str],
+    first: bytes | None = None,
 ) -> web.StreamResponse:
+    """Relay ``upstream``'s answer; ``first``, when given, is its first body chunk, already read."""
     headers = response_headers(upstream.headers)
     sse = upstream.content_type == "text/event-stream"
     if sse:
@@ -91,9 +93,13 @@ async def relay(
     done = False
     try:
         await resp.prepare(request)
+        pending = first
         while True:
             try:
-                chunk = await upstream.content.readany()
+                if pending is None:
+                    chunk = await upstream.content.readany()
+                else:
+                    chunk, pending = pending, None
             except UpstreamIdle:
                 waited = "its first chunk" if trace.first_chunk is None else "the next chunk"
                 return await _fail(

@@ -145,7 +145,7 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
     watchdog = registry.watchdog
     watch = watchdog.watch(asyncio.current_task(), cfg.upstream.first_byte_timeout)
     try:
-        chosen, upstream = await _open(request, group, parsed, path, body, watch)
+        chosen, upstream, first = await _open(request, group, parsed, path, body, watch)
         trace.upstream = chosen.name
         extra = {}
         if cfg.proxy.overhead_header:
@@ -155,12 +155,12 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
             metrics.observe_overhead(overhead)
         watch.follow(upstream, cfg.upstream.idle_timeout)
         try:
-            return await relay(request, upstream, trace, tap, exchange.tee, watch, metrics, extra)
+            return await relay(request, upstream, trace, tap, exchange.tee, watch, metrics, extra, first)
         finally:
             upstream.release()
             chosen.in_flight -= 1
             if trace.upstream_error in MID_RESPONSE_FAILURES:
-                chosen.count_error(trace.upstream_error)
+                chosen.failed(trace.upstream_error)  # a replica dying mid-stream is out sooner
             if tap is not None:
                 trace.stream_events = tap.events
                 if tap.usage is not None:
@@ -198,10 +198,11 @@ async def _open(
     path: str,
     body: bytes,
     watch: Watch,
-) -> tuple[Upstream, aiohttp.ClientResponse]:
-    """Send to the replica the balancer picks and wait for its response headers; on a refusal, a
-    dropped connection or a 502/503, once more to another replica of the group when there is one.
-    The chosen upstream is counted in flight (the caller uncounts it)."""
+) -> tuple[Upstream, aiohttp.ClientResponse, bytes | None]:
+    """Send to the replica the balancer picks and wait for its response headers (and, while
+    another replica could take over, its first chunk); on a refusal, a dropped connection or a
+    502/503, once more to another replica of the group when there is one. The chosen upstream is
+    counted in flight (the caller uncounts it); the chunk read early, if any, is returned."""
     registry = request.app[UPSTREAM]
     chosen = registry.balancer.pick(group, parsed)
     assert chosen is not None
@@ -210,8 +211,9 @@ async def _open(
         headers = forward_headers(request, chosen.auth, request[REQUEST_ID])
         chosen.in_flight += 1
         chosen.requests += 1
+        peek = attempt == 0 and len(group) > 1
         try:
-            response = await _send(request, chosen, url, body, headers, watch)
+            response, first = await _send(request, chosen, url, body, headers, watch, peek)
         except _Failed as failed:
             chosen.in_flight -= 1
             other = registry.balancer.pick(group, parsed, tried=chosen) if failed.retry and attempt == 0 else None
@@ -223,11 +225,11 @@ async def _open(
             continue
         if response.status not in RETRIED_STATUSES:
             chosen.succeeded()
-            return chosen, response
+            return chosen, response, first
         chosen.failed(f"status_{response.status}")
         other = registry.balancer.pick(group, parsed, tried=chosen) if attempt == 0 else None
         if other is None:
-            return chosen, response  # the answer as it is: nothing better to offer
+            return chosen, response, first  # the answer as it is: nothing better to offer
         _log.info("retrying on another replica", upstream=chosen.name, to=other.name, status=response.status)
         response.release()
         chosen.in_flight -= 1
@@ -237,15 +239,27 @@ async def _open(
 
 
 async def _send(
-    request: web.Request, chosen: Upstream, url: URL, body: bytes, headers: CIMultiDict[str], watch: Watch
-) -> aiohttp.ClientResponse:
-    """Send the request to ``chosen`` and wait for the response headers; a failure is counted
-    (on the upstream's health too) and raised as ``_Failed``."""
+    request: web.Request,
+    chosen: Upstream,
+    url: URL,
+    body: bytes,
+    headers: CIMultiDict[str],
+    watch: Watch,
+    peek: bool,
+) -> tuple[aiohttp.ClientResponse, bytes | None]:
+    """Send the request to ``chosen`` and wait for the response headers — and, with ``peek``,
+    for a 200's first body chunk too (vLLM sends a stream's headers at once: a replica dying
+    during prefill would otherwise cost a stream that has not begun). A failure is counted (on
+    the upstream's health too) and raised as ``_Failed``."""
     metrics = request.app[METRICS]
+    response: aiohttp.ClientResponse | None = None
     try:
-        return await request.app[UPSTREAM].session.request(
+        response = await request.app[UPSTREAM].session.request(
             request.method, url, data=body or None, headers=headers, allow_redirects=False
         )
+        if peek and response.status == 200:
+            return response, await response.content.readany()
+        return response, None
     except asyncio.CancelledError:
         task = asyncio.current_task()
         if not watch.expired or task is None:
@@ -269,6 +283,8 @@ async def _send(
         error = UpstreamUnavailable(
             f"The upstream {chosen.public_origin} failed before answering: {type(exc).__name__}"
         )
+    if response is not None:
+        response.close()
     metrics.count_upstream_error(kind)
     chosen.failed(kind)
     raise _Failed(error, retry)

@@ -91,8 +91,8 @@ class Upstream:
         self.failures = 0
 
     def failed(self, kind: str) -> None:
-        """A failure before the answer's first byte: counted, and the upstream ejected when it is
-        the ``eject_after``-th in a row."""
+        """A failure (before the answer, or the connection lost or silent during it): counted,
+        and the upstream ejected when it is the ``eject_after``-th in a row."""
         self.errors[kind] = self.errors.get(kind, 0) + 1
         self.failures += 1
         if self.failures >= self.cfg.eject_after and self.ejected_until is None:
@@ -106,10 +106,6 @@ class Upstream:
                 kind=kind,
                 cooldown_s=self.cfg.eject_seconds,
             )
-
-    def count_error(self, kind: str) -> None:
-        """A failure after the answer began (mid-stream): counted, not held against its health."""
-        self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def restore(self) -> None:
         self.ejected_until = None

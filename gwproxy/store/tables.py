@@ -9,6 +9,7 @@ enough), each with a short visible prefix for lookup and display. Alembic revisi
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -45,6 +46,7 @@ users = Table(
     Column("active", Boolean, nullable=False, server_default="1"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("capture", Boolean, nullable=False, server_default="1"),  # record this user's conversations
+    Column("allowed_models", JSON, nullable=True),  # the models it may name; NULL: any
 )
 
 api_keys = Table(
@@ -59,6 +61,7 @@ api_keys = Table(
     Column("expires_at", DateTime(timezone=True), nullable=True),
     Column("last_used_at", DateTime(timezone=True), nullable=True),
     Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("allowed_models", JSON, nullable=True),  # narrows its user's list; NULL: as its user
 )
 
 rate_limits = Table(

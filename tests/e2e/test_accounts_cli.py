@@ -25,7 +25,7 @@ def test_user_and_key_commands(tmp_path: Path) -> None:
     key = gwproxy_cli(env, "key", "create", "--user", "ann", "--name", "ci", "--expires", "30")
     assert key.count("\n") == 1 and key.strip().startswith("gwp-") and len(key.strip()) == 47  # the key alone
     listing = gwproxy_cli(env, "user", "list").splitlines()
-    assert listing[0].split() == ["ID", "USERNAME", "ROLE", "STATE", "CAPTURE", "CREATED"]
+    assert listing[0].split() == ["ID", "USERNAME", "ROLE", "STATE", "CAPTURE", "MODELS", "CREATED"]
     assert listing[1].split()[1:4] == ["ann", "admin", "active"]
     gwproxy_cli(env, "user", "disable", "ann")
     [ann] = json.loads(gwproxy_cli(env, "user", "list", "--json"))
@@ -45,7 +45,7 @@ def test_keys_listed_and_revoked_users_enabled_and_deleted(tmp_path: Path) -> No
     key = gwproxy_cli(env, "key", "create", "--user", "bo", "--name", "laptop").strip()
     gwproxy_cli(env, "key", "create", "--user", "root")
     table = gwproxy_cli(env, "key", "list").splitlines()
-    assert table[0].split() == ["ID", "USER", "NAME", "PREFIX", "STATE", "CREATED", "EXPIRES", "LAST", "USED"]
+    assert table[0].split() == ["ID", "USER", "NAME", "PREFIX", "STATE", "MODELS", "CREATED", "EXPIRES", "LAST", "USED"]
     assert key not in "\n".join(table) and len(table) == 3
     [mine] = json.loads(gwproxy_cli(env, "key", "list", "--user", "bo", "--json"))
     assert (mine["name"], mine["state"], mine["username"]) == ("laptop", "active", "bo") and key.startswith(
@@ -150,3 +150,18 @@ def test_demo_proc_has_a_working_admin_key(log_dir: Path, tmp_path: Path) -> Non
         assert me.status_code == 200 and me.json()["username"] == "demo" and me.json()["role"] == "admin"
     finally:
         proc.stop()
+
+
+def test_allowed_models_from_the_command_line(tmp_path: Path) -> None:
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path}/cli.db", "JWT_SECRET": JWT_SECRET}
+    gwproxy_cli(env, "migrate")
+    gwproxy_cli(env, "user", "add", "dee", "--models", "a, b", "--password-stdin", stdin="dee-password\n")
+    gwproxy_cli(env, "key", "create", "--user", "dee", "--models", "a")
+    [dee] = json.loads(gwproxy_cli(env, "user", "list", "--json"))
+    assert dee["allowed_models"] == ["a", "b"] and dee["models"] == "a,b"
+    [key] = json.loads(gwproxy_cli(env, "key", "list", "--json"))
+    assert key["allowed_models"] == ["a"]
+    gwproxy_cli(env, "user", "set-models", "dee", "--any")
+    [dee] = json.loads(gwproxy_cli(env, "user", "list", "--json"))
+    assert dee["allowed_models"] is None and dee["models"] == "any"
+    assert run(env, "user", "set-models", "dee").returncode == 2  # --models or --any
