@@ -285,6 +285,20 @@ def _docker_url(v: str) -> str | None:
     return "must be a unix://, tcp:// or http(s):// URL (or empty for DOCKER_HOST / the default socket)"
 
 
+def _roles(v: str) -> str | None:
+    bad = [r for r in items(v) if r not in ("admin", "user")]
+    return f"roles are admin and user, got {', '.join(bad)}" if bad else None
+
+
+def _port_range(v: str) -> str | None:
+    low, sep, high = v.partition("-")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit()):
+        return "must be LOW-HIGH, e.g. 8100-8199"
+    if not 1 <= int(low) <= int(high) <= 65535:
+        return "must be LOW-HIGH with 1 <= LOW <= HIGH <= 65535"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class SwitchConfig:
     backend: str = _key("", _backend)
@@ -309,9 +323,22 @@ class SwitchConfig:
     docker_binds: str = _key("")
     hf_cache: str = _key("~/.cache/huggingface")
     hf_token: str = _key("")
+    # On demand: a request naming a profile (id or served name) that is not running starts it
+    # beside the switched model, packed onto the GPUs, evicting idle ones when memory is short.
+    on_demand: bool = _key(False)
+    on_demand_roles: str = _key("admin,user", lambda v: _roles(v))
+    port_range: str = _key("8100-8199", lambda v: _port_range(v))
+    min_residency: float = _key(30.0, _non_negative)  # seconds a loaded model is safe from eviction
 
     def docker_bind_list(self) -> list[str]:
         return items(self.docker_binds)
+
+    def on_demand_role_set(self) -> frozenset[str]:
+        return frozenset(items(self.on_demand_roles))
+
+    def ports(self) -> range:
+        low, _, high = self.port_range.partition("-")
+        return range(int(low), int(high) + 1)
 
 
 @dataclass(frozen=True, slots=True)

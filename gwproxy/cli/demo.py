@@ -43,7 +43,18 @@ for chunk in stream:
 print()
 PY
 
-Swap the model (the second demo profile) and watch it happen:
+Every demo model loads when a request names it (on demand), beside the ones up; the demo GPU
+holds two of them, so the third evicts the idle one (least recently used, cheapest to reload):
+
+curl http://{host}:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' \
+  -H 'Content-Type: application/json' \
+  -d '{{"model": "demo-model-large", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+curl http://{host}:{port}/v1/chat/completions -H 'Authorization: Bearer {key}' \
+  -H 'Content-Type: application/json' \
+  -d '{{"model": "demo-coder", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+curl http://{host}:{port}/api/models/status -H 'Authorization: Bearer {key}'   # "instances"
+
+Swap the served model (the second demo profile) and watch it happen:
 
 curl -X POST http://{host}:{port}/api/models/switch -H 'Authorization: Bearer {key}' \\
   -H 'Content-Type: application/json' -d '{{"profile_id": "demo-model-large"}}'
@@ -56,10 +67,13 @@ Press Ctrl-C to stop.
 """
 
 
-# The demo's two "models": the simulator, started and swapped by the process backend.
+# The demo's "models": the simulator, started, swapped and loaded on demand by the process
+# backend. Their sizes make two of them fit the demo GPU (24 GiB x 0.9) together, not three:
+# 7.6 + 10.6 GiB fit, 7.6 + 10.6 + 9.6 do not (each: weights + KV cache + 1.5 GiB reserve).
 DEMO_PROFILES: dict[str, dict[str, Any]] = {
-    "demo-model": {"name": "Demo model", "default": True},
-    "demo-model-large": {"name": "Demo model (large)"},
+    "demo-model": {"name": "Demo model", "default": True, "weights_gib": 6.0},
+    "demo-model-large": {"name": "Demo model (large)", "weights_gib": 9.0},
+    "demo-coder": {"name": "Demo coder", "weights_gib": 8.0, "ttl": 600},
 }
 
 
@@ -97,6 +111,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "switch.vllm_host": "127.0.0.1",
             "switch.ready_poll": 0.2,
             "switch.stop_on_exit": True,
+            "switch.on_demand": True,
+            "switch.min_residency": 5.0,
             "capture.spool_dir": str(work / "spool"),
             "server.docs": "true",
         },

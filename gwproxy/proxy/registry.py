@@ -19,20 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
 from gwproxy.config import UpstreamConfig, UpstreamTarget
 from gwproxy.errors import ModelNotFound, ModelNotReady
 from gwproxy.metrics import UpstreamCounts
+from gwproxy.principal import Principal
 from gwproxy.proxy.balancer import Balancer
 from gwproxy.proxy.upstream import Upstream, UpstreamState
 from gwproxy.proxy.watchdog import Watchdog
 
 ALIASES = frozenset({"current"})
+
+
+class Loader(Protocol):
+    """Starts the model a request names when nothing serves it (on demand); True once it is
+    served, False when there is no such model to load. Raises to refuse or to say it is loading."""
+
+    async def __call__(self, model: str, principal: Principal | None, gone: Callable[[], bool]) -> bool: ...
+
+    def cards(self) -> list[dict[str, Any]]:
+        """Model cards for what could be loaded but is not running (``/v1/models`` lists them)."""
+
+
 PROBE_SECONDS = 2.0  # a readiness or health probe's bound
 MISS_REFRESH_SECONDS = 1.0  # an unknown model refreshes the lists at most this often
 
@@ -52,6 +65,8 @@ class UpstreamRegistry:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._missed_at = 0.0
+        self.loader: Loader | None = None  # on demand: what starts a model nobody serves
+        self.aliases: dict[str, str] = {}  # other names for served names (on demand: profile ids)
 
     # The primary's face, as the switcher and the status pages know the upstream.
     @property
@@ -170,10 +185,14 @@ class UpstreamRegistry:
         return list(seen)
 
     def cards(self) -> list[dict[str, Any]]:
-        """Every served model's card as its first upstream sent it, each name once."""
+        """Every served model's card as its first upstream sent it, each name once; then, on
+        demand, those of the models that could be loaded."""
         seen: dict[str, dict[str, Any]] = {}
         for u in self.upstreams:
             for card in u.state.cards:
+                seen.setdefault(str(card["id"]), card)
+        if self.loader is not None:
+            for card in self.loader.cards():
                 seen.setdefault(str(card["id"]), card)
         return list(seen.values())
 
@@ -187,11 +206,34 @@ class UpstreamRegistry:
         models = self.primary.state.models or tuple(self.models())
         return (self._serving.get(models[0]) or (self.primary,)) if models else (self.primary,)
 
-    async def group_for(self, model: str) -> tuple[Upstream, ...]:
+    # ---- upstreams that come and go (models loaded on demand) -----------------------------------
+
+    def attach(self, target: UpstreamTarget, state: UpstreamState | None = None) -> Upstream:
+        """Add an upstream (a model server the gateway just started), with what it serves."""
+        upstream = Upstream(target, self.cfg)
+        if state is not None:
+            upstream.state = state
+        self.upstreams = (*self.upstreams, upstream)
+        self._index()
+        return upstream
+
+    def detach(self, name: str) -> Upstream | None:
+        """Take an upstream out: no request is sent there from now on (those in flight finish)."""
+        found = next((u for u in self.upstreams if u.name == name and u is not self.primary), None)
+        if found is not None:
+            self.upstreams = tuple(u for u in self.upstreams if u is not found)
+            self._index()
+        return found
+
+    async def group_for(
+        self, model: str, principal: Principal | None = None, gone: Callable[[], bool] = lambda: False
+    ) -> tuple[Upstream, ...]:
         """The upstreams serving ``model``. Else those that served it when last asked (down or
         ejected now: the request gets their failure, or the balancer tries them anyway); an
-        unknown name refreshes the lists (at most once a second) and is then ``ModelNotFound`` —
-        unless no upstream answers at all, when the primary is tried (its failure is the answer)."""
+        unknown name refreshes the lists (at most once a second), then goes to the ``loader``
+        (on demand: a profile is started for it; ``principal`` is who asks, ``gone`` whether the
+        caller has left) and is otherwise ``ModelNotFound`` — unless no upstream answers at all,
+        when the primary is tried (its failure is the answer)."""
         found = self._serving.get(model)
         if found:
             return found
@@ -205,6 +247,10 @@ class UpstreamRegistry:
         found = self._known.get(model)
         if found:
             return found
+        if self.loader is not None and await self.loader(model, principal, gone):
+            found = self._serving.get(model)
+            if found:
+                return found
         if not any(u.state.reachable for u in self.upstreams):
             return (self.primary,)
         raise ModelNotFound(model, self.models())
@@ -212,7 +258,7 @@ class UpstreamRegistry:
     def resolve(self, model: str) -> str:
         """The served name a request's ``model`` stands for (aliases resolved)."""
         if model not in ALIASES:
-            return model
+            return self.aliases.get(model, model) if self.aliases else model
         models = self.primary.state.models or tuple(self.models())
         if models:  # the last served name known (one failed poll does not unname it)
             return models[0]

@@ -126,7 +126,9 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
                 served = registry.resolve(asked)
                 if served != asked:
                     raw_path = MODEL_CARD + quote(served, safe="/")
-            elif raw_path == "/v1/models" and (registry.several or (principal is not None and principal.models)):
+            elif raw_path == "/v1/models" and (
+                registry.several or registry.loader is not None or (principal is not None and principal.models)
+            ):
                 return model_list(registry, principal)
         path = raw_path + ("?" + query if query else "")
     else:
@@ -138,7 +140,9 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
             said = f"This credential may not use the model `{asked}`; it may use: {allowed}"
             raise ModelNotAllowed(said, param="model")
         trace.model = registry.label(served)
-        group = await registry.group_for(served)
+        group = await registry.group_for(served, principal, lambda: _gone(request))
+        if trace.model == "other":  # loaded on demand just now
+            trace.model = registry.label(served)
     else:
         group = registry.default_group()
     trace.upstream_started = time.perf_counter()
@@ -159,6 +163,7 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
         finally:
             upstream.release()
             chosen.in_flight -= 1
+            chosen.last_used = time.monotonic()
             if trace.upstream_error in MID_RESPONSE_FAILURES:
                 chosen.failed(trace.upstream_error)  # a replica dying mid-stream is out sooner
             if tap is not None:
@@ -167,6 +172,11 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
                     trace.prompt_tokens, trace.completion_tokens = tap.usage
     finally:
         watchdog.release(watch)
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the client has left (its connection closed)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 MID_RESPONSE_FAILURES = frozenset({"disconnected", "idle_timeout"})

@@ -54,6 +54,7 @@ class Upstream:
         self.state = UpstreamState()
         # load
         self.in_flight = 0
+        self.last_used = time.monotonic()  # when a request last finished here (idle time, eviction order)
         self.waiting = 0.0
         self.kv = 0.0
         self.metrics_at: float | None = None  # monotonic time of the last good scrape

@@ -22,9 +22,11 @@ class Launch:
     tensor_parallel: int
     host: str
     port: int
+    utilization: float | None = None  # its share of each GPU when it shares them (else the profile's)
+    gpus: tuple[int, ...] | None = None  # the GPU indices it runs on (None: from the first)
 
     def args(self) -> list[str]:
-        return self.profile.vllm_args(self.host, self.port, self.tensor_parallel)
+        return self.profile.vllm_args(self.host, self.port, self.tensor_parallel, self.utilization)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from gwproxy.metrics import Metrics
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.switcher import hardware
 from gwproxy.switcher.backend import Backend
+from gwproxy.switcher.fleet import Fleet
 from gwproxy.switcher.profiles import load_profiles
 from gwproxy.switcher.switcher import Switcher
 
@@ -74,12 +75,26 @@ async def open_switcher(config: Config, upstream: UpstreamRegistry, metrics: Met
             "config key 'switch.backend': one process must own the model; with server.workers > 1 run the "
             "switching gateway as its own single-worker process"
         )
-    read = partial(load_profiles, Path(config.switch.profiles_dir))
-    switcher = Switcher(config.switch, upstream, build_backend(config), read(), hardware_source(config), read, metrics)
+    sw = config.switch
+    if sw.on_demand and sw.backend != "process":
+        raise ConfigError(
+            "config key 'switch.on_demand': loading models on demand needs switch.backend = 'process' "
+            f"(got {sw.backend or 'none'!r}; on-demand Docker instances are not built yet)"
+        )
+    read = partial(load_profiles, Path(sw.profiles_dir))
+    switcher = Switcher(sw, upstream, build_backend(config), read(), hardware_source(config), read, metrics)
     for problem in switcher.profiles.problems:
         _log.warning("profile not loaded", file=problem.file, field=problem.field, reason=problem.reason)
     metrics.model_info = switcher.served
+    if sw.on_demand:
+        token_env = {"HF_TOKEN": sw.hf_token, "HUGGING_FACE_HUB_TOKEN": sw.hf_token} if sw.hf_token else {}
+        switcher.fleet = Fleet(
+            sw, upstream, lambda: switcher.profiles, switcher.known_hardware, switcher.primary_claim, token_env, metrics
+        )
+        upstream.loader = switcher.fleet
     await switcher.start()
+    if switcher.fleet is not None:
+        await switcher.fleet.start()
     hup = False
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, switcher.reload)
@@ -89,4 +104,5 @@ async def open_switcher(config: Config, upstream: UpstreamRegistry, metrics: Met
     finally:
         if hup:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        upstream.loader = None
         await switcher.close()

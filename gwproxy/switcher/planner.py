@@ -161,3 +161,55 @@ def recommend(profiles: Iterable[Profile], hardware: Hardware, reserve_gib: floa
         return 2, pl.need_per_gpu / pl.budget_per_gpu if pl.budget_per_gpu else math.inf, pl.profile_id
 
     return sorted(plans, key=rank)
+
+
+# ---- packing several models onto the GPUs (on demand) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """A model instance's claim: ``per_gpu`` bytes on each of ``gpus``."""
+
+    profile_id: str
+    gpus: tuple[int, ...]
+    per_gpu: int
+    tensor_parallel: int
+
+    def utilization(self, hardware: Hardware) -> float:
+        """The ``--gpu-memory-utilization`` that makes vLLM claim no more than its share: the
+        claim over the smallest of its GPUs, rounded up to a hundredth."""
+        total = min(g.memory_total for g in hardware.gpus if g.index in self.gpus)
+        return min(0.99, math.ceil(100 * self.per_gpu / total) / 100)
+
+
+def free_memory(hardware: Hardware, residents: Iterable[Placement], share: float) -> dict[int, int]:
+    """Bytes still unclaimed on each GPU: ``share`` of its memory, less the residents' claims."""
+    free = {g.index: int(g.memory_total * share) for g in hardware.gpus}
+    for r in residents:
+        for i in r.gpus:
+            free[i] = free.get(i, 0) - r.per_gpu
+    return free
+
+
+def place(
+    profile: Profile, hardware: Hardware, residents: Iterable[Placement], reserve_gib: float = RESERVE_GIB
+) -> tuple[Placement | None, Plan]:
+    """Where ``profile`` fits beside ``residents``: its plan (the tensor-parallel size and the memory
+    per GPU) and the GPUs with room for that claim, choosing the fullest GPUs that still fit (best
+    fit keeps large holes for large models). ``None`` when no set of GPUs has room now."""
+    fit = plan(profile, hardware, reserve_gib)
+    if not fit.fits or fit.tensor_parallel is None:
+        return None, fit
+    free = free_memory(hardware, residents, profile.gpu_memory_utilization)
+    room = sorted((left, i) for i, left in free.items() if left >= fit.need_per_gpu)
+    if len(room) < fit.tensor_parallel:
+        return None, fit
+    gpus = tuple(sorted(i for _, i in room[: fit.tensor_parallel]))
+    return Placement(profile.id, gpus, fit.need_per_gpu, fit.tensor_parallel), fit
+
+
+def shortfall(fit: Plan, hardware: Hardware, residents: Iterable[Placement], share: float) -> str:
+    """Why a fitting plan has no room now, in numbers: its need per GPU against what is free."""
+    free = free_memory(hardware, residents, share)
+    shown = ", ".join(f"GPU {i}: {_gib(max(0, v))} free" for i, v in sorted(free.items()))
+    return f"needs {_gib(fit.need_per_gpu)} on each of {fit.tensor_parallel} GPU(s); {shown}"

@@ -63,6 +63,9 @@ class Profile:
     startup_timeout: float = 900.0
     default: bool = False
     description: str = ""
+    ttl: float = 0.0  # on demand: unloaded after this many idle seconds (0: kept until evicted)
+    pinned: bool = False  # on demand: never evicted
+    swappable: bool = True  # on demand: false = never evicted for another model (keeps its prefix cache warm)
     source: str = field(default="", compare=False)  # the file it came from
 
     @property
@@ -76,12 +79,13 @@ class Profile:
             return self.quantization
         return "bfloat16" if self.dtype == "auto" else self.dtype
 
-    def vllm_args(self, host: str, port: int, tensor_parallel: int) -> list[str]:
-        """vLLM OpenAI-server arguments for this profile (also understood by ``gwproxy sim``)."""
+    def vllm_args(self, host: str, port: int, tensor_parallel: int, utilization: float | None = None) -> list[str]:
+        """vLLM OpenAI-server arguments for this profile (also understood by ``gwproxy sim``);
+        ``utilization`` replaces the profile's share of GPU memory (a model sharing its GPUs)."""
         args = ["--model", self.model, "--served-model-name", *self.served_names]
         args += ["--host", host, "--port", str(port)]
         args += ["--dtype", self.dtype, "--max-model-len", str(self.max_model_len)]
-        args += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
+        args += ["--gpu-memory-utilization", f"{utilization or self.gpu_memory_utilization:g}"]
         args += ["--tensor-parallel-size", str(tensor_parallel)]
         if self.quantization:
             args += ["--quantization", self.quantization]
@@ -113,6 +117,9 @@ class Profile:
             "gpu_memory_utilization": self.gpu_memory_utilization,
             "tensor_parallel": self.tensor_parallel or "auto",
             "extra_args": list(self.extra_args),
+            "ttl": self.ttl,
+            "pinned": self.pinned,
+            "swappable": self.swappable,
         }
 
 
@@ -167,6 +174,9 @@ class ProfileSchema(_Strict):
     command = fields.List(fields.String(), load_default=None, allow_none=True, validate=validate.Length(min=1))
     startup_timeout = fields.Float(load_default=900.0, validate=validate.Range(min=1))
     default = fields.Boolean(load_default=False)
+    ttl = fields.Float(load_default=0.0, validate=validate.Range(min=0))
+    pinned = fields.Boolean(load_default=False)
+    swappable = fields.Boolean(load_default=True)
 
     @validates_schema
     def _context(self, data: dict[str, Any], **kwargs: Any) -> None:

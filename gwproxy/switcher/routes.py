@@ -8,6 +8,8 @@ and reloading profiles are for admins.
 - ``GET  /api/models/hardware-recommendations``  every profile ranked for this hardware
 - ``POST /api/models/switch``                    ``{"profile_id", "dry_run"?, "force"?}`` → 202 + job
                                                  (200 for a dry run; 409 while another switch runs)
+- ``POST /api/models/load``, ``/unload``         ``{"profile_id"}``: a model beside the switched one
+                                                 (``switch.on_demand``; 202 while it loads)
 - ``POST /api/models/reload``                    re-read the profile files
 - ``GET  /api/models/events``                    Server-Sent Events: one ``status`` event, then a
                                                  ``job`` event per change (see ``events``)
@@ -21,11 +23,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
-from marshmallow import RAISE, Schema, fields
+from marshmallow import RAISE, Schema, fields, validate
 
 from gwproxy.bodies import StrictBool, json, load
+from gwproxy.errors import Conflict
 from gwproxy.keys import SWITCHER
 from gwproxy.operations import Access, operation
+from gwproxy.switcher.fleet import Fleet
 
 
 class SwitchBody(Schema):
@@ -45,6 +49,8 @@ class ModelsStatus(Schema):
     served_models = fields.List(fields.String(), required=True)
     upstream = fields.Dict(required=True)  # the primary: where managed models serve
     upstreams = fields.List(fields.Dict(), required=True)  # every upstream: status, models, load, health
+    on_demand = fields.Boolean(required=True)  # switch.on_demand: models load when a request names them
+    instances = fields.List(fields.Dict(), required=True)  # the models loaded on demand: state, GPUs, port
     error = fields.String(required=True, allow_none=True)
     boot = fields.Dict(required=True, allow_none=True)  # default, started, reason: a default that did not fit
     gate = fields.Dict(required=True)
@@ -67,6 +73,59 @@ class Recommendations(Schema):
 class SwitchAnswer(Schema):
     job = fields.Dict(required=True)
     joined = fields.Boolean(required=True)
+
+
+class ProfileBody(Schema):
+    class Meta:
+        unknown = RAISE
+
+    profile_id = fields.String(required=True, validate=validate.Length(min=1, max=256))
+
+
+class InstanceAnswer(Schema):
+    instance = fields.Dict(required=True, allow_none=True)
+    state = fields.String(required=True)
+
+
+def _fleet(request: web.Request) -> Fleet:
+    fleet = request.app[SWITCHER].fleet
+    if fleet is None:
+        raise Conflict(
+            "Loading models on demand is off on this gateway: set switch.on_demand = true (process backend)",
+            code="on_demand_disabled",
+        )
+    return fleet
+
+
+@operation("Load a profile beside the served model (202; 200 when it is already loaded)", "models",
+           body=ProfileBody, answer=InstanceAnswer, status=202, others={200: InstanceAnswer},
+           access=Access.ADMIN, errors=(400, 404, 409))  # fmt: skip
+async def load_model(request: web.Request) -> web.Response:
+    body = await load(request, ProfileBody())
+    fleet = _fleet(request)
+    pid = body["profile_id"]
+    if pid == request.app[SWITCHER].current:
+        return json({"instance": None, "state": "ready"})  # it is the switched model
+    resident = fleet.residents.get(pid)
+    if resident is not None and resident.state == "ready":
+        return json({"instance": resident.public(), "state": "ready"})
+    task = fleet.load(pid)
+    await asyncio.sleep(0)  # the load places the model (or refuses) before its first await
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        raise Conflict(str(task.exception()), code="model_not_loaded")
+    resident = fleet.residents.get(pid)
+    return json({"instance": resident.public() if resident else None, "state": "loading"}, status=202)
+
+
+@operation("Unload a profile loaded on demand", "models", body=ProfileBody, answer=InstanceAnswer,
+           access=Access.ADMIN, errors=(400, 404, 409))  # fmt: skip
+async def unload_model(request: web.Request) -> web.Response:
+    body = await load(request, ProfileBody())
+    fleet = _fleet(request)
+    if body["profile_id"] == request.app[SWITCHER].current:
+        raise Conflict("that is the switched model; switch to another profile instead", code="switched_model")
+    await fleet.unload(body["profile_id"])
+    return json({"instance": None, "state": "unloaded"})
 
 
 class Reloaded(Schema):
@@ -194,5 +253,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/models/profiles", profiles)
     app.router.add_get("/api/models/hardware-recommendations", recommendations)
     app.router.add_post("/api/models/switch", switch)
+    app.router.add_post("/api/models/load", load_model)
+    app.router.add_post("/api/models/unload", unload_model)
     app.router.add_post("/api/models/reload", reload)
     app.router.add_get("/api/models/events", events)

@@ -36,10 +36,11 @@ from gwproxy.metrics import Metrics
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.switcher import intent, planner
 from gwproxy.switcher.backend import Backend, Instance, Launch, progress
+from gwproxy.switcher.fleet import Fleet
 from gwproxy.switcher.gate import Gate
 from gwproxy.switcher.hardware import Hardware, HardwareSource
 from gwproxy.switcher.job import Job, State
-from gwproxy.switcher.planner import Plan
+from gwproxy.switcher.planner import Placement, Plan
 from gwproxy.switcher.profiles import Profile, ProfileSet
 
 _log = log.get("gwproxy.switcher")
@@ -81,6 +82,7 @@ class Switcher:
         self._state_dir = Path(cfg.state_dir)
         self._intent_job: str | None = None  # the job whose intent is on disk
         self.metrics = metrics or Metrics()
+        self.fleet: Fleet | None = None  # models loaded on demand beside this one (switch.on_demand)
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -107,6 +109,8 @@ class Switcher:
                 "error": up.error,
             },
             "upstreams": self.registry.public(),
+            "on_demand": self.fleet is not None,
+            "instances": self.fleet.public() if self.fleet else [],
             "error": self.error,
             "boot": self.boot,
             "gate": {"open": self.gate.is_open, "reason": self.gate.reason or None, "in_flight": self.gate.inflight},
@@ -124,6 +128,20 @@ class Switcher:
         """Without a backend: the profile whose served name the upstream serves, if one does."""
         found = self.profiles.by_served_name(served[0]) if served else None
         return found.id if found else None
+
+    def known_hardware(self) -> Hardware:
+        """The last hardware reading (``start`` takes the first)."""
+        assert self._hardware is not None, "start() reads the hardware"
+        return self._hardware
+
+    def primary_claim(self) -> Placement | None:
+        """What the switched model holds of the GPUs: its plan's memory on the first GPUs."""
+        profile = self.profiles.profiles.get(self.current or "")
+        if profile is None or self._hardware is None:
+            return None
+        fit = planner.plan(profile, self._hardware, self.cfg.reserve_gib)
+        tp = fit.tensor_parallel or 1
+        return Placement(profile.id, tuple(range(tp)), fit.need_per_gpu, tp)
 
     def plans(self, hardware: Hardware) -> list[Plan]:
         return planner.recommend(self.profiles.profiles.values(), hardware, self.cfg.reserve_gib)
@@ -206,6 +224,8 @@ class Switcher:
 
     def reload(self) -> ProfileSet:
         self.profiles = self._load_profiles()
+        if self.fleet is not None:
+            self.registry.aliases = self.fleet.aliases()
         for problem in self.profiles.problems:
             _log.warning("profile not loaded", file=problem.file, field=problem.field, reason=problem.reason)
         _log.info("profiles loaded", count=len(self.profiles.profiles), problems=len(self.profiles.problems))
@@ -294,6 +314,8 @@ class Switcher:
         await self._run(job)
 
     async def close(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.close(stop=self.cfg.stop_on_exit)
         if self._task is not None and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -346,7 +368,13 @@ class Switcher:
     async def _bring_up(self, job: Job, profile: Profile, tp: int, previous: str | None) -> None:
         assert self.backend is not None
         self._enter(job, State.STARTING, f"starting '{profile.id}' (tensor parallel {tp})", 0.05)
-        launch = Launch(profile, previous, tp, self.cfg.vllm_host, self._port())
+        utilization = None
+        if self.fleet is not None:  # sharing the GPUs: claim the planned share, not the profile's
+            fit = planner.plan(profile, await self.hardware(), self.cfg.reserve_gib)
+            claim = Placement(profile.id, tuple(range(tp)), fit.need_per_gpu, tp)
+            await self.fleet.make_room(profile, claim)
+            utilization = claim.utilization(await self.hardware())
+        launch = Launch(profile, previous, tp, self.cfg.vllm_host, self._port(), utilization)
         try:
             self.instance = await self.backend.start(launch)
         except Exception as exc:  # the engine refused: image missing, bad command …

@@ -1,0 +1,471 @@
+"""Fleet: the models loaded on demand, beside the one the switcher serves.
+
+With ``switch.on_demand`` a request naming a profile (its id or a served name) that nothing
+serves starts it as an instance of its own: planned (``planner.place``) onto the GPUs with room
+beside what runs — the switched model and the other instances — on a port from
+``switch.port_range``, with ``CUDA_VISIBLE_DEVICES`` set to its GPUs and its share of their
+memory as ``--gpu-memory-utilization``. Once ready it is an upstream like any other (the
+registry routes to it); the request that caused the load, and every other one for that model
+meanwhile, waits for the one load (up to ``switch.hold_seconds``, then 503 + ``Retry-After``),
+while the models already up keep serving.
+
+When memory is short, instances are evicted: only idle ones (no request in flight), never a
+``pinned`` profile, never one ``swappable: false``, never one loaded less than
+``switch.min_residency`` seconds ago; the cheapest to bring back first (its weights: a cold
+start reads them again), the least recently used among equals; only as many as the load needs.
+If the model cannot fit even with every evictable instance gone, the load is refused with the
+numbers; if busy instances are in the way, the load waits for them (within the hold). A
+profile's ``ttl`` unloads its instance after that many idle seconds. ``POST /api/models/load``
+and ``/unload`` do the same for an admin. Loads are started only for callers still connected.
+
+Each instance is a process (the process backend) in ``<state_dir>/fleet/<profile>/``, recorded
+there with its port and GPUs, so a restarted gateway adopts what is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gwproxy import log
+from gwproxy.config import SwitchConfig, UpstreamTarget
+from gwproxy.errors import Conflict, Forbidden, ModelNotReady, NotFound, ServiceUnavailable
+from gwproxy.metrics import Metrics
+from gwproxy.principal import Principal
+from gwproxy.proxy.registry import UpstreamRegistry
+from gwproxy.proxy.upstream import Upstream
+from gwproxy.switcher import planner
+from gwproxy.switcher.backend import Instance, Launch
+from gwproxy.switcher.hardware import Hardware
+from gwproxy.switcher.planner import Placement
+from gwproxy.switcher.processes import ProcessBackend
+from gwproxy.switcher.profiles import Profile, ProfileSet
+
+_log = log.get("gwproxy.fleet")
+
+PLACE_RETRY = 0.25  # seconds between placement attempts while busy instances are in the way
+REAP_INTERVAL = 1.0
+
+
+class LoadRefused(Exception):
+    """The model cannot be loaded now (busy instances in the way) or ever (does not fit)."""
+
+    def __init__(self, message: str, *, never: bool) -> None:
+        super().__init__(message)
+        self.never = never
+
+
+@dataclass(eq=False)
+class Resident:
+    """One instance loaded on demand."""
+
+    profile: Profile
+    placement: Placement
+    port: int
+    backend: ProcessBackend
+    state: str = "loading"  # loading | ready | stopping | failed
+    phase: str = "starting"
+    instance: Instance | None = None
+    upstream: Upstream | None = None
+    loaded_at: float = field(default_factory=time.monotonic)
+    error: str | None = None
+
+    @property
+    def idle_for(self) -> float:
+        if self.upstream is None:
+            return 0.0
+        if self.upstream.in_flight:
+            return 0.0
+        return time.monotonic() - self.upstream.last_used
+
+    @property
+    def busy(self) -> bool:
+        return self.upstream is not None and self.upstream.in_flight > 0
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "profile_id": self.profile.id,
+            "served_names": list(self.profile.served_names),
+            "state": self.state,
+            "phase": self.phase,
+            "gpus": list(self.placement.gpus),
+            "memory_gib_per_gpu": round(self.placement.per_gpu / 2**30, 2),
+            "tensor_parallel": self.placement.tensor_parallel,
+            "port": self.port,
+            "pid": self.instance.handle if self.instance else None,
+            "in_flight": self.upstream.in_flight if self.upstream else 0,
+            "idle_s": round(self.idle_for, 1),
+            "ttl": self.profile.ttl or None,
+            "pinned": self.profile.pinned,
+            "swappable": self.profile.swappable,
+            "error": self.error,
+        }
+
+
+class Fleet:
+    def __init__(
+        self,
+        cfg: SwitchConfig,
+        registry: UpstreamRegistry,
+        profiles: Callable[[], ProfileSet],
+        hardware: Callable[[], Hardware],
+        primary: Callable[[], Placement | None],
+        env: dict[str, str],
+        metrics: Metrics,
+    ) -> None:
+        self.cfg = cfg
+        self.registry = registry
+        self._profiles = profiles
+        self._hardware = hardware
+        self._primary = primary  # what the switched model claims
+        self.env = env
+        self.metrics = metrics
+        self.residents: dict[str, Resident] = {}
+        self._loads: dict[str, asyncio.Task[Resident]] = {}
+        self._plan_lock = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+        self.dir = Path(cfg.state_dir) / "fleet"
+        self.roles = cfg.on_demand_role_set()
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def profile_for(self, name: str) -> Profile | None:
+        profiles = self._profiles()
+        return profiles.profiles.get(name) or profiles.by_served_name(name)
+
+    def claims(self, leaving: frozenset[str] = frozenset()) -> list[Placement]:
+        """What holds GPU memory now: the switched model and every instance (but ``leaving``)."""
+        out = [r.placement for pid, r in self.residents.items() if pid not in leaving]
+        primary = self._primary()
+        if primary is not None and primary.profile_id not in self.residents:
+            out.append(primary)
+        return out
+
+    def public(self) -> list[dict[str, Any]]:
+        return [r.public() for r in self.residents.values()]
+
+    def aliases(self) -> dict[str, str]:
+        """Profile ids that differ from their served name → the served name (a request may name
+        either; vLLM knows only the served name)."""
+        return {p.id: p.served_name for p in self._profiles().profiles.values() if p.id != p.served_name}
+
+    def cards(self) -> list[dict[str, Any]]:
+        """A card per profile not running, as ``/v1/models`` lists it: vLLM's fields, and a
+        ``gwproxy`` object saying it loads on demand."""
+        primary = self._primary()
+        out = []
+        for p in self._profiles().profiles.values():
+            if p.id in self.residents or (primary is not None and primary.profile_id == p.id):
+                continue
+            out.append({
+                "id": p.served_name, "object": "model", "created": 0, "owned_by": "gwproxy", "root": p.model,
+                "parent": None, "max_model_len": p.max_model_len,
+                "gwproxy": {"state": "loadable", "profile_id": p.id, "name": p.name},
+            })  # fmt: skip
+        return out
+
+    # ---- the request path ----------------------------------------------------------------------
+
+    async def __call__(self, model: str, principal: Principal | None, gone: Callable[[], bool]) -> bool:
+        """The registry's loader: start (or join) the load of the profile ``model`` names and wait
+        for it, up to ``hold_seconds``. False when no profile is named so."""
+        profile = self.profile_for(model)
+        if profile is None:
+            return False
+        primary = self._primary()
+        if primary is not None and primary.profile_id == profile.id:
+            return True  # the switched model (the gate holds requests while it changes)
+        if principal is not None and not principal.is_admin and principal.role not in self.roles:
+            raise Forbidden(
+                f"the model `{model}` is not loaded and your role may not load models (switch.on_demand_roles)",
+                code="load_not_allowed",
+            )
+        resident = self.residents.get(profile.id)
+        if resident is not None and resident.state == "ready":
+            return True
+        task = self._loads.get(profile.id)
+        if task is None:
+            if gone():
+                return False  # never start a load for a caller that has left
+            task = self.load(profile.id)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.cfg.hold_seconds)
+        except TimeoutError:
+            phase = self.residents[profile.id].phase if profile.id in self.residents else "waiting for room"
+            raise ModelNotReady(
+                f"the model `{model}` is loading ({phase}); retry shortly", retry_after=self.cfg.retry_after
+            ) from None
+        except LoadRefused as exc:
+            if exc.never:
+                raise ServiceUnavailable(
+                    str(exc), retry_after=self.cfg.retry_after, code="model_does_not_fit"
+                ) from None
+            raise ModelNotReady(str(exc), retry_after=self.cfg.retry_after) from None
+        except LoadFailed as exc:
+            raise ServiceUnavailable(str(exc), retry_after=self.cfg.retry_after, code="model_load_failed") from None
+        return True
+
+    # ---- commands ------------------------------------------------------------------------------
+
+    def load(self, profile_id: str) -> asyncio.Task[Resident]:
+        """Start loading ``profile_id`` (or return the load under way)."""
+        if profile_id not in self._profiles().profiles:
+            raise NotFound(f"no profile '{profile_id}' (GET /api/models/profiles lists them)", param="profile_id")
+        task = self._loads.get(profile_id)
+        if task is None:
+            task = asyncio.create_task(self._load(profile_id), name=f"gwproxy-load-{profile_id}")
+            self._loads[profile_id] = task
+            task.add_done_callback(lambda t: self._loads.pop(profile_id, None))
+            task.add_done_callback(_retrieve)
+        return task
+
+    async def unload(self, profile_id: str, why: str = "unloaded") -> None:
+        resident = self.residents.get(profile_id)
+        if resident is None:
+            raise NotFound(f"'{profile_id}' is not loaded on demand", param="profile_id")
+        if resident.state == "loading":
+            raise Conflict(f"'{profile_id}' is loading; unload it once it is ready", code="model_loading")
+        await self._stop(resident, why)
+
+    async def make_room(self, profile: Profile, claim: Placement) -> None:
+        """Before the switched model becomes ``profile`` with ``claim``: unload its own on-demand
+        instance, then the instances on its GPUs (least recently used first) until it fits."""
+        async with self._plan_lock:
+            own = self.residents.get(profile.id)
+            if own is not None and own.state != "loading":
+                await self._stop(own, "it becomes the switched model")
+            hardware = self._hardware()
+            while True:
+                free = planner.free_memory(hardware, self.claims(), profile.gpu_memory_utilization)
+                if all(free.get(i, 0) >= claim.per_gpu for i in claim.gpus):
+                    return
+                in_way = [
+                    r for r in self.residents.values() if r.state == "ready" and set(r.placement.gpus) & set(claim.gpus)
+                ]
+                if not in_way:
+                    return  # what is left is loading; the switch starts anyway, as before
+                in_way.sort(key=lambda r: (r.busy, -r.idle_for))
+                await self._stop(in_way[0], f"the switch to '{profile.id}' needs its GPUs")
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    async def _load(self, profile_id: str) -> Resident:
+        existing = self.residents.get(profile_id)
+        if existing is not None and existing.state == "ready":
+            return existing
+        profile = self._profiles().profiles[profile_id]
+        deadline = time.monotonic() + self.cfg.hold_seconds
+        while True:
+            async with self._plan_lock:
+                try:
+                    resident = await self._reserve(profile)
+                    break
+                except LoadRefused as exc:
+                    if exc.never or time.monotonic() >= deadline:
+                        _log.warning("model not loaded", profile=profile_id, reason=str(exc))
+                        raise
+            await asyncio.sleep(PLACE_RETRY)
+        started = time.monotonic()
+        try:
+            await self._bring_up(resident)
+        except LoadFailed as exc:
+            resident.state, resident.error = "failed", str(exc)
+            self.residents.pop(profile_id, None)
+            _log.error("on-demand load failed", profile=profile_id, error=str(exc))
+            raise
+        seconds = time.monotonic() - started
+        self.metrics.observe_load(profile_id, seconds)
+        _log.info("model loaded on demand", profile=profile_id, gpus=list(resident.placement.gpus),
+                  port=resident.port, seconds=round(seconds, 2))  # fmt: skip
+        return resident
+
+    async def _reserve(self, profile: Profile) -> Resident:
+        """Place ``profile`` (evicting what it takes) and record it as loading."""
+        hardware = self._hardware()
+        placement, fit = planner.place(profile, hardware, self.claims(), self.cfg.reserve_gib)
+        if placement is None and fit.fits:
+            victims = self._victims(profile, hardware)
+            if victims is None:
+                everyone = frozenset(self.residents)
+                alone, _ = planner.place(profile, hardware, self.claims(everyone), self.cfg.reserve_gib)
+                why = planner.shortfall(fit, hardware, self.claims(), profile.gpu_memory_utilization)
+                if alone is None:
+                    raise LoadRefused(
+                        f"'{profile.id}' cannot fit beside the switched model even with every on-demand model "
+                        f"unloaded: {why}",
+                        never=True,
+                    )
+                raise LoadRefused(f"'{profile.id}' waits for room: {why}; the models in the way are busy, "
+                                  "pinned, not swappable or loaded too recently", never=False)  # fmt: skip
+            for victim in victims:
+                await self._stop(victim, f"evicted for '{profile.id}'")
+            placement, fit = planner.place(profile, hardware, self.claims(), self.cfg.reserve_gib)
+        if placement is None:
+            raise LoadRefused(f"'{profile.id}' does not fit: {fit.reason}", never=True)
+        resident = Resident(profile, placement, self._free_port(), self._backend(profile, placement))
+        self.residents[profile.id] = resident
+        return resident
+
+    def _victims(self, profile: Profile, hardware: Hardware) -> list[Resident] | None:
+        """The fewest evictable instances whose going makes room, cheapest to reload first (LRU
+        among equals); None when even all of them would not."""
+        now = time.monotonic()
+        candidates = [
+            r
+            for r in self.residents.values()
+            if r.state == "ready"
+            and not r.busy
+            and not r.profile.pinned
+            and r.profile.swappable
+            and now - r.loaded_at >= self.cfg.min_residency
+        ]
+        candidates.sort(key=lambda r: (planner.weights_bytes(r.profile), -r.idle_for))
+        chosen: list[Resident] = []
+        for r in candidates:
+            chosen.append(r)
+            leaving = frozenset(x.profile.id for x in chosen)
+            placement, _ = planner.place(profile, hardware, self.claims(leaving), self.cfg.reserve_gib)
+            if placement is not None:
+                break
+        else:
+            return None
+        for r in list(chosen[:-1]):  # drop any the room does not need after all
+            leaving = frozenset(x.profile.id for x in chosen if x is not r)
+            if planner.place(profile, hardware, self.claims(leaving), self.cfg.reserve_gib)[0] is not None:
+                chosen.remove(r)
+        return chosen
+
+    def _free_port(self) -> int:
+        """The first port of ``switch.port_range`` that no instance holds and nothing listens on."""
+        used = {r.port for r in self.residents.values()}
+        for port in self.cfg.ports():
+            if port not in used and _bindable(port):
+                return port
+        raise LoadRefused(f"no free port in switch.port_range {self.cfg.port_range}", never=False)
+
+    def _backend(self, profile: Profile, placement: Placement) -> ProcessBackend:
+        command = shlex.split(self.cfg.process_command)
+        env = {**self.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, placement.gpus))}
+        return ProcessBackend(command, self.dir / profile.id, env)
+
+    async def _bring_up(self, resident: Resident) -> None:
+        profile, placement = resident.profile, resident.placement
+        hardware = self._hardware()
+        launch = Launch(profile, None, placement.tensor_parallel, self.cfg.vllm_host, resident.port,
+                        placement.utilization(hardware), placement.gpus)  # fmt: skip
+        try:
+            resident.instance = await resident.backend.start(launch)
+        except Exception as exc:  # the command is missing, the port taken …
+            raise LoadFailed(f"could not start '{profile.id}': {type(exc).__name__}: {exc}") from exc
+        self._record(resident)
+        resident.phase = "loading"
+        target = UpstreamTarget(profile.id, f"http://127.0.0.1:{resident.port}/v1")
+        probe = Upstream(target, self.registry.cfg)
+        deadline = time.monotonic() + profile.startup_timeout
+        while True:
+            if await probe.healthy(self.registry.session, 2.0):
+                state = await probe.refresh(self.registry.session)
+                if state.reachable and profile.served_name in state.models:
+                    break
+            now = await resident.backend.state(resident.instance)
+            if not now.running:
+                raise LoadFailed(f"'{profile.id}' exited with code {now.exit_code} while loading")
+            if time.monotonic() > deadline:
+                await resident.backend.stop(resident.instance, self.cfg.stop_timeout)
+                raise LoadFailed(f"'{profile.id}' was not ready within {profile.startup_timeout:g}s")
+            await asyncio.sleep(self.cfg.ready_poll)
+        resident.upstream = self.registry.attach(target, probe.state)
+        resident.state, resident.phase = "ready", "ready"
+        resident.loaded_at = time.monotonic()
+
+    async def _stop(self, resident: Resident, why: str) -> None:
+        resident.state = "stopping"
+        self.registry.detach(resident.profile.id)  # no new request goes there
+        self.residents.pop(resident.profile.id, None)
+        _log.info("model unloaded", profile=resident.profile.id, reason=why)
+        if resident.instance is not None:
+            await resident.backend.stop(resident.instance, self.cfg.stop_timeout)
+        with contextlib.suppress(OSError):
+            (self.dir / resident.profile.id / "placement.json").unlink()
+
+    def _record(self, resident: Resident) -> None:
+        p = resident.placement
+        record = {"port": resident.port, "gpus": list(p.gpus), "per_gpu": p.per_gpu, "tp": p.tensor_parallel}
+        (self.dir / resident.profile.id / "placement.json").write_text(json.dumps(record))
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Adopt the instances a previous gateway left running; then watch for idle ones."""
+        self.registry.aliases = self.aliases()
+        profiles = self._profiles().profiles
+        for place_file in sorted(self.dir.glob("*/placement.json")):
+            pid = place_file.parent.name
+            try:
+                record = json.loads(place_file.read_text())
+                placement = Placement(pid, tuple(record["gpus"]), int(record["per_gpu"]), int(record["tp"]))
+                port = int(record["port"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            profile = profiles.get(pid)
+            backend = self._backend(profile, placement) if profile else None
+            found = await backend.find() if backend else None
+            if profile is None or backend is None or found is None:
+                with contextlib.suppress(OSError):
+                    place_file.unlink()
+                continue
+            resident = Resident(profile, placement, port, backend, instance=found)
+            self.residents[pid] = resident
+            target = UpstreamTarget(pid, f"http://127.0.0.1:{port}/v1")
+            probe = Upstream(target, self.registry.cfg)
+            await probe.refresh(self.registry.session)
+            resident.upstream = self.registry.attach(target, probe.state)
+            resident.state, resident.phase = "ready", "ready (adopted)"
+            _log.info("adopted a model loaded on demand", profile=pid, port=port, pid=found.handle)
+        self._reaper = asyncio.create_task(self._reap(), name="gwproxy-fleet-reaper")
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            for resident in list(self.residents.values()):
+                ttl = resident.profile.ttl
+                if resident.state == "ready" and ttl and resident.idle_for >= ttl:
+                    await self._stop(resident, f"idle for {ttl:g}s (its ttl)")
+
+    async def close(self, stop: bool) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for task in list(self._loads.values()):
+            task.cancel()
+        if stop:
+            for resident in list(self.residents.values()):
+                await self._stop(resident, "the gateway stops (switch.stop_on_exit)")
+
+
+class LoadFailed(Exception):
+    """The instance was started but never became ready (exited, or timed out)."""
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """A load nobody waits for any more must not log 'exception never retrieved'."""
+    if not task.cancelled():
+        task.exception()

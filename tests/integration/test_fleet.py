@@ -1,0 +1,300 @@
+"""Models loaded on demand (``switch.on_demand``), with the process backend running real simulator
+processes on a hardware snapshot: one 24 GiB GPU (21.6 GiB at 0.9) on which the switched model
+``alpha`` (7.6 GiB with its KV cache and reserve) and one of ``beta`` (10.6) or ``gamma`` (9.6)
+fit together, not all three; ``giant`` never fits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gwproxy.keys import SWITCHER, USERS
+from gwproxy.switcher.fleet import Fleet
+from tests.conftest import start_app
+from tests.support.procs import free_port
+from tests.support.switching import write_profile
+
+SIM = f"{sys.executable} -m gwproxy sim --ttft-ms 20 --itl-ms 5"
+SLOW_START = [sys.executable, "-m", "gwproxy", "sim", "--ttft-ms", "20", "--itl-ms", "5", "--startup-delay", "1.5"]
+
+
+def _profiles(directory: Path, **beta: Any) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_profile(directory, "alpha", default=True, weights_gib=6.0)
+    write_profile(directory, "beta", weights_gib=9.0, served_names=["beta-chat"], command=SLOW_START, **beta)
+    write_profile(directory, "gamma", weights_gib=8.0)
+    write_profile(directory, "giant", weights_gib=30.0)
+
+
+def _env(tmp: Path, **extra: str) -> dict[str, str]:
+    base = free_port()
+    return {
+        "GWPROXY_SWITCH_BACKEND": "process",
+        "GWPROXY_SWITCH_ON_DEMAND": "true",
+        "GWPROXY_SWITCH_PROFILES_DIR": str(tmp / "profiles"),
+        "GWPROXY_SWITCH_HARDWARE": "1 x Test GPU 24GiB",
+        "GWPROXY_SWITCH_PROCESS_COMMAND": SIM,
+        "GWPROXY_SWITCH_STATE_DIR": str(tmp / "state"),
+        "GWPROXY_SWITCH_VLLM_HOST": "127.0.0.1",
+        "GWPROXY_SWITCH_READY_POLL": "0.1",
+        "GWPROXY_SWITCH_HOLD_SECONDS": "15",
+        "GWPROXY_SWITCH_RETRY_AFTER": "2",
+        "GWPROXY_SWITCH_STOP_TIMEOUT": "5",
+        "GWPROXY_SWITCH_STOP_ON_EXIT": "true",
+        "GWPROXY_SWITCH_MIN_RESIDENCY": "0.5",
+        "GWPROXY_SWITCH_PORT_RANGE": f"{base + 1}-{base + 40}" if base + 40 < 65535 else "20000-20040",
+        "GWPROXY_RATELIMIT_ENABLED": "false",
+        **extra,
+    }
+
+
+async def _up(tmp: Path, port: int | None = None, **extra: str) -> TestServer:
+    """A gateway whose switcher starts ``alpha`` (on ``port``); returned once alpha serves."""
+    server = await start_app(port or free_port(), **_env(tmp, **extra))
+    switcher = server.app[SWITCHER]
+    deadline = time.monotonic() + 30
+    while switcher.state.value != "ready":
+        assert time.monotonic() < deadline, await switcher.status()
+        await asyncio.sleep(0.1)
+    return server
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[TestServer]:
+    _profiles(tmp_path / "profiles")
+    server = await _up(tmp_path)
+    yield server
+    await server.close()
+
+
+def fleet(server: TestServer) -> Fleet:
+    found = server.app[SWITCHER].fleet
+    assert found is not None
+    return found
+
+
+def chat(model: str, **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4, **extra}
+
+
+async def post(s: aiohttp.ClientSession, server: TestServer, body: Any, path: str = "/v1/chat/completions") -> Any:
+    async with s.post(server.make_url(path), json=body) as r:
+        data = await r.json() if r.content_type == "application/json" else await r.text()
+        return r.status, data, r.headers
+
+
+async def test_a_request_for_a_model_not_running_loads_it_while_the_others_keep_serving(gateway: TestServer) -> None:
+    async with aiohttp.ClientSession() as s:
+        timings: list[float] = []
+        loading = asyncio.create_task(post(s, gateway, chat("beta-chat")))  # loads for 1.5 s
+        while not loading.done():
+            started = time.monotonic()
+            status, body, _ = await post(s, gateway, chat("alpha"))
+            assert status == 200 and body["model"] == "alpha"
+            timings.append(time.monotonic() - started)
+        status, body, _ = await loading
+        assert status == 200 and body["model"] == "beta-chat"
+        assert len(timings) >= 5 and max(timings) < 1.0  # alpha was never held up by beta's load
+        # The profile id names it too (rewritten to the served name vLLM knows).
+        status, body, _ = await post(s, gateway, chat("beta"))
+        assert status == 200 and body["model"] == "beta-chat"
+        async with s.get(gateway.make_url("/api/models/status")) as r:
+            status_doc = await r.json()
+    [beta] = status_doc["instances"]
+    assert status_doc["on_demand"] is True
+    shown = (beta["profile_id"], beta["state"], beta["gpus"], beta["memory_gib_per_gpu"])
+    assert shown == ("beta", "ready", [0], 10.5)  # 9 GiB of weights, 4 MiB of KV cache, 1.5 GiB reserve
+    assert any(u["name"] == "beta" and u["models"] == ["beta-chat"] for u in status_doc["upstreams"])
+
+
+async def test_requests_for_one_loading_model_share_one_load(gateway: TestServer) -> None:
+    async with aiohttp.ClientSession() as s:
+        answers = await asyncio.gather(*(post(s, gateway, chat("gamma")) for _ in range(6)))
+    assert [a[0] for a in answers] == [200] * 6
+    loads = gateway.app[SWITCHER].metrics.load_seconds.series
+    assert sum(loads["gamma"][0]) == 1  # one load for the six
+
+
+async def test_memory_short_evicts_the_idle_model_never_a_busy_one(gateway: TestServer) -> None:
+    f = fleet(gateway)
+    async with aiohttp.ClientSession() as s:
+        assert (await post(s, gateway, chat("beta")))[0] == 200
+        await asyncio.sleep(0.6)  # past the minimum residency
+        assert (await post(s, gateway, chat("gamma")))[0] == 200  # beta (idle) makes room
+        assert set(f.residents) == {"gamma"}
+        await asyncio.sleep(0.6)
+
+        # gamma streams for about 3 s: busy, so a request for beta cannot evict it and waits.
+        async def stream() -> bytes:
+            body = chat("gamma", max_tokens=600, ignore_eos=True, stream=True)
+            async with s.post(gateway.make_url("/v1/chat/completions"), json=body) as r:
+                assert r.status == 200
+                return await r.read()
+
+        streaming = asyncio.create_task(stream())
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        status, _, _ = await post(s, gateway, chat("beta"))
+        waited = time.monotonic() - started
+        streamed = await streaming
+        assert streamed.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"length"' in streamed  # whole
+        assert status == 200 and waited > 1.5  # it waited for gamma to finish, then evicted it
+        assert set(f.residents) == {"beta"}
+
+
+async def test_a_request_that_waits_too_long_gets_503_with_retry_after(tmp_path: Path) -> None:
+    _profiles(tmp_path / "profiles")
+    server = await _up(tmp_path, GWPROXY_SWITCH_HOLD_SECONDS="1")
+    try:
+        async with aiohttp.ClientSession() as s:
+            status, _, _ = await post(s, server, chat("gamma"))
+            assert status == 200
+            await asyncio.sleep(0.6)
+            body = chat("gamma", max_tokens=400, ignore_eos=True, stream=True)
+            async with s.post(server.make_url("/v1/chat/completions"), json=body) as busy:
+                assert busy.status == 200
+                status, err, headers = await post(s, server, chat("beta"))  # beta (1.5 s to start) or room
+                assert status == 503 and headers["Retry-After"] == "2"
+                assert err["error"]["code"] == "model_not_ready" and "beta" in err["error"]["message"]
+                assert (await busy.read()).endswith(b"data: [DONE]\n\n")
+    finally:
+        await server.close()
+
+
+async def test_ttl_unloads_an_idle_model(tmp_path: Path) -> None:
+    _profiles(tmp_path / "profiles", ttl=1)
+    server = await _up(tmp_path)
+    try:
+        f = fleet(server)
+        async with aiohttp.ClientSession() as s:
+            assert (await post(s, server, chat("beta")))[0] == 200
+        pid = int(f.residents["beta"].instance.handle)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 6
+        while "beta" in f.residents and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert "beta" not in f.residents
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(") ")[1][:1]
+    finally:
+        await server.close()
+
+
+async def test_model_list_unknown_models_and_what_never_fits(gateway: TestServer) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gateway.make_url("/v1/models")) as r:
+            cards = {c["id"]: c for c in (await r.json())["data"]}
+        assert set(cards) == {"alpha", "beta-chat", "gamma", "giant"}
+        assert "gwproxy" not in cards["alpha"] and cards["alpha"]["owned_by"] == "vllm"  # running: vLLM's card
+        assert cards["beta-chat"]["gwproxy"] == {"state": "loadable", "profile_id": "beta", "name": "Beta"}
+        status, err, _ = await post(s, gateway, chat("nobody"))
+        assert status == 404 and err["error"]["type"] == "NotFoundError"
+        assert "Available models: alpha" in err["error"]["message"]
+        status, err, headers = await post(s, gateway, chat("giant"))
+        assert status == 503 and err["error"]["code"] == "model_does_not_fit" and "Retry-After" in headers
+        assert "giant" in err["error"]["message"] and "GiB" in err["error"]["message"]
+
+
+async def test_load_and_unload_through_the_admin_api(gateway: TestServer) -> None:
+    f = fleet(gateway)
+    async with aiohttp.ClientSession() as s:
+        status, body, _ = await post(s, gateway, {"profile_id": "gamma"}, "/api/models/load")
+        assert status == 202 and body["state"] == "loading" and body["instance"]["profile_id"] == "gamma"
+        deadline = time.monotonic() + 10
+        while not (f.residents.get("gamma") and f.residents["gamma"].state == "ready"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        status, body, _ = await post(s, gateway, {"profile_id": "gamma"}, "/api/models/load")
+        assert status == 200 and body["state"] == "ready"
+        status, body, _ = await post(s, gateway, {"profile_id": "giant"}, "/api/models/load")
+        assert status == 409 and "does not fit" in body["error"]["message"] and "GiB" in body["error"]["message"]
+        status, body, _ = await post(s, gateway, {"profile_id": "nope"}, "/api/models/load")
+        assert status == 404
+        status, body, _ = await post(s, gateway, {"profile_id": "alpha"}, "/api/models/unload")
+        assert status == 409  # the switched model: switch instead
+        status, body, _ = await post(s, gateway, {"profile_id": "gamma"}, "/api/models/unload")
+        assert status == 200 and "gamma" not in f.residents
+        status, _, _ = await post(s, gateway, chat("gamma"))  # and it comes back on demand
+        assert status == 200
+
+
+async def test_users_cause_loads_only_when_their_role_may(tmp_path: Path) -> None:
+    _profiles(tmp_path / "profiles")
+    server = await _up(tmp_path, GWPROXY_AUTH_ENABLED="true", GWPROXY_SWITCH_ON_DEMAND_ROLES="admin")
+    try:
+        users = server.app[USERS]
+        bob = await users.create_user("bob", "bob-password")
+        key, _ = await users.create_key(bob.id)
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as s:
+            status, err, _ = await post(s, server, chat("gamma"))
+            assert status == 403 and err["error"]["code"] == "load_not_allowed"
+            status, _, _ = await post(s, server, chat("alpha"))
+            assert status == 200  # what runs, anyone may use
+    finally:
+        await server.close()
+
+
+async def test_a_restarted_gateway_adopts_the_models_it_loaded(tmp_path: Path) -> None:
+    _profiles(tmp_path / "profiles")
+    port = free_port()
+    server = await _up(tmp_path, port, GWPROXY_SWITCH_STOP_ON_EXIT="false")
+    pids: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as s:
+            assert (await post(s, server, chat("gamma")))[0] == 200
+        gamma = fleet(server).residents["gamma"]
+        pids = [int(gamma.instance.handle)]  # type: ignore[union-attr]
+        primary = server.app[SWITCHER].instance
+        assert primary is not None
+        pids.append(int(primary.handle))
+        await server.close()
+        server = await _up(tmp_path, port, GWPROXY_SWITCH_STOP_ON_EXIT="true")
+        adopted = fleet(server).residents["gamma"]
+        assert adopted.state == "ready" and int(adopted.instance.handle) == pids[0]  # type: ignore[union-attr]
+        async with aiohttp.ClientSession() as s:
+            status, body, _ = await post(s, server, chat("gamma"))
+            assert status == 200 and body["model"] == "gamma"
+    finally:
+        await server.close()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+async def test_clients_alternating_between_three_models_get_completions_or_503s(gateway: TestServer) -> None:
+    """10 clients, each cycling through alpha, beta and gamma for a minute: only two fit at once,
+    so loads and evictions go on all the time; every answer is a completion or a 503 with
+    Retry-After."""
+    seen: Counter[int] = Counter()
+    other: list[str] = []
+    stop = time.monotonic() + 60
+    models = ("alpha", "beta-chat", "gamma")
+
+    async def client(n: int, s: aiohttp.ClientSession) -> None:
+        i = n
+        while time.monotonic() < stop:
+            body = chat(models[i % 3], max_tokens=6, stream=n % 2 == 0)
+            i += 1
+            async with s.post(gateway.make_url("/v1/chat/completions"), json=body) as r:
+                text = await r.text()
+                seen[r.status] += 1
+                if r.status == 503 and "Retry-After" in r.headers:
+                    await asyncio.sleep(0.2)
+                elif r.status != 200 or "error" in text[:200]:
+                    other.append(f"{r.status} {text[:200]}")
+
+    async with aiohttp.ClientSession() as s:
+        await asyncio.gather(*(client(n, s) for n in range(10)))
+    assert not other, other[:5]
+    assert seen[200] > 50, seen
