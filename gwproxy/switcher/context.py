@@ -89,7 +89,14 @@ async def open_switcher(config: Config, upstream: UpstreamRegistry, metrics: Met
     if sw.on_demand:
         token_env = {"HF_TOKEN": sw.hf_token, "HUGGING_FACE_HUB_TOKEN": sw.hf_token} if sw.hf_token else {}
         switcher.fleet = Fleet(
-            sw, upstream, lambda: switcher.profiles, switcher.known_hardware, switcher.primary_claim, token_env, metrics
+            sw,
+            upstream,
+            lambda: switcher.profiles,
+            switcher.known_hardware,
+            switcher.primary_claim,
+            token_env,
+            metrics,
+            switcher.publish,
         )
         upstream.loader = switcher.fleet
     await switcher.start()

@@ -120,6 +120,7 @@ class Fleet:
         primary: Callable[[], Placement | None],
         env: dict[str, str],
         metrics: Metrics,
+        publish: Callable[[dict[str, Any]], None] = lambda event: None,
     ) -> None:
         self.cfg = cfg
         self.registry = registry
@@ -128,6 +129,7 @@ class Fleet:
         self._primary = primary  # what the switched model claims
         self.env = env
         self.metrics = metrics
+        self._publish = publish  # to the /api/models/events subscribers
         self.residents: dict[str, Resident] = {}
         self._loads: dict[str, asyncio.Task[Resident]] = {}
         self._plan_lock = asyncio.Lock()
@@ -151,6 +153,10 @@ class Fleet:
 
     def public(self) -> list[dict[str, Any]]:
         return [r.public() for r in self.residents.values()]
+
+    def _said(self, resident: Resident, change: str) -> None:
+        """Tell the event stream what happened to an instance (``change``: in words)."""
+        self._publish({"instance": resident.public(), "change": change})
 
     def aliases(self) -> dict[str, str]:
         """Profile ids that differ from their served name → the served name (a request may name
@@ -279,10 +285,12 @@ class Fleet:
         except LoadFailed as exc:
             resident.state, resident.error = "failed", str(exc)
             self.residents.pop(profile_id, None)
+            self._said(resident, "failed")
             _log.error("on-demand load failed", profile=profile_id, error=str(exc))
             raise
         seconds = time.monotonic() - started
         self.metrics.observe_load(profile_id, seconds)
+        self._said(resident, f"ready after {seconds:.1f}s")
         _log.info("model loaded on demand", profile=profile_id, gpus=list(resident.placement.gpus),
                   port=resident.port, seconds=round(seconds, 2))  # fmt: skip
         return resident
@@ -312,6 +320,7 @@ class Fleet:
             raise LoadRefused(f"'{profile.id}' does not fit: {fit.reason}", never=True)
         resident = Resident(profile, placement, self._free_port(), self._backend(profile, placement))
         self.residents[profile.id] = resident
+        self._said(resident, f"placed on GPU(s) {', '.join(map(str, placement.gpus))}, starting")
         return resident
 
     def _victims(self, profile: Profile, hardware: Hardware) -> list[Resident] | None:
@@ -366,6 +375,12 @@ class Fleet:
         except Exception as exc:  # the command is missing, the port taken …
             raise LoadFailed(f"could not start '{profile.id}': {type(exc).__name__}: {exc}") from exc
         self._record(resident)
+        await self._await_ready(resident)
+
+    async def _await_ready(self, resident: Resident) -> None:
+        """Wait until the instance answers ``/health`` and lists its served name, then route to it."""
+        profile = resident.profile
+        assert resident.instance is not None
         resident.phase = "loading"
         target = UpstreamTarget(profile.id, f"http://127.0.0.1:{resident.port}/v1")
         probe = Upstream(target, self.registry.cfg)
@@ -391,6 +406,7 @@ class Fleet:
         self.registry.detach(resident.profile.id)  # no new request goes there
         self.residents.pop(resident.profile.id, None)
         _log.info("model unloaded", profile=resident.profile.id, reason=why)
+        self._said(resident, why)
         if resident.instance is not None:
             await resident.backend.stop(resident.instance, self.cfg.stop_timeout)
         with contextlib.suppress(OSError):
@@ -419,18 +435,35 @@ class Fleet:
             backend = self._backend(profile, placement) if profile else None
             found = await backend.find() if backend else None
             if profile is None or backend is None or found is None:
+                _log.warning("a model loaded on demand did not survive the restart", profile=pid, port=port)
                 with contextlib.suppress(OSError):
                     place_file.unlink()
                 continue
             resident = Resident(profile, placement, port, backend, instance=found)
             self.residents[pid] = resident
-            target = UpstreamTarget(pid, f"http://127.0.0.1:{port}/v1")
-            probe = Upstream(target, self.registry.cfg)
-            await probe.refresh(self.registry.session)
-            resident.upstream = self.registry.attach(target, probe.state)
-            resident.state, resident.phase = "ready", "ready (adopted)"
-            _log.info("adopted a model loaded on demand", profile=pid, port=port, pid=found.handle)
+            _log.info("adopting a model loaded on demand", profile=pid, port=port, pid=found.handle)
+            task = asyncio.create_task(self._adopt(resident), name=f"gwproxy-adopt-{pid}")
+            self._loads[pid] = task
+            task.add_done_callback(lambda t, pid=pid: self._loads.pop(pid, None))  # type: ignore[misc]
+            task.add_done_callback(_retrieve)
         self._reaper = asyncio.create_task(self._reap(), name="gwproxy-fleet-reaper")
+
+    async def _adopt(self, resident: Resident) -> Resident:
+        """A running instance a previous gateway started: routed to once it is ready (a load the
+        restart interrupted is finished; one that dies meanwhile is reported and forgotten)."""
+        try:
+            await self._await_ready(resident)
+        except LoadFailed as exc:
+            self.residents.pop(resident.profile.id, None)
+            resident.state, resident.error = "failed", str(exc)
+            with contextlib.suppress(OSError):
+                (self.dir / resident.profile.id / "placement.json").unlink()
+            _log.error("adopted model failed", profile=resident.profile.id, error=str(exc))
+            self._said(resident, "failed")
+            raise
+        resident.phase = "ready (adopted)"
+        self._said(resident, "adopted after a gateway restart")
+        return resident
 
     async def _reap(self) -> None:
         while True:

@@ -213,7 +213,8 @@ def job_delta(job: dict[str, Any], sent: dict[str, Any] | None) -> dict[str, Any
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: a ``status`` event (the whole status), then a ``job`` event for each
     change of a switch job: ``{"state", "current_profile", "job"}`` where ``job`` is whole the
-    first time this stream sends that job, and afterwards ``JOB_ALWAYS`` plus what changed. The
+    first time this stream sends that job, and afterwards ``JOB_ALWAYS`` plus what changed; and an
+    ``instance`` event (``{"instance", "change"}``) for each change of a model loaded on demand. The
     stream ends after the final event of the switch it watches — the one running when it opened,
     else the next one started (dry runs are sent but not waited for); ``?follow=true`` keeps it
     open across switches."""
@@ -233,6 +234,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                 try:
                     event = await asyncio.wait_for(queue.get(), 30)
                 except TimeoutError:
+                    continue
+                if "instance" in event:  # a model loaded on demand changed: sent whole
+                    await resp.send(orjson.dumps(event).decode(), event="instance")
                     continue
                 job = event["job"]
                 await resp.send(

@@ -158,7 +158,10 @@ class Switcher:
         self._subscribers.discard(queue)
 
     def _publish(self, job: Job) -> None:
-        event = {"state": self.state.value, "current_profile": self.current, "job": job.public()}
+        self.publish({"state": self.state.value, "current_profile": self.current, "job": job.public()})
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Send ``event`` to every subscriber (a job's change, or an on-demand instance's)."""
         for queue in self._subscribers:
             if queue.full():  # a slow reader loses the oldest progress, never the newest
                 queue.get_nowait()

@@ -261,7 +261,11 @@ async def test_a_restarted_gateway_adopts_the_models_it_loaded(tmp_path: Path) -
         await server.close()
         server = await _up(tmp_path, port, GWPROXY_SWITCH_STOP_ON_EXIT="true")
         adopted = fleet(server).residents["gamma"]
-        assert adopted.state == "ready" and int(adopted.instance.handle) == pids[0]  # type: ignore[union-attr]
+        assert int(adopted.instance.handle) == pids[0]  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while adopted.state != "ready":  # routed to once it answers again
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
         async with aiohttp.ClientSession() as s:
             status, body, _ = await post(s, server, chat("gamma"))
             assert status == 200 and body["model"] == "gamma"
