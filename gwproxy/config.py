@@ -329,6 +329,7 @@ class SwitchConfig:
     on_demand_roles: str = _key("admin,user", lambda v: _roles(v))
     port_range: str = _key("8100-8199", lambda v: _port_range(v))
     min_residency: float = _key(30.0, _non_negative)  # seconds a loaded model is safe from eviction
+    sleep_host_gib: float = _key(32.0, _non_negative)  # host RAM for the weights of models asleep at level 1
 
     def docker_bind_list(self) -> list[str]:
         return items(self.docker_binds)

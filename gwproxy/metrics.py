@@ -92,6 +92,7 @@ class Metrics:
         self.switches: dict[str, int] = {}
         self.switch_seconds = Histogram(SWITCH_BUCKETS)
         self.load_seconds = Histogram(SWITCH_BUCKETS)
+        self.wake_seconds = Histogram(SWITCH_BUCKETS)
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -129,6 +130,9 @@ class Metrics:
 
     def observe_load(self, profile: str, seconds: float) -> None:
         self.load_seconds.observe(profile, seconds)
+
+    def observe_wake(self, profile: str, seconds: float) -> None:
+        self.wake_seconds.observe(profile, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -210,6 +214,11 @@ class GatewayCollector(Collector):
         )
         yield m.load_seconds.family(
             "gwproxy_model_load_duration_seconds", "Time a model took from start to serving, by profile", "profile"
+        )
+        yield m.wake_seconds.family(
+            "gwproxy_model_wake_duration_seconds",
+            "Time a model put to sleep took to wake and answer its warm-up token, by profile",
+            "profile",
         )
         yield from _upstream_families(m.upstreams())
         capture = m.capture()

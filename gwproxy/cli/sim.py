@@ -22,6 +22,9 @@ def _sim_config(args: argparse.Namespace, models: Sequence[str]) -> Any:
         seed=args.seed,
         reasoning=bool(args.reasoning_parser),
         split_writes=args.split_writes,
+        sleep_mode=args.enable_sleep_mode,
+        sleep_ms=args.sleep_ms,
+        wake_ms=args.wake_ms,
     )
 
 
@@ -75,4 +78,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write each stream event in three parts, cutting UTF-8 characters, to test a relay's partial reads",
     )
+    sim.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        help="as vLLM's: with VLLM_SERVER_DEV_MODE=1, serve POST /sleep?level=1|2, POST /wake_up, GET /is_sleeping",
+    )
+    sim.add_argument("--sleep-ms", type=float, default=500.0, help="milliseconds falling asleep takes (default 500)")
+    sim.add_argument(
+        "--wake-ms", type=float, default=1000.0,
+        help="milliseconds waking from level 1 takes (default 1000; level 2: three times that)",
+    )  # fmt: skip
     sim.set_defaults(func=cmd_sim)

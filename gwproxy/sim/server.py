@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import struct
 import time
 import uuid
@@ -39,6 +40,9 @@ class SimConfig:
     capacity: int = 256  # requests that fit the simulated KV cache at once
     reasoning: bool = False  # a reasoning model: reasoning_content before the answer
     split_writes: bool = False  # each event in several writes, UTF-8 characters cut in two
+    sleep_mode: bool = False  # --enable-sleep-mode: /sleep, /wake_up, /is_sleeping (vLLM's dev mode)
+    sleep_ms: float = 500.0  # how long falling asleep takes (level 1 offloads the weights to host RAM)
+    wake_ms: float = 1000.0  # how long waking from level 1 takes (level 2 reloads weights: three times)
 
     @property
     def root(self) -> str:
@@ -66,6 +70,15 @@ class SimMetrics:
         self.active = 0
 
 
+class SleepState:
+    """vLLM's sleep mode: 0 awake, 1 weights offloaded to host RAM, 2 weights discarded."""
+
+    def __init__(self) -> None:
+        self.level = 0
+        self.lock = asyncio.Lock()
+
+
+SIM_SLEEP = web.AppKey("sim_sleep", SleepState)
 SIM_CONFIG = web.AppKey("sim_config", SimConfig)
 SIM_METRICS = web.AppKey("sim_metrics", SimMetrics)
 
@@ -163,6 +176,8 @@ def _prompts(body: dict[str, Any]) -> list[str]:
 async def _generate(request: web.Request, chat: bool, api: str = "") -> web.StreamResponse:
     """A completion (``chat`` or not), or with ``api="responses"`` a Responses API answer."""
     cfg, metrics = request.app[SIM_CONFIG], request.app[SIM_METRICS]
+    if request.app[SIM_SLEEP].level:
+        raise RequestError("The engine is sleeping; POST /wake_up first", status=503)
     started = time.monotonic()
     body = await _json_body(request)
     model = _model(cfg, body)
@@ -367,6 +382,38 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def sleep(request: web.Request) -> web.Response:
+    """``POST /sleep?level=1|2``: free the GPU memory (level 1 keeps the weights in host RAM)."""
+    cfg, state = request.app[SIM_CONFIG], request.app[SIM_SLEEP]
+    level = request.query.get("level", "1")
+    if level not in ("1", "2"):
+        raise RequestError(f"level must be 1 or 2, got {level}")
+    async with state.lock:
+        if not state.level:
+            started = time.monotonic()
+            await _sleep(cfg.sleep_ms)
+            state.level = int(level)
+            print(f"INFO It took {time.monotonic() - started:.6f} seconds to fall asleep.", flush=True)
+    return web.Response(status=200)
+
+
+async def wake_up(request: web.Request) -> web.Response:
+    """``POST /wake_up``: weights back on the GPU (from host RAM, or reloaded after level 2)."""
+    cfg, state = request.app[SIM_CONFIG], request.app[SIM_SLEEP]
+    async with state.lock:
+        if state.level:
+            started = time.monotonic()
+            await _sleep(cfg.wake_ms * (3 if state.level == 2 else 1))
+            state.level = 0
+            print(f"INFO It took {time.monotonic() - started:.6f} seconds to wake up tags None.", flush=True)
+    return web.Response(status=200)
+
+
+async def is_sleeping(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps({"is_sleeping": bool(request.app[SIM_SLEEP].level)}),
+                        content_type="application/json")  # fmt: skip
+
+
 async def version(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps({"version": VLLM_VERSION}), content_type="application/json")
 
@@ -391,6 +438,11 @@ def create_sim_app(cfg: SimConfig) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
     app[SIM_CONFIG] = cfg
     app[SIM_METRICS] = SimMetrics(cfg.models[0])
+    app[SIM_SLEEP] = SleepState()
+    if cfg.sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":  # as vLLM: dev mode only
+        app.router.add_post("/sleep", sleep)
+        app.router.add_post("/wake_up", wake_up)
+        app.router.add_get("/is_sleeping", is_sleeping)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from gwproxy import log
 from gwproxy.config import SwitchConfig, UpstreamTarget
 from gwproxy.errors import Conflict, Forbidden, ModelNotReady, NotFound, ServiceUnavailable
@@ -51,6 +53,7 @@ from gwproxy.switcher.profiles import Profile, ProfileSet
 
 _log = log.get("gwproxy.fleet")
 
+SLEEPER_BYTES = int(1.2 * 2**30)  # GPU memory a sleeping vLLM keeps (CUDA context, allocator)
 PLACE_RETRY = 0.25  # seconds between placement attempts while busy instances are in the way
 REAP_INTERVAL = 1.0
 
@@ -77,11 +80,25 @@ class Resident:
     upstream: Upstream | None = None
     loaded_at: float = field(default_factory=time.monotonic)
     error: str | None = None
+    asleep: int = 0  # the sleep level it is at (0: awake)
+    last_start: dict[str, Any] | None = None  # how the last start went: cold or wake, seconds
+
+    @property
+    def claim(self) -> Placement:
+        """What it holds of the GPUs now: its plan awake, ``SLEEPER_BYTES`` asleep."""
+        if not self.asleep:
+            return self.placement
+        return Placement(self.profile.id, self.placement.gpus, SLEEPER_BYTES, self.placement.tensor_parallel)
+
+    @property
+    def host_bytes(self) -> int:
+        """Host RAM its offloaded weights take (asleep at level 1)."""
+        return planner.weights_bytes(self.profile) if self.asleep == 1 else 0
 
     @property
     def idle_for(self) -> float:
         if self.upstream is None:
-            return 0.0
+            return time.monotonic() - self.loaded_at if self.asleep else 0.0
         if self.upstream.in_flight:
             return 0.0
         return time.monotonic() - self.upstream.last_used
@@ -97,7 +114,10 @@ class Resident:
             "state": self.state,
             "phase": self.phase,
             "gpus": list(self.placement.gpus),
-            "memory_gib_per_gpu": round(self.placement.per_gpu / 2**30, 2),
+            "memory_gib_per_gpu": round(self.claim.per_gpu / 2**30, 2),
+            "sleep_level": self.asleep,
+            "host_gib": round(self.host_bytes / 2**30, 2),
+            "last_start": self.last_start,
             "tensor_parallel": self.placement.tensor_parallel,
             "port": self.port,
             "pid": self.instance.handle if self.instance else None,
@@ -143,9 +163,21 @@ class Fleet:
         profiles = self._profiles()
         return profiles.profiles.get(name) or profiles.by_served_name(name)
 
-    def claims(self, leaving: frozenset[str] = frozenset()) -> list[Placement]:
-        """What holds GPU memory now: the switched model and every instance (but ``leaving``)."""
-        out = [r.placement for pid, r in self.residents.items() if pid not in leaving]
+    def claims(self, leaving: frozenset[str] = frozenset(), sleeping: frozenset[str] = frozenset()) -> list[Placement]:
+        """What holds GPU memory now: the switched model and every instance (but ``leaving``;
+        those in ``sleeping`` as they would hold it asleep)."""
+        if sleeping:
+            out = [
+                Placement(pid, r.placement.gpus, SLEEPER_BYTES, r.placement.tensor_parallel)
+                if pid in sleeping else r.claim
+                for pid, r in self.residents.items()
+                if pid not in leaving
+            ]  # fmt: skip
+            primary = self._primary()
+            if primary is not None and primary.profile_id not in self.residents:
+                out.append(primary)
+            return out
+        out = [r.claim for pid, r in self.residents.items() if pid not in leaving]
         primary = self._primary()
         if primary is not None and primary.profile_id not in self.residents:
             out.append(primary)
@@ -267,6 +299,10 @@ class Fleet:
         existing = self.residents.get(profile_id)
         if existing is not None and existing.state == "ready":
             return existing
+        if existing is not None and existing.state == "sleeping":
+            woken = await self._wake(existing)
+            if woken:
+                return existing
         profile = self._profiles().profiles[profile_id]
         deadline = time.monotonic() + self.cfg.hold_seconds
         while True:
@@ -289,6 +325,7 @@ class Fleet:
             _log.error("on-demand load failed", profile=profile_id, error=str(exc))
             raise
         seconds = time.monotonic() - started
+        resident.last_start = {"kind": "cold", "seconds": round(seconds, 3)}
         self.metrics.observe_load(profile_id, seconds)
         self._said(resident, f"ready after {seconds:.1f}s")
         _log.info("model loaded on demand", profile=profile_id, gpus=list(resident.placement.gpus),
@@ -300,7 +337,11 @@ class Fleet:
         hardware = self._hardware()
         placement, fit = planner.place(profile, hardware, self.claims(), self.cfg.reserve_gib)
         if placement is None and fit.fits:
-            victims = self._victims(profile, hardware)
+
+            def fits(claims: list[Placement]) -> bool:
+                return planner.place(profile, hardware, claims, self.cfg.reserve_gib)[0] is not None
+
+            victims = self._victims(fits)
             if victims is None:
                 everyone = frozenset(self.residents)
                 alone, _ = planner.place(profile, hardware, self.claims(everyone), self.cfg.reserve_gib)
@@ -313,8 +354,7 @@ class Fleet:
                     )
                 raise LoadRefused(f"'{profile.id}' waits for room: {why}; the models in the way are busy, "
                                   "pinned, not swappable or loaded too recently", never=False)  # fmt: skip
-            for victim in victims:
-                await self._stop(victim, f"evicted for '{profile.id}'")
+            await self._evict(victims, profile.id)
             placement, fit = planner.place(profile, hardware, self.claims(), self.cfg.reserve_gib)
         if placement is None:
             raise LoadRefused(f"'{profile.id}' does not fit: {fit.reason}", never=True)
@@ -323,34 +363,121 @@ class Fleet:
         self._said(resident, f"placed on GPU(s) {', '.join(map(str, placement.gpus))}, starting")
         return resident
 
-    def _victims(self, profile: Profile, hardware: Hardware) -> list[Resident] | None:
-        """The fewest evictable instances whose going makes room, cheapest to reload first (LRU
-        among equals); None when even all of them would not."""
+    def _victims(self, fits: Callable[[list[Placement]], bool]) -> list[tuple[Resident, str]] | None:
+        """The fewest evictions (instance, ``"sleep"`` or ``"stop"``) after which ``fits`` holds:
+        first put to sleep the idle models that sleep (their host RAM allowing), then stop idle
+        ones, then stop sleepers; the cheapest to bring back first within each (weights to read
+        again), the least recently used among equals. None when even all of them would not do."""
         now = time.monotonic()
-        candidates = [
+        movable = [
             r
             for r in self.residents.values()
-            if r.state == "ready"
+            if r.state in ("ready", "sleeping")
             and not r.busy
             and not r.profile.pinned
             and r.profile.swappable
-            and now - r.loaded_at >= self.cfg.min_residency
+            and (r.state == "sleeping" or now - r.loaded_at >= self.cfg.min_residency)
         ]
-        candidates.sort(key=lambda r: (planner.weights_bytes(r.profile), -r.idle_for))
-        chosen: list[Resident] = []
-        for r in candidates:
-            chosen.append(r)
-            leaving = frozenset(x.profile.id for x in chosen)
-            placement, _ = planner.place(profile, hardware, self.claims(leaving), self.cfg.reserve_gib)
-            if placement is not None:
+        host_left = int(self.cfg.sleep_host_gib * 2**30) - sum(r.host_bytes for r in self.residents.values())
+        plan: list[tuple[Resident, str, int]] = []
+        for r in movable:
+            if r.state == "ready" and r.profile.sleep_level:
+                needs_host = planner.weights_bytes(r.profile) if r.profile.sleep_level == 1 else 0
+                if needs_host <= host_left:
+                    host_left -= needs_host
+                    plan.append((r, "sleep", 0))
+                    continue
+            plan.append((r, "stop", 2 if r.state == "sleeping" else 1))
+        plan.sort(key=lambda x: (x[2], planner.weights_bytes(x[0].profile), -x[0].idle_for))
+
+        def claims_after(chosen: list[tuple[Resident, str, int]]) -> list[Placement]:
+            stopping = frozenset(r.profile.id for r, action, _ in chosen if action == "stop")
+            sleeping = frozenset(r.profile.id for r, action, _ in chosen if action == "sleep")
+            return self.claims(stopping, sleeping)
+
+        chosen: list[tuple[Resident, str, int]] = []
+        for step in plan:
+            chosen.append(step)
+            if fits(claims_after(chosen)):
                 break
         else:
             return None
-        for r in list(chosen[:-1]):  # drop any the room does not need after all
-            leaving = frozenset(x.profile.id for x in chosen if x is not r)
-            if planner.place(profile, hardware, self.claims(leaving), self.cfg.reserve_gib)[0] is not None:
-                chosen.remove(r)
-        return chosen
+        for step in list(chosen[:-1]):  # drop any the room does not need after all
+            if fits(claims_after([c for c in chosen if c is not step])):
+                chosen.remove(step)
+        return [(r, action) for r, action, _ in chosen]
+
+    async def _evict(self, victims: list[tuple[Resident, str]], for_whom: str) -> None:
+        for victim, action in victims:
+            if action == "sleep":
+                await self._sleep(victim, f"put to sleep for '{for_whom}'")
+            else:
+                await self._stop(victim, f"evicted for '{for_whom}'")
+
+    async def _sleep(self, resident: Resident, why: str) -> None:
+        """vLLM's sleep: out of rotation, its GPU memory freed but for ``SLEEPER_BYTES``; the process
+        stays (level 1 keeps the weights in host RAM). A failed sleep stops it instead."""
+        level = resident.profile.sleep_level
+        self.registry.detach(resident.profile.id)
+        resident.upstream = None
+        try:
+            async with self.registry.session.post(
+                f"http://127.0.0.1:{resident.port}/sleep", params={"level": str(level)},
+                timeout=aiohttp.ClientTimeout(total=self.cfg.stop_timeout * 4),
+            ) as r:  # fmt: skip
+                if r.status != 200:
+                    raise aiohttp.ClientResponseError(r.request_info, (), status=r.status, message=await r.text())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            _log.warning("sleep failed: stopping instead", profile=resident.profile.id, error=str(exc))
+            await self._stop(resident, f"{why} (sleep failed)")
+            return
+        resident.state, resident.phase, resident.asleep = "sleeping", f"asleep (level {level})", level
+        resident.loaded_at = time.monotonic()  # idle (for its ttl) from now
+        _log.info("model put to sleep", profile=resident.profile.id, level=level, reason=why)
+        self._said(resident, why)
+
+    async def _wake(self, resident: Resident) -> bool:
+        """Wake a sleeping instance where it is (room made on its GPUs first), warm it with one
+        token, route to it again. False when its GPUs cannot be freed for it: it is stopped, and
+        the caller starts it afresh wherever it fits."""
+        profile, gpus = resident.profile, resident.placement.gpus
+        hardware = self._hardware()
+
+        def fits(claims: list[Placement]) -> bool:
+            free = planner.free_memory(hardware, claims, profile.gpu_memory_utilization)
+            return all(free.get(i, 0) >= 0 for i in gpus)
+
+        async with self._plan_lock:
+            awake = [c if c.profile_id != profile.id else resident.placement for c in self.claims()]
+            if not fits(awake):
+                others = self._victims(
+                    lambda claims: fits([c if c.profile_id != profile.id else resident.placement for c in claims])
+                )
+                if others is None or any(r is resident for r, _ in others):
+                    await self._stop(resident, "no room to wake it where it sleeps")
+                    return False
+                await self._evict(others, profile.id)
+            resident.state, resident.phase, resident.asleep = "loading", "waking", 0
+        started = time.monotonic()
+        base = f"http://127.0.0.1:{resident.port}"
+        try:
+            limit = aiohttp.ClientTimeout(total=profile.startup_timeout)
+            async with self.registry.session.post(base + "/wake_up", timeout=limit) as r:
+                if r.status != 200:
+                    raise LoadFailed(f"'{profile.id}' did not wake: /wake_up answered {r.status}")
+            warm = {"model": profile.served_name, "prompt": "Hi", "max_tokens": 1}
+            async with self.registry.session.post(base + "/v1/completions", json=warm, timeout=limit) as r:
+                await r.read()  # a one-token warm-up before traffic
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            await self._stop(resident, f"waking failed: {type(exc).__name__}")
+            raise LoadFailed(f"'{profile.id}' did not wake: {type(exc).__name__}: {exc}") from exc
+        await self._await_ready(resident)
+        seconds = time.monotonic() - started
+        resident.last_start = {"kind": "wake", "seconds": round(seconds, 3)}
+        self.metrics.observe_wake(profile.id, seconds)
+        _log.info("model woken", profile=profile.id, seconds=round(seconds, 2))
+        self._said(resident, f"woken in {seconds:.2f}s")
+        return True
 
     def _free_port(self) -> int:
         """The first port of ``switch.port_range`` that no instance holds and nothing listens on."""
@@ -363,6 +490,8 @@ class Fleet:
     def _backend(self, profile: Profile, placement: Placement) -> ProcessBackend:
         command = shlex.split(self.cfg.process_command)
         env = {**self.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, placement.gpus))}
+        if profile.sleep_level:
+            env["VLLM_SERVER_DEV_MODE"] = "1"  # vLLM serves /sleep and /wake_up only in dev mode: kept private
         return ProcessBackend(command, self.dir / profile.id, env)
 
     async def _bring_up(self, resident: Resident) -> None:
@@ -470,7 +599,7 @@ class Fleet:
             await asyncio.sleep(REAP_INTERVAL)
             for resident in list(self.residents.values()):
                 ttl = resident.profile.ttl
-                if resident.state == "ready" and ttl and resident.idle_for >= ttl:
+                if resident.state in ("ready", "sleeping") and ttl and resident.idle_for >= ttl:
                     await self._stop(resident, f"idle for {ttl:g}s (its ttl)")
 
     async def close(self, stop: bool) -> None:

@@ -66,6 +66,7 @@ class Profile:
     ttl: float = 0.0  # on demand: unloaded after this many idle seconds (0: kept until evicted)
     pinned: bool = False  # on demand: never evicted
     swappable: bool = True  # on demand: false = never evicted for another model (keeps its prefix cache warm)
+    sleep_level: int = 0  # on demand: evicted by vLLM's sleep (1: weights to host RAM, 2: dropped) before stopping
     source: str = field(default="", compare=False)  # the file it came from
 
     @property
@@ -91,6 +92,8 @@ class Profile:
             args += ["--quantization", self.quantization]
         if self.kv_cache_dtype != "auto":
             args += ["--kv-cache-dtype", self.kv_cache_dtype]
+        if self.sleep_level:
+            args += ["--enable-sleep-mode"]
         return args + list(self.extra_args)
 
     def public(self) -> dict[str, Any]:
@@ -120,6 +123,7 @@ class Profile:
             "ttl": self.ttl,
             "pinned": self.pinned,
             "swappable": self.swappable,
+            "sleep_level": self.sleep_level,
         }
 
 
@@ -177,6 +181,7 @@ class ProfileSchema(_Strict):
     ttl = fields.Float(load_default=0.0, validate=validate.Range(min=0))
     pinned = fields.Boolean(load_default=False)
     swappable = fields.Boolean(load_default=True)
+    sleep_level = fields.Integer(strict=True, load_default=0, validate=validate.OneOf([0, 1, 2]))
 
     @validates_schema
     def _context(self, data: dict[str, Any], **kwargs: Any) -> None:

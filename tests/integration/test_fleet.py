@@ -34,7 +34,9 @@ SLOW_START = [sys.executable, "-m", "gwproxy", "sim", "--ttft-ms", "20", "--itl-
 def _profiles(directory: Path, **beta: Any) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_profile(directory, "alpha", default=True, weights_gib=6.0)
-    write_profile(directory, "beta", weights_gib=9.0, served_names=["beta-chat"], command=SLOW_START, **beta)
+    write_profile(
+        directory, "beta", **{"weights_gib": 9.0, "served_names": ["beta-chat"], "command": SLOW_START, **beta}
+    )
     write_profile(directory, "gamma", weights_gib=8.0)
     write_profile(directory, "giant", weights_gib=30.0)
 
@@ -302,3 +304,41 @@ async def test_clients_alternating_between_three_models_get_completions_or_503s(
         await asyncio.gather(*(client(n, s) for n in range(10)))
     assert not other, other[:5]
     assert seen[200] > 50, seen
+
+
+async def test_eviction_puts_a_sleep_mode_model_to_sleep_and_a_request_wakes_it(tmp_path: Path) -> None:
+    """beta sleeps (vLLM's sleep mode, level 1) instead of stopping when gamma needs the room; a
+    request for beta then wakes it where it sleeps — faster than its cold start — after gamma
+    (idle) makes room again. The simulator's /sleep and /wake_up are served only in vLLM's dev
+    mode, which the gateway sets for such instances (and keeps private: it does not forward them)."""
+    _profiles(tmp_path / "profiles", sleep_level=1, command=[*SLOW_START, "--sleep-ms", "100", "--wake-ms", "300"])
+    server = await _up(tmp_path)
+    try:
+        f = fleet(server)
+        async with aiohttp.ClientSession() as s:
+            assert (await post(s, server, chat("beta")))[0] == 200
+            beta = f.residents["beta"]
+            cold = beta.last_start
+            assert cold is not None and cold["kind"] == "cold" and cold["seconds"] > 1.5
+            pid = int(beta.instance.handle)  # type: ignore[union-attr]
+            await asyncio.sleep(0.6)
+            assert (await post(s, server, chat("gamma")))[0] == 200
+            assert beta.state == "sleeping" and beta.asleep == 1 and Path(f"/proc/{pid}").exists()
+            async with s.get(server.make_url("/api/models/status")) as r:
+                shown = {i["profile_id"]: i for i in (await r.json())["instances"]}
+            assert shown["beta"]["state"] == "sleeping" and shown["beta"]["memory_gib_per_gpu"] == 1.2
+            assert shown["beta"]["host_gib"] == 9.0
+            async with s.post(server.make_url("/sleep"), params={"level": "1"}) as r:
+                assert r.status == 404  # the gateway does not expose vLLM's dev-mode routes
+            await asyncio.sleep(0.6)
+            status, body, _ = await post(s, server, chat("beta-chat"))
+            assert status == 200 and body["model"] == "beta-chat"
+        woke = f.residents["beta"]
+        assert woke is beta and int(woke.instance.handle) == pid  # the same process, woken
+        assert woke.last_start is not None and woke.last_start["kind"] == "wake"
+        assert woke.last_start["seconds"] < cold["seconds"]
+        assert "gamma" not in f.residents  # idle gamma made room
+        metrics = server.app[SWITCHER].metrics
+        assert sum(metrics.wake_seconds.series["beta"][0]) == 1
+    finally:
+        await server.close()

@@ -225,3 +225,41 @@ async def test_split_writes_cut_events_and_characters_without_changing_the_bytes
     finally:
         await plain.close()
         await split.close()
+
+
+async def test_sleep_mode_endpoints_in_dev_mode_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--enable-sleep-mode`` with ``VLLM_SERVER_DEV_MODE=1``, as vLLM: /sleep?level=1|2 frees the
+    GPU (generation is refused meanwhile), /is_sleeping says so, /wake_up takes ``wake_ms`` (level 2:
+    three times, the weights reloaded). Without dev mode the routes are not there."""
+    import time
+
+    cfg = SimConfig(models=("m",), sleep_mode=True, sleep_ms=50, wake_ms=100)
+    plain = TestServer(create_sim_app(cfg))
+    await plain.start_server()
+    monkeypatch.setenv("VLLM_SERVER_DEV_MODE", "1")
+    dev = TestServer(create_sim_app(cfg))
+    await dev.start_server()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(plain.make_url("/sleep")) as r:
+                assert r.status == 404
+            async with s.get(dev.make_url("/is_sleeping")) as r:
+                assert await r.json() == {"is_sleeping": False}
+            async with s.post(dev.make_url("/sleep"), params={"level": "3"}) as r:
+                assert r.status == 400
+            async with s.post(dev.make_url("/sleep"), params={"level": "2"}) as r:
+                assert r.status == 200
+            async with s.get(dev.make_url("/is_sleeping")) as r:
+                assert await r.json() == {"is_sleeping": True}
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            async with s.post(dev.make_url("/v1/chat/completions"), json=body) as r:
+                assert r.status == 503
+            started = time.monotonic()
+            async with s.post(dev.make_url("/wake_up")) as r:
+                assert r.status == 200
+            assert time.monotonic() - started >= 0.3  # level 2: 3 x wake_ms
+            async with s.post(dev.make_url("/v1/chat/completions"), json=body) as r:
+                assert r.status == 200
+    finally:
+        await plain.close()
+        await dev.close()

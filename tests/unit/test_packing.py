@@ -85,14 +85,23 @@ def _resident(tmp_path: Path, profile: Profile, gpus: tuple[int, ...], idle: flo
     return r
 
 
+def victims(fleet: Fleet, profile: Profile) -> list[str] | None:
+    """Who ``Fleet._victims`` would evict to make room for ``profile`` (and how)."""
+
+    def fits(claims: list[Placement]) -> bool:
+        return planner.place(profile, HW, claims, 1.5)[0] is not None
+
+    found = fleet._victims(fits)
+    return None if found is None else [f"{r.profile.id}:{action}" for r, action in found]
+
+
 def test_the_14b_evicts_both_idle_models(tmp_path: Path) -> None:
     fleet = _fleet(tmp_path, PROFILES)
     fleet.residents = {
         SEVEN: _resident(tmp_path, PROFILES.profiles[SEVEN], (0,), idle=10),
         CODER: _resident(tmp_path, PROFILES.profiles[CODER], (1,), idle=50),
     }
-    victims = fleet._victims(PROFILES.profiles[FOURTEEN], HW)
-    assert victims is not None and {v.profile.id for v in victims} == {SEVEN, CODER}
+    assert sorted(victims(fleet, PROFILES.profiles[FOURTEEN]) or []) == [f"{CODER}:stop", f"{SEVEN}:stop"]
 
 
 @pytest.mark.parametrize(
@@ -118,7 +127,7 @@ def test_what_is_never_evicted(tmp_path: Path, change: dict[str, object], expect
     if change.get("young"):
         other.loaded_at = time.monotonic()
     fleet.residents = {SEVEN: seven, CODER: other}
-    assert fleet._victims(PROFILES.profiles[FOURTEEN], HW) is expected
+    assert victims(fleet, PROFILES.profiles[FOURTEEN]) is expected
 
 
 def test_the_cheapest_to_reload_goes_first_and_only_what_is_needed(tmp_path: Path) -> None:
@@ -129,8 +138,7 @@ def test_the_cheapest_to_reload_goes_first_and_only_what_is_needed(tmp_path: Pat
         SEVEN: _resident(tmp_path, PROFILES.profiles[SEVEN], (0,), idle=500),
         CODER: _resident(tmp_path, PROFILES.profiles[CODER], (1,), idle=1),
     }
-    victims = fleet._victims(PROFILES.profiles["phi-3-mini-4k-instruct"], HW)
-    assert victims is not None and [v.profile.id for v in victims] == [CODER]
+    assert victims(fleet, PROFILES.profiles["phi-3-mini-4k-instruct"]) == [f"{CODER}:stop"]
 
 
 def test_least_recently_used_breaks_ties(tmp_path: Path) -> None:
@@ -142,5 +150,22 @@ def test_least_recently_used_breaks_ties(tmp_path: Path) -> None:
         CODER: _resident(tmp_path, coder, (0,), idle=5),
         "coder-twin": _resident(tmp_path, twin, (1,), idle=60),
     }
-    victims = fleet._victims(PROFILES.profiles["phi-3-mini-4k-instruct"], HW)
-    assert victims is not None and [v.profile.id for v in victims] == ["coder-twin"]
+    assert victims(fleet, PROFILES.profiles["phi-3-mini-4k-instruct"]) == ["coder-twin:stop"]
+
+
+def test_a_model_that_sleeps_is_put_to_sleep_before_anything_is_stopped(tmp_path: Path) -> None:
+    """The 7B sleeps at level 1 (its 14.2 GiB of weights to host RAM; 1.2 GiB stays on GPU 0):
+    that frees enough for phi-3 on GPU 0, so nothing is stopped. With too little host RAM for its
+    weights, it is stopped like any other."""
+    from dataclasses import replace
+
+    seven = replace(PROFILES.profiles[SEVEN], sleep_level=1)
+    profiles = ProfileSet({**PROFILES.profiles, SEVEN: seven})
+    fleet = _fleet(tmp_path, profiles)
+    fleet.residents = {
+        SEVEN: _resident(tmp_path, seven, (0,), idle=1),
+        CODER: _resident(tmp_path, PROFILES.profiles[CODER], (1,), idle=500),
+    }
+    assert victims(fleet, PROFILES.profiles["phi-3-mini-4k-instruct"]) == [f"{SEVEN}:sleep"]
+    fleet.cfg = SwitchConfig(state_dir=str(tmp_path), min_residency=0, sleep_host_gib=10)
+    assert victims(fleet, PROFILES.profiles["phi-3-mini-4k-instruct"]) == [f"{CODER}:stop"]
