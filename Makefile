@@ -8,7 +8,7 @@ PORT ?= 8080
 # pip's notices about absent optional indexes are noise; failures still fail.
 QUIET_PIP := { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: run test lint typecheck services bench install clean
+.PHONY: run test lint typecheck services bench bench-fleet install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ typecheck: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	bash bench/setup.sh
 	$(BIN)/python -m bench.run
+
+## The fleet benchmark: routing among 3 upstreams vs 1, the balancing score vs round robin, cold start vs wake.
+bench-fleet: $(VENV)/.installed-test
+	bash bench/setup.sh
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* *.egg-info

@@ -133,6 +133,7 @@ class UpstreamConfig(_BaseUrl):
     probe_interval: float = _key(1.0, _positive)  # how often an ejected upstream's /health is asked
     metrics_interval: float = _key(2.0, _non_negative)  # scrape of each replica's /metrics (0: off)
     affinity_entries: int = _key(100_000, _non_negative)  # conversations remembered (0: no affinity)
+    balance: str = _key("score", lambda v: None if v in ("score", "round_robin") else "must be score or round_robin")
 
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")

@@ -23,6 +23,8 @@ def _sim_config(args: argparse.Namespace, models: Sequence[str]) -> Any:
         reasoning=bool(args.reasoning_parser),
         split_writes=args.split_writes,
         sleep_mode=args.enable_sleep_mode,
+        prefill_ms_per_token=args.prefill_ms_per_token,
+        prefix_cache_tokens=args.prefix_cache_tokens,
         sleep_ms=args.sleep_ms,
         wake_ms=args.wake_ms,
     )
@@ -78,6 +80,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write each stream event in three parts, cutting UTF-8 characters, to test a relay's partial reads",
     )
+    sim.add_argument(
+        "--prefill-ms-per-token", type=float, default=0.0,
+        help="milliseconds of prefill per prompt token not in the prefix cache (added to the first token's time)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--prefix-cache-tokens", type=int, default=0,
+        help="prefix cache size in tokens (16-token blocks, least recently used dropped; default 0: none)",
+    )  # fmt: skip
     sim.add_argument(
         "--enable-sleep-mode",
         action="store_true",

@@ -14,7 +14,8 @@ turn (one whose messages hold an assistant reply) goes back there — unless tha
 (ejected, or no longer serving the model: the conversation moves and sticks to its new replica)
 or badly overloaded, more than twice the least-loaded replica's load plus ``SKEW_SLACK``
 (then that one request goes to the least-loaded). Everything else goes to the least-loaded
-replica, ties taken in turn.
+replica, ties taken in turn. ``upstream.balance = "round_robin"`` weighs nothing: each replica in
+turn (what the fleet bench compares the score with).
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def conversation(body: dict[str, Any]) -> tuple[bytes, bool] | None:
 
 
 class Balancer:
-    def __init__(self, entries: int) -> None:
+    def __init__(self, entries: int, round_robin: bool = False) -> None:
         self.entries = entries
+        self.round_robin = round_robin  # upstream.balance = "round_robin": in turn, nothing weighed
         self._sticky: OrderedDict[bytes, str] = OrderedDict()
         self._turn = 0
 
@@ -71,6 +73,9 @@ class Balancer:
             live = [u for u in group if u is not tried]
             if not live:
                 return None
+        if self.round_robin:
+            self._turn += 1
+            return live[self._turn % len(live)]
         now = time.monotonic()
         loads = [u.load(now) for u in live]
         low = min(loads)

@@ -58,7 +58,7 @@ class UpstreamRegistry:
         self.cfg = cfg
         self.upstreams = tuple(Upstream(t, cfg, managed and i == 0) for i, t in enumerate(targets))
         self.primary = self.upstreams[0]
-        self.balancer = Balancer(cfg.affinity_entries)
+        self.balancer = Balancer(cfg.affinity_entries, cfg.balance == "round_robin")
         self.watchdog = Watchdog(cfg.idle_timeout, cfg.first_byte_timeout)
         self._serving: dict[str, tuple[Upstream, ...]] = {}  # reachable at the last poll
         self._known: dict[str, tuple[Upstream, ...]] = {}  # listed at the last good poll, up or not

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import os
 import struct
 import time
@@ -40,6 +41,8 @@ class SimConfig:
     capacity: int = 256  # requests that fit the simulated KV cache at once
     reasoning: bool = False  # a reasoning model: reasoning_content before the answer
     split_writes: bool = False  # each event in several writes, UTF-8 characters cut in two
+    prefill_ms_per_token: float = 0.0  # prefill time per prompt token not found in the prefix cache
+    prefix_cache_tokens: int = 0  # the prefix cache's size in tokens (0: none; every token is prefilled)
     sleep_mode: bool = False  # --enable-sleep-mode: /sleep, /wake_up, /is_sleeping (vLLM's dev mode)
     sleep_ms: float = 500.0  # how long falling asleep takes (level 1 offloads the weights to host RAM)
     wake_ms: float = 1000.0  # how long waking from level 1 takes (level 2 reloads weights: three times)
@@ -68,6 +71,43 @@ class SimMetrics:
         )
         self.model = model
         self.active = 0
+
+
+BLOCK_TOKENS = 16  # vLLM's KV block size: the prefix cache holds whole blocks
+
+
+class PrefixCache:
+    """vLLM's automatic prefix caching, as far as timing goes: the prompt is cut in blocks of
+    ``BLOCK_TOKENS``, each named by the hash of everything up to its end; a request's prefill
+    skips the blocks found from its start; every block is then cached, least recently used
+    dropped past ``capacity`` tokens."""
+
+    def __init__(self, capacity_tokens: int) -> None:
+        self.blocks = capacity_tokens // BLOCK_TOKENS
+        self._lru: collections.OrderedDict[int, None] = collections.OrderedDict()
+
+    def uncached(self, tokens: list[int]) -> int:
+        """Tokens of ``tokens`` to prefill (those after its longest cached prefix); caches it."""
+        if not self.blocks:
+            return len(tokens)
+        hashes, running = [], 0
+        for end in range(BLOCK_TOKENS, len(tokens) + 1, BLOCK_TOKENS):
+            running = hash((running, tuple(tokens[end - BLOCK_TOKENS : end])))
+            hashes.append(running)
+        hit = 0
+        for h in hashes:
+            if h not in self._lru:
+                break
+            hit += 1
+        for h in hashes:
+            self._lru[h] = None
+            self._lru.move_to_end(h)
+        while len(self._lru) > self.blocks:
+            self._lru.popitem(last=False)
+        return len(tokens) - hit * BLOCK_TOKENS
+
+
+SIM_PREFIX = web.AppKey("sim_prefix", PrefixCache)
 
 
 class SleepState:
@@ -188,6 +228,10 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
     else:
         prompts = [engine.render_chat(body.get("messages"))] if chat else _prompts(body)
     prompt_tokens = sum(len(engine.encode(p)) for p in prompts)
+    prefill_ms = 0.0
+    if cfg.prefill_ms_per_token:
+        cache = request.app[SIM_PREFIX]
+        prefill_ms = cfg.prefill_ms_per_token * sum(cache.uncached(engine.encode(p)) for p in prompts)
     params = engine.parse_params(gen_body)
     rid, created, digest = _identity(cfg, body, "chatcmpl" if chat else "cmpl", request.headers.get("X-Request-ID"))
     if api == "responses":
@@ -209,7 +253,7 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
     try:
         if not stream:
             steps = max((c.tokens for c in choices), default=0)
-            await _sleep(cfg.ttft_ms + cfg.itl_ms * max(0, steps - 1))
+            await _sleep(prefill_ms + cfg.ttft_ms + cfg.itl_ms * max(0, steps - 1))
             metrics.generation.inc(completion_tokens)
             if api == "responses":
                 payload = orjson.dumps(responses.response(rid, created, model, body, choices[0], prompt_tokens))
@@ -229,7 +273,7 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
         first = True
         last = time.monotonic()
         for step in events:
-            await _sleep(cfg.ttft_ms if first else cfg.itl_ms)
+            await _sleep(prefill_ms + cfg.ttft_ms if first else cfg.itl_ms)
             now = time.monotonic()
             if first:
                 metrics.ttft.observe(now - started)
@@ -439,6 +483,7 @@ def create_sim_app(cfg: SimConfig) -> web.Application:
     app[SIM_CONFIG] = cfg
     app[SIM_METRICS] = SimMetrics(cfg.models[0])
     app[SIM_SLEEP] = SleepState()
+    app[SIM_PREFIX] = PrefixCache(cfg.prefix_cache_tokens)
     if cfg.sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":  # as vLLM: dev mode only
         app.router.add_post("/sleep", sleep)
         app.router.add_post("/wake_up", wake_up)
