@@ -75,6 +75,7 @@ def test_demo_listens_locally_reuses_its_key_and_says_when_its_port_is_taken(log
     assert saved.stat().st_mode & 0o777 == 0o600 and keys[0] in saved.read_text()
 
     with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: past TIME_WAIT
         holder.bind(("127.0.0.1", port))
         holder.listen()
         for args in (["demo", "--port", str(port)], ["serve", "--host", "127.0.0.1", "--port", str(port)]):
