@@ -286,6 +286,38 @@ def _docker_url(v: str) -> str | None:
     return "must be a unix://, tcp:// or http(s):// URL (or empty for DOCKER_HOST / the default socket)"
 
 
+def named_urls(value: str) -> list[tuple[str, str]]:
+    """``[NAME=]URL`` items (comma-separated): (name, url); an unnamed one is named by its host."""
+    out = []
+    for item in items(value):
+        name, sep, url = item.partition("=")
+        if not sep or "://" in name:
+            name, url = "", item
+        out.append((name.strip() or (urlsplit(url).hostname or "local"), url.strip()))
+    return out
+
+
+def _docker_hosts(v: str) -> str | None:
+    named = named_urls(v)
+    bad = [url for _, url in named if _docker_url(url) or not url]
+    if bad:
+        return f"each host is [NAME=]URL with a unix:// or tcp:// URL, got {', '.join(bad)}"
+    names = [n for n, _ in named]
+    if len(set(names)) != len(names):
+        return "host names must differ (name them: gpu1=tcp://…, gpu2=tcp://…)"
+    return None
+
+
+def named_snapshots(value: str) -> dict[str, str]:
+    """``NAME=SNAPSHOT; NAME=SNAPSHOT`` (semicolons: a snapshot has commas of its own)."""
+    out = {}
+    for part in value.split(";"):
+        name, sep, snapshot = part.partition("=")
+        if sep and name.strip():
+            out[name.strip()] = snapshot.strip()
+    return out
+
+
 def _roles(v: str) -> str | None:
     bad = [r for r in items(v) if r not in ("admin", "user")]
     return f"roles are admin and user, got {', '.join(bad)}" if bad else None
@@ -318,6 +350,14 @@ class SwitchConfig:
     process_command: str = _key("python3 -m vllm.entrypoints.openai.api_server")
     state_dir: str = _key(".gwproxy")
     docker_url: str = _key("", _docker_url)
+    # On demand with Docker: GPU hosts, each an Engine API ([NAME=]URL, comma-separated; empty: the
+    # docker_url host, named "local"), each with a hardware snapshot ("NAME=SNAPSHOT; …"; a host
+    # without one plans with switch.hardware or this machine's probe), TLS for tcp:// hosts.
+    docker_hosts: str = _key("", _docker_hosts)
+    docker_hardware: str = _key("")
+    docker_tls_ca: str = _key("")
+    docker_tls_cert: str = _key("")
+    docker_tls_key: str = _key("")
     docker_image: str = _key("vllm/vllm-openai:latest")
     docker_network: str = _key("host")
     docker_gpus: bool = _key(True)

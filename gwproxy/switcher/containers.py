@@ -42,8 +42,16 @@ class DockerBackend:
         hf_cache: str,
         binds: Sequence[str],
         env: Mapping[str, str],
+        docker: aiodocker.Docker | None = None,
+        name: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
-        self.docker = aiodocker.Docker(url=url or None)
+        """``docker``: a client shared with other backends (not closed here); ``name`` and
+        ``labels`` replace the switched model's (an on-demand instance's own)."""
+        self._owned = docker is None
+        self.docker = docker or aiodocker.Docker(url=url or None)
+        self._name = name
+        self._labels = dict(labels) if labels is not None else None
         self.image = image
         self.network = network
         self.alias = alias
@@ -52,9 +60,8 @@ class DockerBackend:
         self.binds = list(binds)
         self.env = dict(env)
 
-    @staticmethod
-    def container_name(profile_id: str) -> str:
-        return f"gwproxy-vllm-{profile_id}"
+    def container_name(self, profile_id: str) -> str:
+        return self._name or f"gwproxy-vllm-{profile_id}"
 
     def spec(self, launch: Launch) -> dict[str, Any]:
         """The Engine API ``ContainerCreate`` body for a launch."""
@@ -64,12 +71,19 @@ class DockerBackend:
             binds.append(f"{self.hf_cache}:{HF_CACHE_IN_CONTAINER}")
         host: dict[str, Any] = {"IpcMode": "host", "Binds": binds, "RestartPolicy": {"Name": "no"}}
         if self.gpus:
-            host["DeviceRequests"] = [{"Driver": "nvidia", "Count": launch.tensor_parallel, "Capabilities": [["gpu"]]}]
+            wanted: dict[str, Any] = {"Driver": "nvidia", "Capabilities": [["gpu"]]}
+            if launch.gpus is not None:  # placed on these GPUs of the host
+                wanted["DeviceIDs"] = [str(g) for g in launch.gpus]
+            else:
+                wanted["Count"] = launch.tensor_parallel
+            host["DeviceRequests"] = [wanted]
         spec: dict[str, Any] = {
             "Image": profile.image or self.image,
             "Cmd": launch.args(),
             "Env": [f"{k}={v}" for k, v in {**self.env, **dict(profile.env)}.items()],
-            "Labels": {
+            "Labels": self._labels
+            if self._labels is not None
+            else {
                 LABEL: "true",
                 "gwproxy.profile": profile.id,
                 "gwproxy.previous": launch.previous or "",
@@ -155,4 +169,14 @@ class DockerBackend:
         return best
 
     async def close(self) -> None:
-        await self.docker.close()
+        if self._owned:
+            await self.docker.close()
+
+
+async def labelled(docker: aiodocker.Docker, label: str) -> list[tuple[str, bool, dict[str, str]]]:
+    """(container id, running, labels) of every container carrying ``label=true``."""
+    out = []
+    for c in await docker.containers.list(all=True, filters=f'{{"label": ["{label}=true"]}}'):
+        info = await c.show()
+        out.append((c.id, bool(info["State"].get("Running")), dict(info["Config"].get("Labels") or {})))
+    return out

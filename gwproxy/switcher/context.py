@@ -21,12 +21,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gwproxy import log
-from gwproxy.config import Config, ConfigError
+from gwproxy.config import Config, ConfigError, SwitchConfig, named_snapshots, named_urls
 from gwproxy.metrics import Metrics
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.switcher import hardware
 from gwproxy.switcher.backend import Backend
 from gwproxy.switcher.fleet import Fleet
+from gwproxy.switcher.hosts import DockerHost, Host, ProcessHost
 from gwproxy.switcher.profiles import load_profiles
 from gwproxy.switcher.switcher import Switcher
 
@@ -44,9 +45,40 @@ def hardware_source(cfg: Config) -> hardware.HardwareSource:
     return lambda: snapshot
 
 
+def _token_env(sw: SwitchConfig) -> dict[str, str]:
+    return {"HF_TOKEN": sw.hf_token, "HUGGING_FACE_HUB_TOKEN": sw.hf_token} if sw.hf_token else {}
+
+
+def fleet_hosts(cfg: Config, here: hardware.HardwareSource) -> list[Host]:
+    """Where models load on demand: this machine (process backend), or each Docker host of
+    ``switch.docker_hosts`` (else ``switch.docker_url``, as "local") with its snapshot from
+    ``switch.docker_hardware`` — a host without one plans with ``here`` (switch.hardware or the probe)."""
+    sw = cfg.switch
+    if sw.backend == "process":
+        return [ProcessHost(sw, here, _token_env(sw))]
+    named = (
+        named_urls(sw.docker_hosts) if sw.docker_hosts else [("local", sw.docker_url or "unix:///var/run/docker.sock")]
+    )
+    snapshots = named_snapshots(sw.docker_hardware)
+    unknown = set(snapshots) - {name for name, _ in named}
+    if unknown:
+        raise ConfigError(f"config key 'switch.docker_hardware': no host named {', '.join(sorted(unknown))}")
+    hosts: list[Host] = []
+    for name, url in named:
+        source = here
+        if name in snapshots:
+            try:
+                snapshot = hardware.parse_snapshot(snapshots[name])
+            except hardware.SnapshotError as exc:
+                raise ConfigError(f"config key 'switch.docker_hardware' ({name}): {exc}") from None
+            source = partial(lambda s: s, snapshot)
+        hosts.append(DockerHost(name, url, sw, source, _token_env(sw)))
+    return hosts
+
+
 def build_backend(cfg: Config) -> Backend | None:
     sw = cfg.switch
-    token_env = {"HF_TOKEN": sw.hf_token, "HUGGING_FACE_HUB_TOKEN": sw.hf_token} if sw.hf_token else {}
+    token_env = _token_env(sw)
     if sw.backend == "process":
         from gwproxy.switcher.processes import ProcessBackend
 
@@ -54,8 +86,9 @@ def build_backend(cfg: Config) -> Backend | None:
     if sw.backend == "docker":
         from gwproxy.switcher.containers import DockerBackend
 
+        first = named_urls(sw.docker_hosts)[0][1] if sw.docker_hosts else sw.docker_url  # the switched model's host
         return DockerBackend(
-            url=sw.docker_url or None,
+            url=first or None,
             image=sw.docker_image,
             network=sw.docker_network,
             alias=urlsplit(cfg.upstream.base_url).hostname or "vllm",
@@ -76,10 +109,9 @@ async def open_switcher(config: Config, upstream: UpstreamRegistry, metrics: Met
             "switching gateway as its own single-worker process"
         )
     sw = config.switch
-    if sw.on_demand and sw.backend != "process":
+    if sw.on_demand and sw.backend not in ("process", "docker"):
         raise ConfigError(
-            "config key 'switch.on_demand': loading models on demand needs switch.backend = 'process' "
-            f"(got {sw.backend or 'none'!r}; on-demand Docker instances are not built yet)"
+            "config key 'switch.on_demand': loading models on demand needs switch.backend = 'process' or 'docker'"
         )
     read = partial(load_profiles, Path(sw.profiles_dir))
     switcher = Switcher(sw, upstream, build_backend(config), read(), hardware_source(config), read, metrics)
@@ -87,17 +119,10 @@ async def open_switcher(config: Config, upstream: UpstreamRegistry, metrics: Met
         _log.warning("profile not loaded", file=problem.file, field=problem.field, reason=problem.reason)
     metrics.model_info = switcher.served
     if sw.on_demand:
-        token_env = {"HF_TOKEN": sw.hf_token, "HUGGING_FACE_HUB_TOKEN": sw.hf_token} if sw.hf_token else {}
         switcher.fleet = Fleet(
-            sw,
-            upstream,
-            lambda: switcher.profiles,
-            switcher.known_hardware,
-            switcher.primary_claim,
-            token_env,
-            metrics,
-            switcher.publish,
-        )
+            sw, upstream, lambda: switcher.profiles, fleet_hosts(config, switcher.known_hardware),
+            switcher.primary_claim, metrics, switcher.publish,
+        )  # fmt: skip
         upstream.loader = switcher.fleet
     await switcher.start()
     if switcher.fleet is not None:

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import shlex
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,10 +42,9 @@ from gwproxy.principal import Principal
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.proxy.upstream import Upstream
 from gwproxy.switcher import planner
-from gwproxy.switcher.backend import Instance, Launch
-from gwproxy.switcher.hardware import Hardware
+from gwproxy.switcher.backend import Backend, Instance, Launch
+from gwproxy.switcher.hosts import Host
 from gwproxy.switcher.planner import Placement
-from gwproxy.switcher.processes import ProcessBackend
 from gwproxy.switcher.profiles import Profile, ProfileSet
 
 _log = log.get("gwproxy.fleet")
@@ -73,7 +69,8 @@ class Resident:
     profile: Profile
     placement: Placement
     port: int
-    backend: ProcessBackend
+    backend: Backend
+    host: Host
     state: str = "loading"  # loading | ready | stopping | failed
     phase: str = "starting"
     instance: Instance | None = None
@@ -88,7 +85,13 @@ class Resident:
         """What it holds of the GPUs now: its plan awake, ``SLEEPER_BYTES`` asleep."""
         if not self.asleep:
             return self.placement
-        return Placement(self.profile.id, self.placement.gpus, SLEEPER_BYTES, self.placement.tensor_parallel)
+        p = self.placement
+        return Placement(p.profile_id, p.gpus, SLEEPER_BYTES, p.tensor_parallel, p.host)
+
+    @property
+    def base(self) -> str:
+        """Its server's origin: the host's address, its port."""
+        return f"http://{self.host.address}:{self.port}"
 
     @property
     def host_bytes(self) -> int:
@@ -119,6 +122,7 @@ class Resident:
             "host_gib": round(self.host_bytes / 2**30, 2),
             "last_start": self.last_start,
             "tensor_parallel": self.placement.tensor_parallel,
+            "host": self.host.name,
             "port": self.port,
             "pid": self.instance.handle if self.instance else None,
             "in_flight": self.upstream.in_flight if self.upstream else 0,
@@ -136,25 +140,24 @@ class Fleet:
         cfg: SwitchConfig,
         registry: UpstreamRegistry,
         profiles: Callable[[], ProfileSet],
-        hardware: Callable[[], Hardware],
+        hosts: list[Host],
         primary: Callable[[], Placement | None],
-        env: dict[str, str],
         metrics: Metrics,
         publish: Callable[[dict[str, Any]], None] = lambda event: None,
     ) -> None:
+        assert hosts, "at least one host"
         self.cfg = cfg
         self.registry = registry
         self._profiles = profiles
-        self._hardware = hardware
+        self.hosts = {h.name: h for h in hosts}
+        self.home = hosts[0]  # where the switched model runs
         self._primary = primary  # what the switched model claims
-        self.env = env
         self.metrics = metrics
         self._publish = publish  # to the /api/models/events subscribers
         self.residents: dict[str, Resident] = {}
         self._loads: dict[str, asyncio.Task[Resident]] = {}
         self._plan_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
-        self.dir = Path(cfg.state_dir) / "fleet"
         self.roles = cfg.on_demand_role_set()
 
     # ---- reading -------------------------------------------------------------------------------
@@ -173,15 +176,39 @@ class Fleet:
                 for pid, r in self.residents.items()
                 if pid not in leaving
             ]  # fmt: skip
-            primary = self._primary()
-            if primary is not None and primary.profile_id not in self.residents:
-                out.append(primary)
-            return out
+            return out + self._primary_claims()
         out = [r.claim for pid, r in self.residents.items() if pid not in leaving]
+        return out + self._primary_claims()
+
+    def _primary_claims(self) -> list[Placement]:
         primary = self._primary()
-        if primary is not None and primary.profile_id not in self.residents:
-            out.append(primary)
-        return out
+        if primary is None or primary.profile_id in self.residents:
+            return []
+        return [Placement(primary.profile_id, primary.gpus, primary.per_gpu, primary.tensor_parallel, self.home.name)]
+
+    def _place(self, profile: Profile, claims: list[Placement]) -> tuple[Placement | None, planner.Plan]:
+        """The first host (in the configured order) with room for ``profile`` beside ``claims``;
+        the plan is that host's (the first host's when it fits none)."""
+        first: planner.Plan | None = None
+        for host in self.hosts.values():
+            mine = [c for c in claims if c.host == host.name]
+            placement, fit = planner.place(profile, host.hardware(), mine, self.cfg.reserve_gib)
+            if placement is not None:
+                p = placement
+                return Placement(p.profile_id, p.gpus, p.per_gpu, p.tensor_parallel, host.name), fit
+            if first is None or (fit.fits and not first.fits):
+                first = fit
+        assert first is not None
+        return None, first
+
+    def _shortfall(self, fit: planner.Plan, profile: Profile) -> str:
+        claims = self.claims()
+        share = profile.gpu_memory_utilization
+        return "; ".join(
+            (f"{h.name}: " if len(self.hosts) > 1 else "")
+            + planner.shortfall(fit, h.hardware(), [c for c in claims if c.host == h.name], share)
+            for h in self.hosts.values()
+        )
 
     def public(self) -> list[dict[str, Any]]:
         return [r.public() for r in self.residents.values()]
@@ -280,9 +307,10 @@ class Fleet:
             own = self.residents.get(profile.id)
             if own is not None and own.state != "loading":
                 await self._stop(own, "it becomes the switched model")
-            hardware = self._hardware()
+            hardware = self.home.hardware()
             while True:
-                free = planner.free_memory(hardware, self.claims(), profile.gpu_memory_utilization)
+                home = [c for c in self.claims() if c.host == self.home.name]
+                free = planner.free_memory(hardware, home, profile.gpu_memory_utilization)
                 if all(free.get(i, 0) >= claim.per_gpu for i in claim.gpus):
                     return
                 in_way = [
@@ -334,18 +362,17 @@ class Fleet:
 
     async def _reserve(self, profile: Profile) -> Resident:
         """Place ``profile`` (evicting what it takes) and record it as loading."""
-        hardware = self._hardware()
-        placement, fit = planner.place(profile, hardware, self.claims(), self.cfg.reserve_gib)
+        placement, fit = self._place(profile, self.claims())
         if placement is None and fit.fits:
 
             def fits(claims: list[Placement]) -> bool:
-                return planner.place(profile, hardware, claims, self.cfg.reserve_gib)[0] is not None
+                return self._place(profile, claims)[0] is not None
 
             victims = self._victims(fits)
             if victims is None:
                 everyone = frozenset(self.residents)
-                alone, _ = planner.place(profile, hardware, self.claims(everyone), self.cfg.reserve_gib)
-                why = planner.shortfall(fit, hardware, self.claims(), profile.gpu_memory_utilization)
+                alone, _ = self._place(profile, self.claims(everyone))
+                why = self._shortfall(fit, profile)
                 if alone is None:
                     raise LoadRefused(
                         f"'{profile.id}' cannot fit beside the switched model even with every on-demand model "
@@ -355,12 +382,15 @@ class Fleet:
                 raise LoadRefused(f"'{profile.id}' waits for room: {why}; the models in the way are busy, "
                                   "pinned, not swappable or loaded too recently", never=False)  # fmt: skip
             await self._evict(victims, profile.id)
-            placement, fit = planner.place(profile, hardware, self.claims(), self.cfg.reserve_gib)
+            placement, fit = self._place(profile, self.claims())
         if placement is None:
             raise LoadRefused(f"'{profile.id}' does not fit: {fit.reason}", never=True)
-        resident = Resident(profile, placement, self._free_port(), self._backend(profile, placement))
+        host = self.hosts[placement.host]
+        port = self._free_port(host)
+        resident = Resident(profile, placement, port, host.backend(profile, placement, port), host)
         self.residents[profile.id] = resident
-        self._said(resident, f"placed on GPU(s) {', '.join(map(str, placement.gpus))}, starting")
+        where = f"{host.name} " if len(self.hosts) > 1 else ""
+        self._said(resident, f"placed on {where}GPU(s) {', '.join(map(str, placement.gpus))}, starting")
         return resident
 
     def _victims(self, fits: Callable[[list[Placement]], bool]) -> list[tuple[Resident, str]] | None:
@@ -422,7 +452,7 @@ class Fleet:
         resident.upstream = None
         try:
             async with self.registry.session.post(
-                f"http://127.0.0.1:{resident.port}/sleep", params={"level": str(level)},
+                f"{resident.base}/sleep", params={"level": str(level)},
                 timeout=aiohttp.ClientTimeout(total=self.cfg.stop_timeout * 4),
             ) as r:  # fmt: skip
                 if r.status != 200:
@@ -440,11 +470,12 @@ class Fleet:
         """Wake a sleeping instance where it is (room made on its GPUs first), warm it with one
         token, route to it again. False when its GPUs cannot be freed for it: it is stopped, and
         the caller starts it afresh wherever it fits."""
-        profile, gpus = resident.profile, resident.placement.gpus
-        hardware = self._hardware()
+        profile, gpus, host = resident.profile, resident.placement.gpus, resident.host
+        hardware = host.hardware()
 
         def fits(claims: list[Placement]) -> bool:
-            free = planner.free_memory(hardware, claims, profile.gpu_memory_utilization)
+            mine = [c for c in claims if c.host == host.name]
+            free = planner.free_memory(hardware, mine, profile.gpu_memory_utilization)
             return all(free.get(i, 0) >= 0 for i in gpus)
 
         async with self._plan_lock:
@@ -459,7 +490,7 @@ class Fleet:
                 await self._evict(others, profile.id)
             resident.state, resident.phase, resident.asleep = "loading", "waking", 0
         started = time.monotonic()
-        base = f"http://127.0.0.1:{resident.port}"
+        base = resident.base
         try:
             limit = aiohttp.ClientTimeout(total=profile.startup_timeout)
             async with self.registry.session.post(base + "/wake_up", timeout=limit) as r:
@@ -479,31 +510,25 @@ class Fleet:
         self._said(resident, f"woken in {seconds:.2f}s")
         return True
 
-    def _free_port(self) -> int:
-        """The first port of ``switch.port_range`` that no instance holds and nothing listens on."""
-        used = {r.port for r in self.residents.values()}
+    def _free_port(self, host: Host) -> int:
+        """The first port of ``switch.port_range`` no instance on ``host`` holds (and, on this
+        machine, nothing listens on)."""
+        used = {r.port for r in self.residents.values() if r.host is host}
         for port in self.cfg.ports():
-            if port not in used and _bindable(port):
+            if port not in used and (not host.local or _bindable(port)):
                 return port
-        raise LoadRefused(f"no free port in switch.port_range {self.cfg.port_range}", never=False)
-
-    def _backend(self, profile: Profile, placement: Placement) -> ProcessBackend:
-        command = shlex.split(self.cfg.process_command)
-        env = {**self.env, "CUDA_VISIBLE_DEVICES": ",".join(map(str, placement.gpus))}
-        if profile.sleep_level:
-            env["VLLM_SERVER_DEV_MODE"] = "1"  # vLLM serves /sleep and /wake_up only in dev mode: kept private
-        return ProcessBackend(command, self.dir / profile.id, env)
+        raise LoadRefused(f"no free port in switch.port_range {self.cfg.port_range} on {host.name}", never=False)
 
     async def _bring_up(self, resident: Resident) -> None:
         profile, placement = resident.profile, resident.placement
-        hardware = self._hardware()
+        hardware = resident.host.hardware()
         launch = Launch(profile, None, placement.tensor_parallel, self.cfg.vllm_host, resident.port,
                         placement.utilization(hardware), placement.gpus)  # fmt: skip
         try:
             resident.instance = await resident.backend.start(launch)
         except Exception as exc:  # the command is missing, the port taken …
             raise LoadFailed(f"could not start '{profile.id}': {type(exc).__name__}: {exc}") from exc
-        self._record(resident)
+        resident.host.record(placement, resident.port)
         await self._await_ready(resident)
 
     async def _await_ready(self, resident: Resident) -> None:
@@ -511,7 +536,7 @@ class Fleet:
         profile = resident.profile
         assert resident.instance is not None
         resident.phase = "loading"
-        target = UpstreamTarget(profile.id, f"http://127.0.0.1:{resident.port}/v1")
+        target = UpstreamTarget(profile.id, f"{resident.base}/v1")
         probe = Upstream(target, self.registry.cfg)
         deadline = time.monotonic() + profile.startup_timeout
         while True:
@@ -538,43 +563,26 @@ class Fleet:
         self._said(resident, why)
         if resident.instance is not None:
             await resident.backend.stop(resident.instance, self.cfg.stop_timeout)
-        with contextlib.suppress(OSError):
-            (self.dir / resident.profile.id / "placement.json").unlink()
-
-    def _record(self, resident: Resident) -> None:
-        p = resident.placement
-        record = {"port": resident.port, "gpus": list(p.gpus), "per_gpu": p.per_gpu, "tp": p.tensor_parallel}
-        (self.dir / resident.profile.id / "placement.json").write_text(json.dumps(record))
+        resident.host.forget(resident.profile.id)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Adopt the instances a previous gateway left running; then watch for idle ones."""
+        """Adopt the instances a previous gateway left running on every host; then watch for
+        idle ones."""
         self.registry.aliases = self.aliases()
         profiles = self._profiles().profiles
-        for place_file in sorted(self.dir.glob("*/placement.json")):
-            pid = place_file.parent.name
-            try:
-                record = json.loads(place_file.read_text())
-                placement = Placement(pid, tuple(record["gpus"]), int(record["per_gpu"]), int(record["tp"]))
-                port = int(record["port"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            profile = profiles.get(pid)
-            backend = self._backend(profile, placement) if profile else None
-            found = await backend.find() if backend else None
-            if profile is None or backend is None or found is None:
-                _log.warning("a model loaded on demand did not survive the restart", profile=pid, port=port)
-                with contextlib.suppress(OSError):
-                    place_file.unlink()
-                continue
-            resident = Resident(profile, placement, port, backend, instance=found)
-            self.residents[pid] = resident
-            _log.info("adopting a model loaded on demand", profile=pid, port=port, pid=found.handle)
-            task = asyncio.create_task(self._adopt(resident), name=f"gwproxy-adopt-{pid}")
-            self._loads[pid] = task
-            task.add_done_callback(lambda t, pid=pid: self._loads.pop(pid, None))  # type: ignore[misc]
-            task.add_done_callback(_retrieve)
+        for host in self.hosts.values():
+            for found in await host.adopt(profiles):
+                pid = found.profile.id
+                resident = Resident(found.profile, found.placement, found.port, found.backend, host,
+                                    instance=found.instance)  # fmt: skip
+                self.residents[pid] = resident
+                _log.info("adopting a model loaded on demand", profile=pid, host=host.name, port=found.port)
+                task = asyncio.create_task(self._adopt(resident), name=f"gwproxy-adopt-{pid}")
+                self._loads[pid] = task
+                task.add_done_callback(lambda t, pid=pid: self._loads.pop(pid, None))  # type: ignore[misc]
+                task.add_done_callback(_retrieve)
         self._reaper = asyncio.create_task(self._reap(), name="gwproxy-fleet-reaper")
 
     async def _adopt(self, resident: Resident) -> Resident:
@@ -585,8 +593,7 @@ class Fleet:
         except LoadFailed as exc:
             self.residents.pop(resident.profile.id, None)
             resident.state, resident.error = "failed", str(exc)
-            with contextlib.suppress(OSError):
-                (self.dir / resident.profile.id / "placement.json").unlink()
+            resident.host.forget(resident.profile.id)
             _log.error("adopted model failed", profile=resident.profile.id, error=str(exc))
             self._said(resident, "failed")
             raise
@@ -612,6 +619,8 @@ class Fleet:
         if stop:
             for resident in list(self.residents.values()):
                 await self._stop(resident, "the gateway stops (switch.stop_on_exit)")
+        for host in self.hosts.values():
+            await host.close()
 
 
 class LoadFailed(Exception):

@@ -174,6 +174,7 @@ class Placement:
     gpus: tuple[int, ...]
     per_gpu: int
     tensor_parallel: int
+    host: str = "local"  # the GPU host (on demand with several Docker hosts)
 
     def utilization(self, hardware: Hardware) -> float:
         """The ``--gpu-memory-utilization`` that makes vLLM claim no more than its share: the

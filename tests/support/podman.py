@@ -34,7 +34,9 @@ cgroup_manager = "cgroupfs"
 
 
 class Podman:
-    def __init__(self) -> None:
+    def __init__(self, own_storage: bool = False) -> None:
+        """``own_storage``: containers and images kept apart from every other Podman service
+        (another GPU host, as far as the gateway can tell)."""
         binary = shutil.which("podman")
         if os.geteuid() != 0 and not os.environ.get("CI"):
             pytest.skip("the Docker-backend tests run Podman as root (make test as root, as CI does)")
@@ -43,11 +45,15 @@ class Podman:
         self.root = Path(tempfile.mkdtemp(prefix="gwproxy-podman-"))
         (self.root / "containers.conf").write_text(CONF)
         self.env = {**os.environ, "CONTAINERS_CONF": str(self.root / "containers.conf")}
+        self.flags = ["--root", str(self.root / "storage"), "--runroot", str(self.root / "run")] if own_storage else []
         self.socket = self.root / "podman.sock"
         self.url = f"unix://{self.socket}"
         self.log = (self.root / "service.log").open("wb")
         self.service = subprocess.Popen(
-            [binary, "system", "service", "--time=0", self.url], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+            [binary, *self.flags, "system", "service", "--time=0", self.url],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
         while not self.socket.exists():
@@ -57,7 +63,7 @@ class Podman:
         self.build_sim_image()
 
     def podman(self, *args: str) -> str:
-        out = subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, check=True)
+        out = subprocess.run(["podman", *self.flags, *args], env=self.env, capture_output=True, text=True, check=True)
         return out.stdout
 
     def build_sim_image(self) -> None:
@@ -78,12 +84,12 @@ class Podman:
         change = "ENTRYPOINT [" + ", ".join(f'"{a}"' for a in entry) + "]"
         self.podman("import", "--change", change, str(tar_path), SIM_IMAGE)
 
-    def containers(self) -> list[str]:
-        return self.podman("ps", "-a", "--filter", "label=gwproxy.managed=true", "--format", "{{.Names}}").split()
+    def containers(self, label: str = "gwproxy.managed") -> list[str]:
+        return self.podman("ps", "-a", "--filter", f"label={label}=true", "--format", "{{.Names}}").split()
 
     def remove_managed(self) -> None:
-        for name in self.containers():
-            subprocess.run(["podman", "rm", "-f", "-t", "0", name], env=self.env, capture_output=True)
+        for name in [*self.containers(), *self.containers("gwproxy.fleet")]:
+            subprocess.run(["podman", *self.flags, "rm", "-f", "-t", "0", name], env=self.env, capture_output=True)
 
     def stop(self) -> None:
         self.remove_managed()

@@ -24,6 +24,7 @@ from gwproxy.proxy.upstream import Upstream
 from gwproxy.switcher import planner
 from gwproxy.switcher.fleet import Fleet, Resident
 from gwproxy.switcher.hardware import GIB, parse_snapshot
+from gwproxy.switcher.hosts import ProcessHost
 from gwproxy.switcher.planner import Placement
 from gwproxy.switcher.processes import ProcessBackend
 from gwproxy.switcher.profiles import Profile, ProfileSet, load_profiles
@@ -72,7 +73,8 @@ def test_best_fit_keeps_the_larger_hole() -> None:
 
 def _fleet(tmp_path: Path, profiles: ProfileSet, min_residency: float = 0.0) -> Fleet:
     cfg = SwitchConfig(state_dir=str(tmp_path), min_residency=min_residency, reserve_gib=1.5)
-    return Fleet(cfg, None, lambda: profiles, lambda: HW, lambda: None, {}, Metrics())  # type: ignore[arg-type]
+    host = ProcessHost(cfg, lambda: HW, {})
+    return Fleet(cfg, None, lambda: profiles, [host], lambda: None, Metrics())  # type: ignore[arg-type]
 
 
 def _resident(tmp_path: Path, profile: Profile, gpus: tuple[int, ...], idle: float, busy: int = 0) -> Resident:
@@ -80,7 +82,8 @@ def _resident(tmp_path: Path, profile: Profile, gpus: tuple[int, ...], idle: flo
     placement = Placement(profile.id, gpus, fit.need_per_gpu, len(gpus))
     upstream = Upstream(UpstreamTarget(profile.id, "http://127.0.0.1:1/v1"), UpstreamConfig())
     upstream.in_flight, upstream.last_used = busy, time.monotonic() - idle
-    r = Resident(profile, placement, 1, ProcessBackend([], tmp_path, {}), state="ready", upstream=upstream)
+    host = ProcessHost(SwitchConfig(state_dir=str(tmp_path)), lambda: HW, {})
+    r = Resident(profile, placement, 1, ProcessBackend([], tmp_path, {}), host, state="ready", upstream=upstream)
     r.loaded_at -= 3600
     return r
 
@@ -169,3 +172,31 @@ def test_a_model_that_sleeps_is_put_to_sleep_before_anything_is_stopped(tmp_path
     assert victims(fleet, PROFILES.profiles["phi-3-mini-4k-instruct"]) == [f"{SEVEN}:sleep"]
     fleet.cfg = SwitchConfig(state_dir=str(tmp_path), min_residency=0, sleep_host_gib=10)
     assert victims(fleet, PROFILES.profiles["phi-3-mini-4k-instruct"]) == [f"{CODER}:stop"]
+
+
+async def test_gpu_hosts_from_the_configuration() -> None:
+    from gwproxy.config import ConfigError, load_config
+    from gwproxy.switcher.context import fleet_hosts
+
+    env = {
+        "GWPROXY_SWITCH_BACKEND": "docker",
+        "GWPROXY_SWITCH_DOCKER_HOSTS": "gpu1=unix:///run/a.sock, gpu2=tcp://10.0.0.7:2375",
+        "GWPROXY_SWITCH_DOCKER_HARDWARE": "gpu1=2 x RTX 3090 24GiB; gpu2=1 x H100",
+    }
+    hosts = fleet_hosts(load_config(None, env), lambda: HW)
+    try:
+        assert [(h.name, h.address, h.local) for h in hosts] == [
+            ("gpu1", "127.0.0.1", True),
+            ("gpu2", "10.0.0.7", False),
+        ]
+        assert hosts[0].hardware().describe() == "2 x RTX 3090 (24 GiB)"
+        assert hosts[1].hardware().describe() == "1 x H100 (80 GiB)"
+    finally:
+        for h in hosts:
+            await h.close()
+    with pytest.raises(ConfigError, match="no host named gpu3"):
+        fleet_hosts(load_config(None, {**env, "GWPROXY_SWITCH_DOCKER_HARDWARE": "gpu3=1 x H100"}), lambda: HW)
+    with pytest.raises(ConfigError, match="switch.docker_hosts"):
+        load_config(None, {**env, "GWPROXY_SWITCH_DOCKER_HOSTS": "gpu1=ftp://x"})
+    with pytest.raises(ConfigError, match="must differ"):
+        load_config(None, {**env, "GWPROXY_SWITCH_DOCKER_HOSTS": "a=unix:///x,a=unix:///y"})
