@@ -371,6 +371,7 @@ class SwitchConfig:
     port_range: str = _key("8100-8199", lambda v: _port_range(v))
     min_residency: float = _key(30.0, _non_negative)  # seconds a loaded model is safe from eviction
     sleep_host_gib: float = _key(32.0, _non_negative)  # host RAM for the weights of models asleep at level 1
+    loading_feedback: bool = _key(False)  # a stream waiting for a load gets SSE comments (commits a 200 early)
 
     def docker_bind_list(self) -> list[str]:
         return items(self.docker_binds)

@@ -45,6 +45,12 @@ class Loader(Protocol):
     def cards(self) -> list[dict[str, Any]]:
         """Model cards for what could be loaded but is not running (``/v1/models`` lists them)."""
 
+    def loadable(self, model: str) -> bool:
+        """Whether ``model`` names something it could load."""
+
+    def progress(self, model: str) -> str:
+        """How the load of ``model`` is going, in words (phase, requests waiting)."""
+
 
 PROBE_SECONDS = 2.0  # a readiness or health probe's bound
 MISS_REFRESH_SECONDS = 1.0  # an unknown model refreshes the lists at most this often

@@ -21,6 +21,7 @@ import time
 from collections.abc import Mapping
 
 import aiohttp
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -77,8 +78,13 @@ async def relay(
     metrics: Metrics,
     extra_headers: Mapping[str, str],
     first: bytes | None = None,
+    committed: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
-    """Relay ``upstream``'s answer; ``first``, when given, is its first body chunk, already read."""
+    """Relay ``upstream``'s answer; ``first``, when given, is its first body chunk, already read.
+    ``committed``: an SSE response already sent to the client (loading feedback): the upstream's
+    events go on in it, and an upstream error becomes an error event."""
+    if committed is not None:
+        return await _relay_into(request, upstream, trace, tap, tee, watch, metrics, first, committed)
     headers = response_headers(upstream.headers)
     sse = upstream.content_type == "text/event-stream"
     if sse:
@@ -90,9 +96,53 @@ async def relay(
     length = upstream.content_length
     if length is not None and (tap is None or not tap.strip):
         resp.content_length = length
+    return await _pump(request, upstream, trace, tap, tee, watch, metrics, first, resp, sse, prepare=True)
+
+
+async def _relay_into(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    trace: Trace,
+    tap: UsageTap | None,
+    tee: Tee | None,
+    watch: Watch,
+    metrics: Metrics,
+    first: bytes | None,
+    resp: web.StreamResponse,
+) -> web.StreamResponse:
+    if tee is not None:
+        tee.sse = True
+    if upstream.status != 200 or upstream.content_type != "text/event-stream":
+        raw = (first or b"") + await upstream.read()
+        try:
+            message = str(orjson.loads(raw)["error"]["message"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            message = raw.decode(errors="replace")[:1000]
+        trace.upstream_error = f"status_{upstream.status}"
+        await resp.write(_sse_error(message, upstream.status))
+        await resp.write_eof()
+        return resp
+    return await _pump(request, upstream, trace, tap, tee, watch, metrics, first, resp, True)
+
+
+async def _pump(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    trace: Trace,
+    tap: UsageTap | None,
+    tee: Tee | None,
+    watch: Watch,
+    metrics: Metrics,
+    first: bytes | None,
+    resp: web.StreamResponse,
+    sse: bool,
+    prepare: bool = False,
+) -> web.StreamResponse:
+    """Send ``resp``'s headers (``prepare``), then copy the body to it, chunk by chunk."""
     done = False
     try:
-        await resp.prepare(request)
+        if prepare:
+            await resp.prepare(request)
         pending = first
         while True:
             try:

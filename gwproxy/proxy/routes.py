@@ -21,17 +21,18 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gwproxy import log
-from gwproxy.errors import GatewayError, ModelNotAllowed, UpstreamTimeout, UpstreamUnavailable
+from gwproxy.errors import GatewayError, ModelNotAllowed, UpstreamTimeout, UpstreamUnavailable, envelope
 from gwproxy.keys import CONFIG, EXCHANGE, GATE, METRICS, REQUEST_ID, UPSTREAM
 from gwproxy.principal import Principal
 from gwproxy.proxy import usage
 from gwproxy.proxy.endpoints import ROOT_PATHS, Endpoint
 from gwproxy.proxy.exchange import Exchange
-from gwproxy.proxy.registry import UpstreamRegistry
+from gwproxy.proxy.registry import Loader, UpstreamRegistry
 from gwproxy.proxy.relay import HOP_BY_HOP, relay
 from gwproxy.proxy.upstream import Upstream
 from gwproxy.proxy.usage import UsageTap
 from gwproxy.proxy.watchdog import Watch
+from gwproxy.trace import Trace
 
 _log = log.get("gwproxy.proxy")
 
@@ -86,6 +87,7 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
     tap: UsageTap | None = None
     asked: str | None = None  # the model the request names, and what it stands for
     served: str | None = None
+    committed: web.StreamResponse | None = None  # already sent to the client (loading feedback)
     if parsed is not None:
         if not own and target.schema is not None:
             target.schema(parsed)  # what a local endpoint built must pass as the client's would
@@ -140,7 +142,22 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
             said = f"This credential may not use the model `{asked}`; it may use: {allowed}"
             raise ModelNotAllowed(said, param="model")
         trace.model = registry.label(served)
-        group = await registry.group_for(served, principal, lambda: _gone(request))
+        loader = registry.loader
+        if (
+            loader is not None
+            and cfg.switch.loading_feedback
+            and parsed is not None
+            and usage.streams(parsed)
+            and not registry.serving(served)
+            and loader.loadable(served)
+        ):
+            feedback, found = await _wait_with_feedback(request, registry, loader, served, trace)
+            if found is None:
+                return feedback  # the load failed or was refused: said in the stream
+            committed = feedback
+            group = found
+        else:
+            group = await registry.group_for(served, principal, lambda: _gone(request))
         if trace.model == "other":  # loaded on demand just now
             trace.model = registry.label(served)
     else:
@@ -149,7 +166,12 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
     watchdog = registry.watchdog
     watch = watchdog.watch(asyncio.current_task(), cfg.upstream.first_byte_timeout)
     try:
-        chosen, upstream, first = await _open(request, group, parsed, path, body, watch)
+        try:
+            chosen, upstream, first = await _open(request, group, parsed, path, body, watch)
+        except GatewayError as exc:
+            if committed is None:
+                raise
+            return await _end_with_error(committed, exc, trace)
         trace.upstream = chosen.name
         extra = {}
         if cfg.proxy.overhead_header:
@@ -159,7 +181,7 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
             metrics.observe_overhead(overhead)
         watch.follow(upstream, cfg.upstream.idle_timeout)
         try:
-            return await relay(request, upstream, trace, tap, exchange.tee, watch, metrics, extra, first)
+            return await relay(request, upstream, trace, tap, exchange.tee, watch, metrics, extra, first, committed)
         finally:
             upstream.release()
             chosen.in_flight -= 1
@@ -172,6 +194,45 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
                     trace.prompt_tokens, trace.completion_tokens = tap.usage
     finally:
         watchdog.release(watch)
+
+
+FEEDBACK_SECONDS = 1.0  # between two comments while a stream waits for its model to load
+
+
+async def _wait_with_feedback(
+    request: web.Request, registry: UpstreamRegistry, loader: Loader, served: str, trace: Trace
+) -> tuple[web.StreamResponse, tuple[Upstream, ...] | None]:
+    """``switch.loading_feedback``: commit a 200 event stream now and, while the model loads, send
+    an SSE comment (which OpenAI SDKs skip) every ``FEEDBACK_SECONDS`` with the phase and the
+    requests waiting. Returns the response and the replicas once loaded; a load that fails or is
+    refused ends the stream with an error event (vLLM's format) and ``[DONE]`` — group None."""
+    resp = web.StreamResponse(
+        status=200,
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                 "X-Accel-Buffering": "no"},
+    )  # fmt: skip
+    await resp.prepare(request)
+    exchange = request[EXCHANGE]
+    waiting = asyncio.ensure_future(registry.group_for(served, exchange.principal, lambda: _gone(request)))
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=FEEDBACK_SECONDS)
+            if done:
+                return resp, waiting.result()
+            await resp.write(b": gwproxy " + loader.progress(served).encode() + b"\n\n")
+    except GatewayError as exc:
+        return await _end_with_error(resp, exc, trace), None
+    finally:
+        if not waiting.done():
+            waiting.cancel()
+
+
+async def _end_with_error(resp: web.StreamResponse, exc: GatewayError, trace: Trace) -> web.StreamResponse:
+    """End a committed event stream with the error as an event (vLLM's format) and ``[DONE]``."""
+    trace.upstream_error = str(exc.code or exc.type)
+    await resp.write(b"data: " + envelope(exc.message, exc.type, exc.param, exc.code) + b"\n\ndata: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
 
 
 def _gone(request: web.Request) -> bool:

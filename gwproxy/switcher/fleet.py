@@ -159,6 +159,7 @@ class Fleet:
         self._plan_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
         self.roles = cfg.on_demand_role_set()
+        self._waiting: dict[str, int] = {}  # requests waiting for each profile's load
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -261,6 +262,7 @@ class Fleet:
             if gone():
                 return False  # never start a load for a caller that has left
             task = self.load(profile.id)
+        self._waiting[profile.id] = self._waiting.get(profile.id, 0) + 1
         try:
             await asyncio.wait_for(asyncio.shield(task), self.cfg.hold_seconds)
         except TimeoutError:
@@ -276,7 +278,21 @@ class Fleet:
             raise ModelNotReady(str(exc), retry_after=self.cfg.retry_after) from None
         except LoadFailed as exc:
             raise ServiceUnavailable(str(exc), retry_after=self.cfg.retry_after, code="model_load_failed") from None
+        finally:
+            self._waiting[profile.id] -= 1
         return True
+
+    def loadable(self, model: str) -> bool:
+        return self.profile_for(model) is not None
+
+    def progress(self, model: str) -> str:
+        """``loading NAME: PHASE; N request(s) waiting`` — what a waiting stream's comments say."""
+        profile = self.profile_for(model)
+        if profile is None:
+            return f"no model {model}"
+        resident = self.residents.get(profile.id)
+        phase = resident.phase if resident is not None else "waiting for room on the GPUs"
+        return f"loading {model}: {phase}; {self._waiting.get(profile.id, 0)} request(s) waiting for it"
 
     # ---- commands ------------------------------------------------------------------------------
 

@@ -342,3 +342,40 @@ async def test_eviction_puts_a_sleep_mode_model_to_sleep_and_a_request_wakes_it(
         assert sum(metrics.wake_seconds.series["beta"][0]) == 1
     finally:
         await server.close()
+
+
+async def test_loading_feedback_comments_while_a_stream_waits_and_sdks_ignore_them(tmp_path: Path) -> None:
+    """``switch.loading_feedback``: a stream naming a model that is loading gets a 200 at once and
+    SSE comments with the phase and the requests waiting, then vLLM's events; the OpenAI SDK reads
+    it as any stream. A load that cannot be ends the stream with an error event and [DONE]."""
+    from openai import AsyncOpenAI
+
+    _profiles(tmp_path / "profiles")
+    server = await _up(tmp_path, GWPROXY_SWITCH_LOADING_FEEDBACK="true")
+    try:
+        body = chat("beta-chat", stream=True)
+        async with aiohttp.ClientSession() as s:
+            async with s.post(server.make_url("/v1/chat/completions"), json=body) as r:
+                assert r.status == 200 and r.content_type == "text/event-stream"
+                raw = await r.read()
+        lines = raw.split(b"\n\n")
+        assert lines[0].startswith(b": gwproxy loading beta-chat: ") and b"1 request(s) waiting" in lines[0]
+        events = [line for line in lines if line.startswith(b"data: ")]
+        assert events[-1] == b"data: [DONE]" and b'"model":"beta-chat"' in events[0]
+        await f_unload(server, "beta")
+        client = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="unused")
+        stream = await client.chat.completions.create(
+            model="beta-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text
+        async with aiohttp.ClientSession() as s:
+            async with s.post(server.make_url("/v1/chat/completions"), json=chat("giant", stream=True)) as r:
+                raw = await r.read()
+        assert r.status == 200 and b'"code":"model_does_not_fit"' in raw and raw.endswith(b"data: [DONE]\n\n")
+    finally:
+        await server.close()
+
+
+async def f_unload(server: TestServer, pid: str) -> None:
+    await fleet(server).unload(pid)
