@@ -160,6 +160,7 @@ class Fleet:
         self._reaper: asyncio.Task[None] | None = None
         self.roles = cfg.on_demand_role_set()
         self._waiting: dict[str, int] = {}  # requests waiting for each profile's load
+        self.interrupted: list[str] = []  # loads or instances a gateway restart lost, in words (status)
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -589,7 +590,9 @@ class Fleet:
         self.registry.aliases = self.aliases()
         profiles = self._profiles().profiles
         for host in self.hosts.values():
-            for found in await host.adopt(profiles):
+            adopted = await host.adopt(profiles)
+            self.interrupted += host.lost
+            for found in adopted:
                 pid = found.profile.id
                 resident = Resident(found.profile, found.placement, found.port, found.backend, host,
                                     instance=found.instance)  # fmt: skip
@@ -611,6 +614,7 @@ class Fleet:
             resident.state, resident.error = "failed", str(exc)
             resident.host.forget(resident.profile.id)
             _log.error("adopted model failed", profile=resident.profile.id, error=str(exc))
+            self.interrupted.append(f"'{resident.profile.id}' was adopted after a restart but failed: {exc}")
             self._said(resident, "failed")
             raise
         resident.phase = "ready (adopted)"

@@ -52,6 +52,7 @@ class Host(Protocol):
     address: str  # where its model servers answer
     local: bool  # this machine: a port can be checked for being free
     hardware: Callable[[], Hardware]
+    lost: list[str]  # what ``adopt`` found recorded but no longer running, in words
 
     def backend(self, profile: Profile, placement: Placement, port: int) -> Backend: ...
 
@@ -77,6 +78,7 @@ class ProcessHost:
     def __init__(self, cfg: SwitchConfig, hardware: Callable[[], Hardware], env: Mapping[str, str]) -> None:
         self.name = "local"
         self.address = "127.0.0.1"
+        self.lost: list[str] = []
         self.hardware = hardware
         self.cfg = cfg
         self.env = dict(env)
@@ -110,6 +112,7 @@ class ProcessHost:
             found = await backend.find() if backend else None
             if profile is None or backend is None or found is None:
                 _log.warning("a model loaded on demand did not survive the restart", profile=pid, port=port)
+                self.lost.append(f"'{pid}' (port {port}) was gone when the gateway restarted")
                 self.forget(pid)
                 continue
             out.append(Adopted(profile, placement, port, backend, found))
@@ -148,6 +151,7 @@ class DockerHost:
 
         self.name = name
         self.url = url
+        self.lost: list[str] = []
         self.address = _address(url)
         self.local = self.address in ("127.0.0.1", "localhost", "::1")
         self.hardware = hardware
@@ -205,6 +209,7 @@ class DockerHost:
                 profile = None
             if profile is None or not running:
                 _log.warning("removing a model container left by a previous gateway", host=self.name, profile=pid)
+                self.lost.append(f"'{pid}' on {self.name} had exited when the gateway restarted")
                 with contextlib.suppress(Exception):
                     await self.docker.containers.container(cid).delete(force=True)
                 continue

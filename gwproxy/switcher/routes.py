@@ -51,6 +51,7 @@ class ModelsStatus(Schema):
     upstreams = fields.List(fields.Dict(), required=True)  # every upstream: status, models, load, health
     on_demand = fields.Boolean(required=True)  # switch.on_demand: models load when a request names them
     instances = fields.List(fields.Dict(), required=True)  # the models loaded on demand: state, GPUs, port
+    interrupted = fields.List(fields.String(), required=True)  # on-demand models a gateway restart lost
     error = fields.String(required=True, allow_none=True)
     boot = fields.Dict(required=True, allow_none=True)  # default, started, reason: a default that did not fit
     gate = fields.Dict(required=True)

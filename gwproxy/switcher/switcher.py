@@ -111,6 +111,7 @@ class Switcher:
             "upstreams": self.registry.public(),
             "on_demand": self.fleet is not None,
             "instances": self.fleet.public() if self.fleet else [],
+            "interrupted": self.fleet.interrupted if self.fleet else [],
             "error": self.error,
             "boot": self.boot,
             "gate": {"open": self.gate.is_open, "reason": self.gate.reason or None, "in_flight": self.gate.inflight},

@@ -249,6 +249,7 @@ async def test_users_cause_loads_only_when_their_role_may(tmp_path: Path) -> Non
 
 async def test_a_restarted_gateway_adopts_the_models_it_loaded(tmp_path: Path) -> None:
     _profiles(tmp_path / "profiles")
+    write_profile(tmp_path / "profiles", "delta", weights_gib=2.0)  # 3.5 GiB: fits beside alpha and gamma
     port = free_port()
     server = await _up(tmp_path, port, GWPROXY_SWITCH_STOP_ON_EXIT="false")
     pids: list[int] = []
@@ -260,8 +261,17 @@ async def test_a_restarted_gateway_adopts_the_models_it_loaded(tmp_path: Path) -
         primary = server.app[SWITCHER].instance
         assert primary is not None
         pids.append(int(primary.handle))
+        async with aiohttp.ClientSession() as s:
+            assert (await post(s, server, chat("delta")))[0] == 200
+        assert set(fleet(server).residents) == {"gamma", "delta"}
+        pids.append(int(fleet(server).residents["delta"].instance.handle))  # type: ignore[union-attr]
         await server.close()
+        os.killpg(pids[2], signal.SIGKILL)  # delta dies while no gateway watches
         server = await _up(tmp_path, port, GWPROXY_SWITCH_STOP_ON_EXIT="true")
+        async with aiohttp.ClientSession() as s, s.get(server.make_url("/api/models/status")) as r:
+            interrupted = (await r.json())["interrupted"]
+        assert len(interrupted) == 1 and "'delta'" in interrupted[0]  # said in the status
+        assert "delta" not in fleet(server).residents
         adopted = fleet(server).residents["gamma"]
         assert int(adopted.instance.handle) == pids[0]  # type: ignore[union-attr]
         deadline = time.monotonic() + 10
