@@ -23,9 +23,8 @@ from aiohttp.test_utils import TestServer
 
 from gwproxy.keys import SWITCHER, USERS
 from gwproxy.switcher.fleet import Fleet
-from tests.conftest import start_app
 from tests.support.procs import free_port
-from tests.support.switching import write_profile
+from tests.support.switching import start_switching_app, write_profile
 
 SIM = f"{sys.executable} -m gwproxy sim --ttft-ms 20 --itl-ms 5"
 SLOW_START = [sys.executable, "-m", "gwproxy", "sim", "--ttft-ms", "20", "--itl-ms", "5", "--startup-delay", "1.5"]
@@ -65,12 +64,7 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
 
 async def _up(tmp: Path, port: int | None = None, **extra: str) -> TestServer:
     """A gateway whose switcher starts ``alpha`` (on ``port``); returned once alpha serves."""
-    server = await start_app(port or free_port(), **_env(tmp, **extra))
-    switcher = server.app[SWITCHER]
-    deadline = time.monotonic() + 30
-    while switcher.state.value != "ready":
-        assert time.monotonic() < deadline, await switcher.status()
-        await asyncio.sleep(0.1)
+    server: TestServer = await start_switching_app(port or free_port(), 30, **_env(tmp, **extra))
     return server
 
 

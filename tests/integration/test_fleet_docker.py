@@ -7,8 +7,6 @@ restarted gateway adopts both from their containers' labels.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +15,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gwproxy.keys import SWITCHER
-from tests.conftest import start_app
 from tests.support.podman import SIM_IMAGE, Podman
 from tests.support.procs import free_port
-from tests.support.switching import write_profile
+from tests.support.switching import start_switching_app, write_profile
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +60,7 @@ def _env(tmp: Path, one: Podman, two: Podman, stop_on_exit: bool) -> dict[str, s
 
 
 async def _up(tmp: Path, port: int, one: Podman, two: Podman, stop_on_exit: bool) -> TestServer:
-    server = await start_app(port, **_env(tmp, one, two, stop_on_exit))
-    switcher = server.app[SWITCHER]
-    deadline = time.monotonic() + 60
-    while switcher.state.value != "ready":
-        assert time.monotonic() < deadline, await switcher.status()
-        await asyncio.sleep(0.2)
+    server: TestServer = await start_switching_app(port, 60, **_env(tmp, one, two, stop_on_exit))
     return server
 
 

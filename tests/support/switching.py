@@ -139,3 +139,17 @@ async def collect_events(
                         assert b"event: job" not in rest, rest
                         return events
     return events
+
+
+async def start_switching_app(upstream_port: int, timeout: float, **env: str) -> Any:
+    """An in-process gateway whose switcher starts its default profile; returned once it serves."""
+    from gwproxy.keys import SWITCHER
+    from tests.conftest import start_app
+
+    server = await start_app(upstream_port, **env)
+    switcher = server.app[SWITCHER]
+    deadline = time.monotonic() + timeout
+    while switcher.state.value != "ready":
+        assert time.monotonic() < deadline, await switcher.status()
+        await asyncio.sleep(0.1)
+    return server
