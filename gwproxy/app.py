@@ -35,6 +35,7 @@ from gwproxy.auth import routes as auth_routes
 from gwproxy.auth.bootstrap import open_auth
 from gwproxy.capture.process.courier import open_capture
 from gwproxy.config import Config
+from gwproxy.console import routes as console_routes
 from gwproxy.conversations import chat as chat_routes
 from gwproxy.conversations import routes as conversation_routes
 from gwproxy.cors import setup_cors
@@ -119,5 +120,6 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     switcher_routes.add_routes(app)
     conversation_routes.add_routes(app)
     chat_routes.add_routes(app)
+    console_routes.add_routes(app)
     setup_cors(app, config.server.cors_origin_list())
     return app

@@ -11,6 +11,7 @@ scraped. Each ``create_app`` gets its own registry, so several gateways can shar
 
 from __future__ import annotations
 
+import collections
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+RECENT = 50  # requests the console's live tail shows
 SWITCH_BUCKETS = (1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800)  # model loads take seconds to minutes
 
 
@@ -82,6 +84,12 @@ class Metrics:
         # Capture's counts and queue depth, read at scrape time from what capture owns.
         self.capture: Callable[[], Mapping[str, int]] = dict
         self.latency = Histogram(LATENCY_BUCKETS)
+        # For the console's dashboard (/api/stats): time by model, and the latest requests to a
+        # model (end time, method, route, model, status, seconds, username).
+        self.model_latency: dict[str, list[float]] = {}  # model → [count, seconds]
+        self.recent: collections.deque[tuple[float, str, str, str, int, float, str | None]] = collections.deque(
+            maxlen=RECENT
+        )
         self.ttft = Histogram(LATENCY_BUCKETS)
         self.overhead = Histogram(OVERHEAD_BUCKETS)
         # Models: what is served (read at scrape time from the switcher and the upstream's
@@ -102,6 +110,11 @@ class Metrics:
         key = (route, model, str(status))
         self.requests[key] = self.requests.get(key, 0) + 1
         self.latency.observe(route, seconds)
+        spent = self.model_latency.get(model)
+        if spent is None:
+            spent = self.model_latency[model] = [0.0, 0.0]
+        spent[0] += 1
+        spent[1] += seconds
 
     def observe_ttft(self, model: str, seconds: float) -> None:
         self.ttft.observe(model, seconds)

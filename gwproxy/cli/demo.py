@@ -61,6 +61,7 @@ curl -X POST http://{host}:{port}/api/models/switch -H 'Authorization: Bearer {k
 curl -N http://{host}:{port}/api/models/events -H 'Authorization: Bearer {key}'
 
 Examples: examples/ (GWPROXY_API_KEY={key} python examples/chat.py)
+Console: http://{host}:{port}/ui (sign in as "demo" with the password above)
 Health: http://{host}:{port}/health   Metrics: http://{host}:{port}/metrics
 API docs: http://{host}:{port}/docs
 Press Ctrl-C to stop.

@@ -53,6 +53,10 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             route = _route(request)
             model = trace.model or "-"
             metrics.observe_request(route, model, status, duration)
+            exchange = request[EXCHANGE]
+            if exchange.endpoint.upstream or exchange.endpoint.forwards:  # the console's tail: model traffic
+                who = exchange.principal.username if exchange.principal else None
+                metrics.recent.append((time.time(), request.method, route, model, status, duration, who))
             ttft = trace.ttft()
             if ttft is not None and trace.model:
                 metrics.observe_ttft(model, ttft)

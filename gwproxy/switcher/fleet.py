@@ -42,7 +42,7 @@ from gwproxy.principal import Principal
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.proxy.upstream import Upstream
 from gwproxy.switcher import planner
-from gwproxy.switcher.backend import Backend, Instance, Launch
+from gwproxy.switcher.backend import Backend, Instance, Launch, progress
 from gwproxy.switcher.hosts import Host
 from gwproxy.switcher.planner import Placement
 from gwproxy.switcher.profiles import Profile, ProfileSet
@@ -73,6 +73,7 @@ class Resident:
     host: Host
     state: str = "loading"  # loading | ready | stopping | failed
     phase: str = "starting"
+    progress: float = 0.0  # of the load, from the server's log lines (weights, KV cache, CUDA graphs)
     instance: Instance | None = None
     upstream: Upstream | None = None
     loaded_at: float = field(default_factory=time.monotonic)
@@ -116,6 +117,7 @@ class Resident:
             "served_names": list(self.profile.served_names),
             "state": self.state,
             "phase": self.phase,
+            "progress": round(self.progress, 3),
             "gpus": list(self.placement.gpus),
             "memory_gib_per_gpu": round(self.claim.per_gpu / 2**30, 2),
             "sleep_level": self.asleep,
@@ -556,21 +558,39 @@ class Fleet:
         target = UpstreamTarget(profile.id, f"{resident.base}/v1")
         probe = Upstream(target, self.registry.cfg)
         deadline = time.monotonic() + profile.startup_timeout
-        while True:
-            if await probe.healthy(self.registry.session, 2.0):
-                state = await probe.refresh(self.registry.session)
-                if state.reachable and profile.served_name in state.models:
-                    break
-            now = await resident.backend.state(resident.instance)
-            if not now.running:
-                raise LoadFailed(f"'{profile.id}' exited with code {now.exit_code} while loading")
-            if time.monotonic() > deadline:
-                await resident.backend.stop(resident.instance, self.cfg.stop_timeout)
-                raise LoadFailed(f"'{profile.id}' was not ready within {profile.startup_timeout:g}s")
-            await asyncio.sleep(self.cfg.ready_poll)
+        follower = asyncio.create_task(self._follow(resident), name=f"gwproxy-load-log-{profile.id}")
+        try:
+            while True:
+                if await probe.healthy(self.registry.session, 2.0):
+                    state = await probe.refresh(self.registry.session)
+                    if state.reachable and profile.served_name in state.models:
+                        break
+                now = await resident.backend.state(resident.instance)
+                if not now.running:
+                    raise LoadFailed(f"'{profile.id}' exited with code {now.exit_code} while loading")
+                if time.monotonic() > deadline:
+                    await resident.backend.stop(resident.instance, self.cfg.stop_timeout)
+                    raise LoadFailed(f"'{profile.id}' was not ready within {profile.startup_timeout:g}s")
+                await asyncio.sleep(self.cfg.ready_poll)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
         resident.upstream = self.registry.attach(target, probe.state)
-        resident.state, resident.phase = "ready", "ready"
+        resident.state, resident.phase, resident.progress = "ready", "ready", 1.0
         resident.loaded_at = time.monotonic()
+
+    async def _follow(self, resident: Resident) -> None:
+        """The load's phase and progress from the server's log lines, each step sent as an event."""
+        assert resident.instance is not None
+        try:
+            async for line in resident.backend.logs(resident.instance):
+                step = progress(line)
+                if step is not None and step[1] > resident.progress:
+                    resident.phase, resident.progress = step
+                    self._said(resident, step[0])
+        except Exception as exc:  # progress is a nicety: a broken log stream does not fail the load
+            _log.info("load log not followed", profile=resident.profile.id, error=f"{type(exc).__name__}: {exc}")
 
     async def _stop(self, resident: Resident, why: str) -> None:
         resident.state = "stopping"

@@ -56,6 +56,7 @@ class ModelsStatus(Schema):
     boot = fields.Dict(required=True, allow_none=True)  # default, started, reason: a default that did not fit
     gate = fields.Dict(required=True)
     job = fields.Dict(required=True, allow_none=True)
+    log_tail = fields.List(fields.String(), required=True)  # the last lines the loading model printed
     hardware = fields.Dict(required=True)
 
 

@@ -116,6 +116,7 @@ class Switcher:
             "boot": self.boot,
             "gate": {"open": self.gate.is_open, "reason": self.gate.reason or None, "in_flight": self.gate.inflight},
             "job": self.job.public() if self.job else None,
+            "log_tail": list(self._log_tail)[-10:],
             "hardware": (await self.hardware()).public(),
         }
 

@@ -1,0 +1,115 @@
+"""Routes: ``/ui`` (the console page and its files) and ``GET /api/stats`` (what its dashboard
+polls: the gateway's own counters by model and the latest requests).
+
+The page's files are read from the package once and served with a Content-Security-Policy that
+allows only the gateway's own scripts, styles and API (no inline script, no CDN),
+``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and no caching of the HTML. The page
+signs in through ``/api/auth/login`` and keeps its tokens in sessionStorage; it needs nothing the
+API does not document.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from marshmallow import Schema, fields
+
+from gwproxy.bodies import json
+from gwproxy.errors import NotFound
+from gwproxy.keys import METRICS
+from gwproxy.operations import Access, operation
+
+FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "console.js": "text/javascript; charset=utf-8",
+    "console.css": "text/css; charset=utf-8",
+}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+    "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_CACHE: dict[str, bytes] = {}
+
+
+def _file(name: str) -> bytes:
+    if name not in _CACHE:
+        _CACHE[name] = resources.files("gwproxy.console").joinpath("static", name).read_bytes()
+    return _CACHE[name]
+
+
+async def page(request: web.Request) -> web.Response:
+    """``/ui`` and ``/ui/``: the console (one page; it routes by the URL's fragment)."""
+    if request.path == "/ui":
+        raise web.HTTPFound("/ui/")
+    return web.Response(body=_file("index.html"), headers={**SECURITY_HEADERS, "Content-Type": FILES["index.html"],
+                                                             "Cache-Control": "no-store"})  # fmt: skip
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in FILES or name == "index.html":
+        raise NotFound(f"no console file {name!r}")
+    return web.Response(body=_file(name), headers={**SECURITY_HEADERS, "Content-Type": FILES[name],
+                                                   "Cache-Control": "no-cache"})  # fmt: skip
+
+
+class ModelStats(Schema):
+    model = fields.String(required=True)
+    requests = fields.Integer(required=True)
+    errors = fields.Integer(required=True, metadata={"description": "answers with a status of 500 or more"})
+    mean_ms = fields.Float(required=True)
+
+
+class RecentRequest(Schema):
+    at = fields.Float(required=True, metadata={"description": "Unix time the request ended"})
+    method = fields.String(required=True)
+    route = fields.String(required=True)
+    model = fields.String(required=True)
+    status = fields.Integer(required=True)
+    duration_ms = fields.Float(required=True)
+    user = fields.String(required=True, allow_none=True)
+
+
+class Stats(Schema):
+    in_flight = fields.Integer(required=True)
+    models = fields.List(fields.Nested(ModelStats), required=True)
+    recent = fields.List(fields.Nested(RecentRequest), required=True, metadata={"description": "newest first"})
+
+
+@operation("Requests, errors and latency by model since start, and the latest requests", "admin",
+           answer=Stats, access=Access.ADMIN)  # fmt: skip
+async def stats(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    by_model: dict[str, dict[str, Any]] = {}
+    for (_, model, status), count in m.requests.items():
+        if model == "-":  # not a model's request (the API, health checks)
+            continue
+        row = by_model.setdefault(model, {"model": model, "requests": 0, "errors": 0, "mean_ms": 0.0})
+        row["requests"] += count
+        if int(status) >= 500:
+            row["errors"] += count
+    for model, (finished, seconds) in m.model_latency.items():
+        if model in by_model and finished:
+            by_model[model]["mean_ms"] = round(seconds / finished * 1000, 3)
+    recent = [
+        {"at": at, "method": method, "route": route, "model": model, "status": status,
+         "duration_ms": round(seconds * 1000, 3), "user": user}
+        for at, method, route, model, status, seconds, user in reversed(m.recent)
+    ]  # fmt: skip
+    models = sorted(by_model.values(), key=lambda r: -r["requests"])
+    return json({"in_flight": m.in_flight, "models": models, "recent": recent})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/ui", page)
+    app.router.add_get("/ui/", page)
+    app.router.add_get("/ui/{name}", asset)
+    app.router.add_get("/api/stats", stats)

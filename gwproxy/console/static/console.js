@@ -1,0 +1,646 @@
+// The gwproxy console: a client of the gateway's documented JSON API (/openapi.json).
+// Tokens live in sessionStorage (never in a URL); a 401 refreshes them once; sign-out revokes.
+// No inline scripts or styles (the page's Content-Security-Policy forbids them): the DOM is built
+// with `h`, text is always set as text.
+
+const store = window.sessionStorage;
+const main = document.getElementById("main");
+const notice = document.getElementById("notice");
+let me = null; // {id, username, role}
+let timers = []; // cleared on every page change
+
+// ---- DOM -------------------------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "width") el.style.width = v; // CSSOM, allowed by the CSP
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+// A labelled form control: the label beside (not around) the control, so its name is the label's.
+function field(id, text, control) {
+  return h("div", { class: "field" }, h("label", { for: id }, text), control);
+}
+
+function table(headers, rows, label) {
+  return h("div", { class: "scroll" },
+    h("table", { "aria-label": label },
+      h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "nothing yet")))));
+}
+
+function say(text, kind = "error") {
+  notice.textContent = text;
+  notice.className = kind === "info" ? "info" : "";
+  notice.hidden = !text;
+}
+
+const gib = (bytes) => (bytes / 2 ** 30).toFixed(1) + " GiB";
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
+
+// ---- the API ---------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message, code, retryAfter) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+  get words() {
+    if (this.status === 429) return `Too many requests: try again in ${this.retryAfter || "a few"} s. (${this.message})`;
+    if (this.status === 409) return `Not now: ${this.message}`;
+    if (this.status === 403) return `Not allowed: ${this.message}`;
+    if (this.status === 503) return `Unavailable${this.retryAfter ? ` (retry in ${this.retryAfter} s)` : ""}: ${this.message}`;
+    return this.message;
+  }
+}
+
+async function refresh() {
+  const token = store.getItem("refresh");
+  if (!token) return false;
+  const r = await fetch("/api/auth/refresh", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ refresh_token: token }),
+  });
+  if (!r.ok) return false;
+  const pair = await r.json();
+  store.setItem("access", pair.access_token);
+  store.setItem("refresh", pair.refresh_token);
+  return true;
+}
+
+async function call(path, { method = "GET", body } = {}) {
+  const send = () => fetch(path, {
+    method,
+    headers: { Authorization: `Bearer ${store.getItem("access") || ""}`, ...(body ? { "Content-Type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  let r = await send();
+  if (r.status === 401 && (await refresh())) r = await send();
+  if (r.status === 401 && path !== "/api/auth/login") {
+    signedOut("Your session ended: sign in again.");
+    throw new ApiError(401, "signed out");
+  }
+  return r;
+}
+
+async function api(path, options = {}) {
+  const r = await call(path, options);
+  if (!r.ok) {
+    let message = `${r.status} ${r.statusText}`;
+    let code = null;
+    try {
+      const err = (await r.json()).error;
+      message = err.message;
+      code = err.code;
+    } catch { /* not JSON */ }
+    throw new ApiError(r.status, message, code, r.headers.get("Retry-After"));
+  }
+  return r.status === 204 ? null : r.json();
+}
+
+// Reads a text/event-stream body, calling onEvent(name, data) per event.
+async function events(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    // Lines may end in CRLF (aiohttp-sse writes them so): made LF, a CR at the end kept for its LF.
+    let text = buffer + decoder.decode(value, { stream: true });
+    const held = text.endsWith("\r") ? "\r" : "";
+    if (held) text = text.slice(0, -1);
+    buffer = text.replace(/\r\n?/g, "\n") + held;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      }
+      if (data.length && onEvent(name, data.join("\n")) === false) return reader.cancel();
+    }
+  }
+}
+
+function guard(fn) {
+  return async (...args) => {
+    try {
+      say("");
+      await fn(...args);
+    } catch (e) {
+      if (e instanceof ApiError) { if (e.status !== 401) say(e.words); } else say(String(e));
+    }
+  };
+}
+
+// ---- sign-in ---------------------------------------------------------------------------------
+
+function signedOut(message) {
+  store.clear();
+  me = null;
+  document.getElementById("nav").hidden = true;
+  document.getElementById("signout").hidden = true;
+  document.getElementById("who").textContent = "";
+  if (message) say(message, "info");
+  location.hash = "#/login";
+}
+
+async function signOut() {
+  const token = store.getItem("refresh");
+  if (token) {
+    await fetch("/api/auth/logout", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ refresh_token: token }),
+    });
+  }
+  signedOut("Signed out.");
+}
+
+function loginPage() {
+  const user = h("input", { id: "username", name: "username", autocomplete: "username", required: true });
+  const pass = h("input", { id: "password", name: "password", type: "password", autocomplete: "current-password", required: true });
+  const form = h("form", { class: "login card", "aria-label": "Sign in" },
+    h("h1", {}, "Sign in"),
+    field("username", "Username", user),
+    field("password", "Password", pass),
+    h("button", { type: "submit" }, "Sign in"));
+  form.addEventListener("submit", guard(async (ev) => {
+    ev.preventDefault();
+    const r = await fetch("/api/auth/login", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username: user.value, password: pass.value }),
+    });
+    if (!r.ok) {
+      const err = (await r.json()).error;
+      throw new ApiError(r.status, err.message, err.code, r.headers.get("Retry-After"));
+    }
+    const pair = await r.json();
+    store.setItem("access", pair.access_token);
+    store.setItem("refresh", pair.refresh_token);
+    await identify();
+    location.hash = "#/dashboard";
+  }));
+  return form;
+}
+
+async function identify() {
+  me = await api("/api/auth/me");
+  document.getElementById("nav").hidden = false;
+  document.getElementById("signout").hidden = false;
+  document.getElementById("who").textContent = `${me.username} (${me.role})`;
+  for (const a of document.querySelectorAll("[data-admin]")) a.hidden = me.role !== "admin";
+}
+
+// ---- dashboard -------------------------------------------------------------------------------
+
+function gpuCard(g) {
+  const used = g.memory_used ?? null;
+  const share = used === null ? 0 : (100 * used) / g.memory_total;
+  return h("div", { class: "card" },
+    h("strong", {}, `GPU ${g.index}: ${g.name}`),
+    h("div", { class: "bar", role: "meter", "aria-label": `GPU ${g.index} memory used`, "aria-valuemin": 0,
+      "aria-valuemax": 100, "aria-valuenow": Math.round(share) }, h("span", { width: `${share}%` })),
+    h("div", { class: "muted" },
+      used === null ? `${gib(g.memory_total)} (use not reported: a snapshot)` : `${gib(used)} of ${gib(g.memory_total)}`,
+      g.utilization != null ? ` · ${g.utilization}% busy` : "", g.temperature != null ? ` · ${g.temperature} °C` : ""));
+}
+
+async function dashboardPage() {
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Dashboard"));
+  const gpus = h("div", { class: "grid", id: "gpus" });
+  const models = h("div", { id: "running" });
+  const traffic = h("div", { id: "traffic" });
+  const tail = h("div", { id: "tail" });
+  page.append(h("h2", {}, "GPUs"), gpus, h("h2", {}, "Models"), models);
+  if (me.role === "admin") page.append(h("h2", {}, "Traffic by model"), traffic, h("h2", {}, "Recent requests"), tail);
+  let last = null;
+  const tick = guard(async () => {
+    const status = await api("/api/models/status");
+    gpus.replaceChildren(...(status.hardware.gpus.length ? status.hardware.gpus.map(gpuCard)
+      : [h("p", { class: "muted" }, status.hardware.note || "no GPU found")]));
+    const rows = [h("tr", {}, h("td", {}, status.current_profile || "—"), h("td", {}, "switched"), h("td", {}, status.state),
+      h("td", {}, status.served_models.join(", ")), h("td", {}, "—"))];
+    for (const i of status.instances) {
+      rows.push(h("tr", {}, h("td", {}, i.profile_id), h("td", {}, "on demand"), h("td", {}, i.state),
+        h("td", {}, i.served_names.join(", ")), h("td", {}, `${i.host} GPU ${i.gpus.join(",")} · ${i.memory_gib_per_gpu} GiB`)));
+    }
+    models.replaceChildren(table(["profile", "kind", "state", "serves", "where"], rows, "Running models"));
+    if (me.role !== "admin") return;
+    const stats = await api("/api/stats");
+    const now = performance.now();
+    traffic.replaceChildren(table(["model", "requests", "per second", "errors", "mean latency"],
+      stats.models.map((m) => {
+        const before = last && last.models.find((x) => x.model === m.model);
+        const rate = before ? ((m.requests - before.requests) / ((now - last.at) / 1000)).toFixed(2) : "…";
+        return h("tr", {}, h("td", {}, m.model), h("td", {}, m.requests), h("td", {}, rate),
+          h("td", { class: m.errors ? "bad" : "" }, m.errors), h("td", {}, `${m.mean_ms.toFixed(1)} ms`));
+      }), "Traffic by model"));
+    last = { ...stats, at: now };
+    tail.replaceChildren(table(["time", "route", "model", "status", "duration", "user"],
+      stats.recent.map((r) => h("tr", {}, h("td", {}, new Date(r.at * 1000).toLocaleTimeString()), h("td", {}, r.route),
+        h("td", {}, r.model), h("td", { class: r.status >= 400 ? "bad" : "" }, r.status), h("td", {}, `${r.duration_ms} ms`),
+        h("td", {}, r.user || "—"))), "Recent requests"));
+  });
+  await tick();
+  timers.push(setInterval(tick, 2000));
+  return page;
+}
+
+// ---- models ----------------------------------------------------------------------------------
+
+async function modelsPage() {
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Models"));
+  const [profiles, status] = await Promise.all([api("/api/models/profiles"), api("/api/models/status")]);
+  const admin = me.role === "admin";
+  const job = h("div", { id: "job", class: "card", hidden: true });
+  const loaded = new Map(status.instances.map((i) => [i.profile_id, i]));
+  const rows = profiles.data.map((p) => {
+    const actions = h("td", {});
+    if (admin) {
+      actions.append(h("button", { type: "button", "aria-label": `Switch to ${p.id}`, disabled: p.current,
+        onclick: guard(async () => {
+          if (!confirm(`Switch the served model to ${p.id}? Requests wait while it loads.`)) return;
+          const answer = await api("/api/models/switch", { method: "POST", body: { profile_id: p.id } });
+          follow(job, answer.job.id);
+        }) }, "Switch"));
+      if (status.on_demand) {
+        actions.append(" ", loaded.has(p.id)
+          ? h("button", { type: "button", class: "secondary", "aria-label": `Unload ${p.id}`, onclick: guard(async () => {
+            if (!confirm(`Unload ${p.id}?`)) return;
+            await api("/api/models/unload", { method: "POST", body: { profile_id: p.id } });
+            route();
+          }) }, "Unload")
+          : h("button", { type: "button", class: "secondary", "aria-label": `Load ${p.id}`, disabled: p.current, onclick: guard(async () => {
+            if (!confirm(`Load ${p.id} beside the running models?`)) return;
+            await api("/api/models/load", { method: "POST", body: { profile_id: p.id } });
+            say(`${p.id} is loading; the dashboard shows it once it is up.`, "info");
+          }) }, "Load"));
+      }
+    }
+    const fit = p.fit;
+    return h("tr", {}, h("td", {}, h("strong", {}, p.id), h("div", { class: "muted" }, p.name)),
+      h("td", {}, p.current ? "serving" : loaded.has(p.id) ? loaded.get(p.id).state : "—"),
+      h("td", { class: fit.fits ? "ok" : "bad" }, { fits: "fits", tight: "fits tightly", no_fit: "does not fit" }[fit.verdict]),
+      h("td", { class: "muted" }, fit.reason), actions);
+  });
+  page.append(h("p", { class: "muted" }, `Hardware: ${profiles.hardware}. Serving: ${profiles.current_profile || "nothing"}.`),
+    table(["profile", "state", "fit", "why", ""], rows, "Profiles"), job);
+  if (status.job && !status.job.done) follow(job, status.job.id);
+  return page;
+}
+
+// Follows a switch job on /api/models/events: phase, progress, outcome (a rollback said plainly).
+async function follow(box, jobId) {
+  box.hidden = false;
+  const bar = h("span", { width: "0%" });
+  const phase = h("p", { "aria-live": "polite" }, "starting…");
+  const logs = h("pre", { class: "log", "aria-label": "Last log lines" });
+  box.replaceChildren(h("h2", {}, `Switch job ${jobId}`), h("div", { class: "progress", role: "progressbar",
+    "aria-label": "Switch progress" }, bar), phase, logs);
+  const r = await call("/api/models/events");
+  let state = {};
+  await events(r, (name, data) => {
+    const event = JSON.parse(data);
+    if (name === "status") return true;
+    if (name !== "job" || event.job.id !== jobId) return true;
+    state = { ...state, ...event.job };
+    bar.style.width = `${Math.round(100 * (state.progress || 0))}%`;
+    phase.textContent = `${state.state}: ${state.phase}`;
+    if (state.done) {
+      const outcome = state.outcome === "rolled_back" ? `rolled back to the previous model: ${state.error}`
+        : state.outcome === "switched" ? "ready" : `${state.outcome}${state.error ? ": " + state.error : ""}`;
+      phase.textContent = `Done — ${outcome}`;
+      phase.className = state.outcome === "switched" || state.outcome === "already_serving" ? "ok" : "bad";
+      api("/api/models/status").then((s) => { logs.textContent = (s.log_tail || []).join("\n"); });
+      return false;
+    }
+    api("/api/models/status").then((s) => { logs.textContent = (s.log_tail || []).join("\n"); }).catch(() => {});
+    return true;
+  });
+}
+
+// ---- keys ------------------------------------------------------------------------------------
+
+async function keysPage() {
+  const admin = me.role === "admin";
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "API keys"));
+  const shown = h("div", { id: "new-key" });
+  const name = h("input", { id: "key-name", name: "name", maxlength: 128 });
+  const days = h("input", { id: "key-days", name: "days", type: "number", min: 1, step: 1 });
+  const models = h("input", { id: "key-models", name: "models", placeholder: "any" });
+  const form = h("form", { class: "inline", "aria-label": "Create a key" },
+    field("key-name", "Name", name), field("key-days", "Expires in days", days),
+    field("key-models", "Models (comma-separated)", models), h("button", { type: "submit" }, "Create key"));
+  form.addEventListener("submit", guard(async (ev) => {
+    ev.preventDefault();
+    const body = { name: name.value };
+    if (days.value) body.expires_days = Number(days.value);
+    if (models.value.trim()) body.allowed_models = models.value.split(",").map((m) => m.trim()).filter(Boolean);
+    const key = await api("/api/auth/keys", { method: "POST", body });
+    const copy = h("button", { type: "button", class: "secondary", onclick: async () => {
+      await navigator.clipboard.writeText(key.key);
+      copy.textContent = "Copied";
+    } }, "Copy");
+    shown.replaceChildren(h("div", { class: "card" }, h("p", {}, "Your new key — shown this once:"),
+      h("p", { class: "secret", id: "key-value" }, key.key), copy));
+    await list();
+  }));
+  const holder = h("div", {});
+  async function list() {
+    const keys = await api(admin ? "/api/auth/keys?user_id=all" : "/api/auth/keys");
+    holder.replaceChildren(table(["id", "name", "prefix", "user", "models", "created", "expires", "last used", "state", ""],
+      keys.data.map((k) => h("tr", {}, h("td", {}, k.id), h("td", {}, k.name || "—"), h("td", {}, `${k.prefix}…`),
+        h("td", {}, k.user_id), h("td", {}, k.allowed_models ? k.allowed_models.join(", ") : "any"),
+        h("td", {}, when(k.created_at)), h("td", {}, when(k.expires_at)), h("td", {}, when(k.last_used_at)),
+        h("td", { class: k.revoked_at ? "bad" : "ok" }, k.revoked_at ? "revoked" : "active"),
+        h("td", {}, k.revoked_at ? "" : h("button", { type: "button", class: "secondary", "aria-label": `Revoke key ${k.name || k.prefix}`,
+          onclick: guard(async () => {
+            if (!confirm(`Revoke ${k.name || k.prefix}? Programs using it stop working.`)) return;
+            await api(`/api/auth/keys/${k.id}`, { method: "DELETE" });
+            await list();
+          }) }, "Revoke"),
+        admin ? h("button", { type: "button", class: "secondary", "aria-label": `Limits of key ${k.id}`,
+          onclick: guard(() => limits(`/api/admin/keys/${k.id}/limits`, `key ${k.name || k.prefix}`)) }, "Limits") : ""))),
+      "Keys"));
+  }
+  await list();
+  page.append(form, shown, holder, limitsBox);
+  return page;
+}
+
+// Rate-limit overrides (admins): requests, window, tokens per minute, concurrency; empty = default.
+const limitsBox = h("div", { id: "limits" });
+async function limits(path, who) {
+  const current = await api(path);
+  const fields = ["requests", "window", "tokens_per_minute", "concurrency"];
+  const inputs = Object.fromEntries(fields.map((f) => [f, h("input", { id: `limit-${f}`, type: "number", min: 0, step: "any",
+    value: current[f] ?? "", placeholder: "default" })]));
+  const form = h("form", { class: "inline card", "aria-label": `Limits of ${who}` },
+    h("strong", {}, `Limits of ${who}`), fields.map((f) => field(`limit-${f}`, f.replaceAll("_", " "), inputs[f])),
+    h("button", { type: "submit" }, "Save limits"));
+  form.addEventListener("submit", guard(async (ev) => {
+    ev.preventDefault();
+    const body = Object.fromEntries(fields.map((f) => [f, inputs[f].value === "" ? null : Number(inputs[f].value)]));
+    await api(path, { method: "PUT", body });
+    say(`Limits of ${who} saved.`, "info");
+  }));
+  limitsBox.replaceChildren(form);
+}
+
+// ---- users (admins) --------------------------------------------------------------------------
+
+async function usersPage() {
+  if (me.role !== "admin") return h("section", {}, h("h1", {}, "Users"), h("p", { class: "bad" }, "This page is for admins."));
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Users"));
+  const username = h("input", { id: "new-username", required: true, maxlength: 64 });
+  const password = h("input", { id: "new-password", type: "password", required: true, minlength: 8, autocomplete: "new-password" });
+  const role = h("select", { id: "new-role" }, h("option", { value: "user" }, "user"), h("option", { value: "admin" }, "admin"));
+  const form = h("form", { class: "inline", "aria-label": "Create a user" },
+    field("new-username", "Username", username), field("new-password", "Password", password),
+    field("new-role", "Role", role), h("button", { type: "submit" }, "Create user"));
+  const holder = h("div", {});
+  form.addEventListener("submit", guard(async (ev) => {
+    ev.preventDefault();
+    await api("/api/admin/users", { method: "POST", body: { username: username.value, password: password.value, role: role.value } });
+    username.value = password.value = "";
+    await list();
+  }));
+  const patch = (u, body) => guard(async () => { await api(`/api/admin/users/${u.id}`, { method: "PATCH", body }); await list(); });
+  async function list() {
+    const users = await api("/api/admin/users");
+    holder.replaceChildren(table(["id", "user", "role", "state", "capture", "models", "created", ""], users.data.map((u) => {
+      const roleSelect = h("select", { "aria-label": `Role of ${u.username}` },
+        ["user", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, r)));
+      roleSelect.addEventListener("change", patch(u, { role: roleSelect.value }));
+      return h("tr", {}, h("td", {}, u.id), h("td", {}, u.username), h("td", {}, roleSelect),
+        h("td", { class: u.active ? "ok" : "bad" }, u.active ? "active" : "disabled"),
+        h("td", {}, u.capture ? "on" : "off"), h("td", {}, u.allowed_models ? u.allowed_models.join(", ") : "any"),
+        h("td", {}, when(u.created_at)),
+        h("td", {}, h("button", { type: "button", class: "secondary", "aria-label": `${u.active ? "Disable" : "Enable"} ${u.username}`,
+          onclick: patch(u, { active: !u.active }) }, u.active ? "Disable" : "Enable"), " ",
+        h("button", { type: "button", class: "secondary", "aria-label": `Turn capture ${u.capture ? "off" : "on"} for ${u.username}`,
+          onclick: patch(u, { capture: !u.capture }) }, u.capture ? "Capture off" : "Capture on"), " ",
+        h("button", { type: "button", class: "secondary", "aria-label": `Limits of ${u.username}`,
+          onclick: guard(() => limits(`/api/admin/users/${u.id}/limits`, u.username)) }, "Limits")));
+    }), "Users"));
+  }
+  await list();
+  page.append(form, holder, limitsBox);
+  return page;
+}
+
+// ---- usage -----------------------------------------------------------------------------------
+
+function chart(rows, since) {
+  // Tokens by day, one bar per day of the range stacked by model (SVG, no library).
+  const days = [];
+  for (let d = new Date(`${since}T00:00:00Z`); d <= new Date(); d = new Date(d.getTime() + 86400e3)) {
+    days.push(d.toISOString().slice(0, 10));
+  }
+  const models = [...new Set(rows.map((r) => r.model))].sort();
+  const colors = ["#2458d6", "#1e7a3c", "#b3681e", "#8a2be2", "#b3261e", "#107c91"];
+  const total = (d) => rows.filter((r) => r.day === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0);
+  const top = Math.max(1, ...days.map(total));
+  const W = 640, H = 220, pad = 30, bw = Math.min(40, Math.max(4, (W - pad * 2) / Math.max(1, days.length) - 4));
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H + 30}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `Tokens by day and model, ${days.length} day(s)`);
+  svg.setAttribute("id", "usage-chart");
+  days.forEach((d, i) => {
+    let y = H;
+    models.forEach((m, j) => {
+      const r = rows.find((x) => x.day === d && x.model === m);
+      if (!r) return;
+      const height = ((r.prompt_tokens + r.completion_tokens) / top) * (H - 20);
+      const rect = document.createElementNS(ns, "rect");
+      for (const [k, v] of Object.entries({ x: pad + i * (bw + 4), y: y - height, width: bw, height, fill: colors[j % colors.length] })) rect.setAttribute(k, v);
+      const title = document.createElementNS(ns, "title");
+      title.textContent = `${d} ${m}: ${r.prompt_tokens + r.completion_tokens} tokens`;
+      rect.append(title);
+      svg.append(rect);
+      y -= height;
+    });
+    if (i % 5 === 0 || i === days.length - 1) {
+      const label = document.createElementNS(ns, "text");
+      label.setAttribute("x", pad + i * (bw + 4));
+      label.setAttribute("y", H + 15);
+      label.textContent = d.slice(5);
+      svg.append(label);
+    }
+  });
+  const legend = h("p", { class: "muted" }, models.map((m, j) => h("span", {}, `■ ${m}  `)));
+  [...legend.children].forEach((s, j) => { s.style.color = colors[j % colors.length]; });
+  return h("div", { class: "card" }, svg, legend);
+}
+
+async function usagePage() {
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Usage"));
+  const since = new Date(Date.now() - 30 * 86400e3).toISOString().slice(0, 10);
+  const who = h("select", { id: "usage-user", "aria-label": "Whose usage" }, h("option", { value: "" }, "mine"));
+  if (me.role === "admin") {
+    who.append(h("option", { value: "all" }, "everyone"));
+    for (const u of (await api("/api/admin/users")).data) who.append(h("option", { value: u.id }, u.username));
+  }
+  const holder = h("div", {});
+  const load = guard(async () => {
+    const q = new URLSearchParams({ since });
+    if (who.value) q.set("user_id", who.value);
+    const usage = await api(`/api/usage?${q}`);
+    holder.replaceChildren(
+      h("p", {}, `Last 30 days: ${usage.total.requests} requests (${usage.total.failed} failed), `,
+        `${usage.total.prompt_tokens} prompt and ${usage.total.completion_tokens} completion tokens.`),
+      usage.data.length ? chart(usage.data, since) : h("p", { class: "muted" }, "No requests in this range."),
+      table(["day", "model", "requests", "failed", "prompt tokens", "completion tokens"],
+        usage.data.map((r) => h("tr", {}, h("td", {}, r.day), h("td", {}, r.model), h("td", {}, r.requests), h("td", {}, r.failed),
+          h("td", {}, r.prompt_tokens), h("td", {}, r.completion_tokens))), "Usage by day and model"));
+  });
+  who.addEventListener("change", load);
+  page.append(field("usage-user", "Whose", who), holder);
+  await load();
+  return page;
+}
+
+// ---- conversations ---------------------------------------------------------------------------
+
+async function conversationsPage() {
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Conversations"));
+  const q = h("input", { id: "search", type: "search", placeholder: "title contains…" });
+  const form = h("form", { class: "inline", role: "search", "aria-label": "Search conversations" },
+    field("search", "Search", q), h("button", { type: "submit" }, "Search"));
+  const holder = h("div", {});
+  const detail = h("div", { id: "conversation" });
+  let cursor = null;
+  async function list(more) {
+    const params = new URLSearchParams({ limit: "20" });
+    if (q.value) params.set("q", q.value);
+    if (more && cursor) params.set("cursor", cursor);
+    const pageData = await api(`/api/conversations?${params}`);
+    cursor = pageData.next_cursor;
+    const rows = pageData.data.map((c) => h("tr", {}, h("td", {}, h("a", { href: `#/conversations/${c.id}` }, c.title || "(untitled)")),
+      h("td", {}, c.model || "—"), h("td", {}, when(c.updated_at))));
+    const next = cursor ? h("button", { type: "button", class: "secondary", onclick: guard(() => list(true)) }, "More") : "";
+    holder.replaceChildren(table(["title", "model", "updated"], rows, "Conversations"), next);
+  }
+  form.addEventListener("submit", guard(async (ev) => { ev.preventDefault(); await list(false); }));
+  await list(false);
+  page.append(form, holder, detail);
+  const id = location.hash.split("/")[2];
+  if (id) await showConversation(detail, id);
+  return page;
+}
+
+async function showConversation(box, id) {
+  const c = await api(`/api/conversations/${id}`);
+  const branch = new Set(c.branch || []);
+  const download = (format) => guard(async () => {
+    const r = await call(`/api/conversations/${id}/export?format=${format}`);
+    const url = URL.createObjectURL(await r.blob());
+    h("a", { href: url, download: `conversation-${id}.${format === "json" ? "json" : "md"}` }).click();
+    URL.revokeObjectURL(url);
+  });
+  box.replaceChildren(h("div", { class: "card" }, h("h2", {}, c.title || "(untitled)"),
+    h("p", {}, h("button", { type: "button", class: "secondary", onclick: download("json") }, "Export JSON"), " ",
+      h("button", { type: "button", class: "secondary", onclick: download("markdown") }, "Export Markdown"), " ",
+      h("a", { href: `#/playground/${id}` }, "Continue in the playground")),
+    h("div", { class: "chat" }, c.messages.map((m) => h("div", { class: `msg ${m.role}` },
+      h("strong", {}, `${m.role}${branch.size && !branch.has(m.id) ? " (another branch)" : ""}: `), m.content || "")))));
+}
+
+// ---- playground ------------------------------------------------------------------------------
+
+async function playgroundPage() {
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Playground"));
+  const models = (await api("/v1/models")).data;
+  const picker = h("select", { id: "model" }, models.map((m) => h("option", { value: m.id },
+    m.gwproxy ? `${m.id} (loads on demand)` : m.id)));
+  const prompt = h("textarea", { id: "prompt", rows: 3, required: true });
+  const chat = h("div", { class: "chat", id: "chat", "aria-live": "polite" });
+  let conversation = location.hash.split("/")[2] || null;
+  const history = [];
+  if (conversation) {
+    const c = await api(`/api/conversations/${conversation}`);
+    const branch = new Set(c.branch || c.messages.map((m) => m.id));
+    for (const m of c.messages.filter((x) => branch.has(x.id))) {
+      history.push({ role: m.role, content: m.content });
+      chat.append(h("div", { class: `msg ${m.role}` }, m.content));
+    }
+  }
+  const form = h("form", { "aria-label": "Chat" }, field("model", "Model", picker),
+    field("prompt", "Message", prompt), h("p", {}, h("button", { type: "submit" }, "Send")));
+  form.addEventListener("submit", guard(async (ev) => {
+    ev.preventDefault();
+    const text = prompt.value.trim();
+    if (!text) return;
+    prompt.value = "";
+    history.push({ role: "user", content: text });
+    chat.append(h("div", { class: "msg user" }, text));
+    const answer = h("div", { class: "msg assistant", id: `reply-${history.length}` });
+    chat.append(answer);
+    const r = await call("/api/chat", { method: "POST", body: { model: picker.value, messages: [history.at(-1)], stream: true,
+      ...(conversation ? { conversation_id: conversation } : {}) } });
+    if (!r.ok) {
+      const err = (await r.json()).error;
+      throw new ApiError(r.status, err.message, err.code, r.headers.get("Retry-After"));
+    }
+    conversation = r.headers.get("X-Conversation-Id") || conversation;
+    let content = "";
+    await events(r, (_, data) => {
+      if (data === "[DONE]") return false;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new ApiError(chunk.error.code, chunk.error.message, chunk.error.code);
+      const delta = chunk.choices?.[0]?.delta?.content;
+      if (delta) { content += delta; answer.textContent = content; }
+      return true;
+    });
+    history.push({ role: "assistant", content });
+  }));
+  page.append(form, chat);
+  return page;
+}
+
+// ---- routing ---------------------------------------------------------------------------------
+
+const pages = {
+  login: loginPage, dashboard: dashboardPage, models: modelsPage, keys: keysPage, users: usersPage,
+  usage: usagePage, conversations: conversationsPage, playground: playgroundPage,
+};
+
+async function route() {
+  for (const t of timers) clearInterval(t);
+  timers = [];
+  const name = (location.hash.split("/")[1] || "dashboard").split("?")[0];
+  if (!store.getItem("access") && name !== "login") { location.hash = "#/login"; return; }
+  if (store.getItem("access") && !me) {
+    try { await identify(); } catch { return; }
+  }
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.getAttribute("href") === `#/${name}`) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  const page = pages[name] || dashboardPage;
+  try {
+    main.replaceChildren(await page());
+    document.title = `gwproxy · ${name}`;
+    main.focus();
+  } catch (e) {
+    if (e instanceof ApiError) { if (e.status !== 401) say(e.words); } else say(String(e));
+  }
+}
+
+document.getElementById("signout").addEventListener("click", guard(signOut));
+window.addEventListener("hashchange", route);
+route();

@@ -1,0 +1,184 @@
+"""The console at /ui, in a real browser: Playwright (from PyPI) driving Debian's chromium
+(``executable_path``; no browser is downloaded), against a live gateway process whose switcher
+runs the simulator (process backend). Screenshots of every page go to tests/artifacts/ (not
+committed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_PASSWORD, Gateway, gwproxy_cli, provision
+from tests.support.procs import free_port, start_gateway
+from tests.support.switching import write_test_profiles
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+SIM = "{python} -m gwproxy sim --ttft-ms 20 --itl-ms 10 --startup-delay 1"
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("chromium not found: `make test` installs it (Debian's chromium package)")
+        pytest.skip("chromium is not installed (make test installs it as root)")
+    return found
+
+
+@pytest.fixture(scope="module")
+def console(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    import sys
+
+    tmp = tmp_path_factory.mktemp("console")
+    env, key = provision(tmp)
+    gwproxy_cli(env, "user", "add", "bob", "--password-stdin", stdin="bob-password-1\n")
+    write_test_profiles(tmp / "profiles")
+    upstream = free_port()
+    env = {
+        **env,
+        "GWPROXY_SWITCH_BACKEND": "process",
+        "GWPROXY_SWITCH_PROFILES_DIR": str(tmp / "profiles"),
+        "GWPROXY_SWITCH_HARDWARE": "1 x Test GPU 24GiB",
+        "GWPROXY_SWITCH_PROCESS_COMMAND": SIM.format(python=sys.executable),
+        "GWPROXY_SWITCH_STATE_DIR": str(tmp / "state"),
+        "GWPROXY_SWITCH_VLLM_HOST": "127.0.0.1",
+        "GWPROXY_SWITCH_READY_POLL": "0.2",
+        "GWPROXY_SWITCH_STOP_ON_EXIT": "true",
+        "GWPROXY_CAPTURE_SPOOL_DIR": str(tmp / "spool"),
+        "GWPROXY_CAPTURE_BATCH_SECONDS": "0.05",
+    }
+    proc, port = start_gateway(log_dir, upstream, name="gw-console", env=env)
+    proc.wait_http(f"http://127.0.0.1:{port}/health/ready", timeout=60)
+    yield Gateway(proc, port, key, env)
+    proc.stop()
+
+
+def test_the_console_is_served_offline_with_security_headers(console: Gateway) -> None:
+    r = httpx.get(f"{console.url}/ui/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["x-content-type-options"] == "nosniff"
+    assert "http://" not in r.text and "https://" not in r.text  # nothing fetched from elsewhere
+    script = httpx.get(f"{console.url}/ui/console.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "https://" not in script.text.replace("http://www.w3.org/2000/svg", "")
+    assert httpx.get(f"{console.url}/ui/nope.js").status_code == 404
+    assert httpx.get(f"{console.url}/api/stats").status_code == 401
+    stats = httpx.get(f"{console.url}/api/stats", headers=console.auth)
+    assert stats.status_code == 200 and {"in_flight", "models", "recent"} <= set(stats.json())
+
+
+def _traffic(console: Gateway) -> None:
+    body = {"model": "current", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
+    for _ in range(3):
+        assert httpx.post(f"{console.url}/v1/chat/completions", json=body, headers=console.auth, timeout=30).is_success
+
+
+def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    _traffic(console)
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("dialog", lambda d: d.accept())
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+
+        def shot(name: str) -> None:
+            page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=True)
+
+        # Sign in with the keyboard: fields have labels, Enter submits.
+        page.goto(f"{console.url}/ui")
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(ADMIN_PASSWORD)
+        page.get_by_label("Password").press("Enter")
+        expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+        token = page.evaluate("sessionStorage.getItem('access')")
+        assert token and token not in page.url
+        expect(page.get_by_text("GPU 0: Test GPU")).to_be_visible()
+        expect(page.get_by_role("table", name="Running models")).to_contain_text("alpha")
+        expect(page.get_by_role("table", name="Traffic by model")).to_contain_text("alpha")
+        expect(page.get_by_role("table", name="Recent requests")).to_contain_text("/v1/chat/completions")
+        shot("dashboard")
+        page.set_viewport_size({"width": 400, "height": 900})
+        shot("dashboard-400")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 400 + 1  # no sideways scroll
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+        # Keys: create one (shown once, with a copy button), then revoke it.
+        page.get_by_role("link", name="Keys").click()
+        page.get_by_label("Name").fill("from-the-browser")
+        page.get_by_role("button", name="Create key").click()
+        expect(page.locator("#key-value")).to_contain_text("gwp-")
+        expect(page.get_by_role("button", name="Copy")).to_be_visible()
+        shot("keys")
+        page.get_by_role("button", name="Revoke key from-the-browser").click()
+        row = page.get_by_role("row").filter(has_text="from-the-browser")
+        expect(row).to_contain_text("revoked")
+
+        # Models: every profile with its fit; switch to beta and watch it reach ready.
+        page.get_by_role("link", name="Models").click()
+        expect(page.get_by_role("table", name="Profiles")).to_contain_text("does not fit")  # 'huge'
+        page.get_by_role("button", name="Switch to beta").click()
+        expect(page.get_by_text("Done — ready")).to_be_visible(timeout=60_000)
+        shot("models")
+
+        # Playground: a streamed reply from the new model, recorded as a conversation.
+        page.get_by_role("link", name="Playground").click()
+        page.get_by_label("Model", exact=True).select_option("beta")
+        page.get_by_label("Message").fill("Say something")
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator("#reply-1")).not_to_be_empty(timeout=30_000)
+        shot("playground")
+
+        page.get_by_role("link", name="Conversations").click()
+        page.get_by_role("link", name="Say something").click()
+        expect(page.locator("#conversation")).to_contain_text("Say something")
+        shot("conversations")
+
+        page.get_by_role("link", name="Usage").click()
+        expect(page.locator("#usage-chart")).to_be_visible()
+        page.get_by_label("Whose").select_option("all")
+        expect(page.get_by_role("table", name="Usage by day and model")).to_contain_text("alpha")
+        shot("usage")
+
+        page.get_by_role("link", name="Users").click()
+        expect(page.get_by_role("table", name="Users")).to_contain_text("bob")
+        shot("users")
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        assert page.evaluate("sessionStorage.getItem('access')") is None
+
+        # A user: no admin pages, no traffic panel.
+        page.get_by_label("Username").fill("bob")
+        page.get_by_label("Password").fill("bob-password-1")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+        expect(page.get_by_role("link", name="Users")).to_be_hidden()
+        expect(page.get_by_role("table", name="Traffic by model")).to_have_count(0)
+        page.goto(f"{console.url}/ui/#/users")
+        expect(page.get_by_text("This page is for admins.")).to_be_visible()
+        page.get_by_role("link", name="Models").click()
+        expect(page.get_by_role("button", name="Switch to beta")).to_have_count(0)
+        shot("user-models")
+        browser.close()
+    outside = [u for u in requests if not u.startswith(console.url)]
+    assert not outside, outside  # no request leaves the gateway
+    assert not errors, errors
