@@ -39,6 +39,7 @@ from gwproxy.console import routes as console_routes
 from gwproxy.conversations import chat as chat_routes
 from gwproxy.conversations import routes as conversation_routes
 from gwproxy.cors import setup_cors
+from gwproxy.inflight import InFlight
 from gwproxy.keys import (
     AUTHENTICATOR,
     CAPTURE,
@@ -46,6 +47,7 @@ from gwproxy.keys import (
     DATABASE,
     GATE,
     GUARD,
+    INFLIGHT,
     LIMITER,
     METRICS,
     SWITCHER,
@@ -73,13 +75,14 @@ from gwproxy.switcher.context import open_switcher
 
 def create_app(config: Config, *, demo: bool = False) -> web.Application:
     metrics = Metrics()
+    inflight = InFlight()
     app = web.Application(
         middlewares=[
             request_id_middleware(),
             errors_middleware(),
             hosts_middleware(config.server.allowed_host_list()),
             shape_middleware(config),
-            metrics_middleware(metrics),
+            metrics_middleware(metrics, inflight),
             auth_middleware(config.auth, config.ratelimit),
             ratelimit_middleware(config.ratelimit),
             capture_middleware(config.capture),
@@ -88,6 +91,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = metrics
+    app[INFLIGHT] = inflight
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:

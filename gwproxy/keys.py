@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gwproxy.capture.record import RecordSink
     from gwproxy.config import Config
     from gwproxy.conversations.chat import RecentTurns
+    from gwproxy.inflight import InFlight
     from gwproxy.metrics import Metrics
     from gwproxy.principal import Principal
     from gwproxy.proxy.exchange import Exchange
@@ -35,6 +36,7 @@ SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
 CAPTURE: web.AppKey[RecordSink] = web.AppKey("capture")
 RECENT_TURNS: web.AppKey[RecentTurns] = web.AppKey("recent_turns")
+INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")  # model requests being answered now
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 EXCHANGE: web.RequestKey[Exchange] = web.RequestKey("exchange")  # the request as every layer sees it

@@ -21,6 +21,7 @@ class Trace:
     stream_events: int = 0  # SSE events relayed (a measure of progress when usage never came)
     upstream_error: str | None = None
     upstream: str | None = None  # the name of the upstream that answered
+    chunks: int = 0  # body chunks relayed so far (how far an answer has come, for /api/requests)
 
     def ttft(self) -> float | None:
         """Seconds from the request's arrival to the first body bytes from the upstream."""

@@ -1,5 +1,6 @@
-"""Routes: ``/ui`` (the console page and its files) and ``GET /api/stats`` (what its dashboard
-polls: the gateway's own counters by model and the latest requests).
+"""Routes: ``/ui`` (the console page and its files), ``GET /api/stats`` (what its dashboard
+polls: the gateway's own counters by model and the latest requests) and ``/api/requests`` (the
+model requests in flight, each cancellable).
 
 The page's files are read from the package once and served with a Content-Security-Policy that
 allows only the gateway's own scripts, styles and API (no inline script, no CDN),
@@ -18,7 +19,7 @@ from marshmallow import Schema, fields
 
 from gwproxy.bodies import json
 from gwproxy.errors import NotFound
-from gwproxy.keys import METRICS
+from gwproxy.keys import INFLIGHT, METRICS, PRINCIPAL
 from gwproxy.operations import Access, operation
 
 FILES = {
@@ -108,8 +109,43 @@ async def stats(request: web.Request) -> web.Response:
     return json({"in_flight": m.in_flight, "models": models, "recent": recent})
 
 
+class InFlightRequest(Schema):
+    id = fields.String(required=True, metadata={"description": "its X-Request-ID"})
+    method = fields.String(required=True)
+    route = fields.String(required=True)
+    model = fields.String(required=True)
+    user = fields.String(required=True, allow_none=True)
+    user_id = fields.Integer(required=True, allow_none=True)
+    age_s = fields.Float(required=True)
+    streaming = fields.Boolean(required=True, metadata={"description": "the answer has begun"})
+    chunks = fields.Integer(required=True, metadata={"description": "body chunks relayed so far"})
+    cancelled_by = fields.String(required=True, allow_none=True)
+
+
+class InFlightList(Schema):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(InFlightRequest), required=True)
+
+
+@operation("Model requests being answered now (admins: everyone's; users: their own), oldest first", "requests",
+           answer=InFlightList)  # fmt: skip
+async def requests_in_flight(request: web.Request) -> web.Response:
+    running = request.app[INFLIGHT].visible(request[PRINCIPAL])
+    return json({"object": "list", "data": [r.public() for r in sorted(running, key=lambda r: r.started)]})
+
+
+@operation("Cancel a request in flight: its upstream generation is aborted", "requests", status=204, errors=(404,))
+async def cancel_request(request: web.Request) -> web.Response:
+    request_id = request.match_info["request_id"]
+    if not request.app[INFLIGHT].cancel(request_id, request[PRINCIPAL]):
+        raise NotFound(f"no request {request_id!r} in flight that you may cancel", param="request_id")
+    return web.Response(status=204)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui", page)
     app.router.add_get("/ui/", page)
     app.router.add_get("/ui/{name}", asset)
     app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/requests", requests_in_flight)
+    app.router.add_delete("/api/requests/{request_id}", cancel_request)

@@ -15,7 +15,8 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gwproxy import log
 from gwproxy.errors import CLIENT_CLOSED, status_of
-from gwproxy.keys import EXCHANGE
+from gwproxy.inflight import InFlight, Running
+from gwproxy.keys import EXCHANGE, REQUEST_ID
 from gwproxy.metrics import Metrics
 
 _access = log.get("gwproxy.access")
@@ -31,11 +32,18 @@ def _route(request: web.Request) -> str:
     return "unmatched" if info is None else info.canonical
 
 
-def metrics_middleware(metrics: Metrics) -> Middleware:
+def metrics_middleware(metrics: Metrics, inflight: InFlight) -> Middleware:
     @web.middleware
     async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
-        trace = request[EXCHANGE].trace
+        exchange = request[EXCHANGE]
+        trace = exchange.trace
         metrics.in_flight += 1
+        model_request = exchange.endpoint.upstream or exchange.endpoint.forwards
+        if model_request:  # listed (and cancellable) while it runs: /api/requests
+            task = asyncio.current_task()
+            if task is not None:
+                inflight.add(Running(request[REQUEST_ID], task, request.method, exchange.endpoint.route, trace,
+                                     exchange))  # fmt: skip
         status = 500
         try:
             resp = await handler(request)
@@ -49,12 +57,13 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             raise
         finally:
             metrics.in_flight -= 1
+            if model_request:
+                inflight.remove(request[REQUEST_ID])
             duration = time.perf_counter() - trace.started
             route = _route(request)
             model = trace.model or "-"
             metrics.observe_request(route, model, status, duration)
-            exchange = request[EXCHANGE]
-            if exchange.endpoint.upstream or exchange.endpoint.forwards:  # the console's tail: model traffic
+            if model_request:  # the console's tail: model traffic
                 who = exchange.principal.username if exchange.principal else None
                 metrics.recent.append((time.time(), request.method, route, model, status, duration, who))
             ttft = trace.ttft()

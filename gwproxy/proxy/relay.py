@@ -164,6 +164,7 @@ async def _pump(
             if not chunk:
                 break
             watch.last = now = time.monotonic()
+            trace.chunks += 1
             if trace.first_chunk is None:
                 trace.first_chunk = now
                 watch.first_chunk()

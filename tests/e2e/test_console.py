@@ -182,3 +182,64 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
     outside = [u for u in requests if not u.startswith(console.url)]
     assert not outside, outside  # no request leaves the gateway
     assert not errors, errors
+
+
+def test_requests_in_flight_are_listed_and_cancelled_from_the_console(console: Gateway) -> None:
+    """A long stream shows in the table (route, model, user, age, how far); Cancel aborts it: the
+    caller's stream ends early and the simulator counts the generation as aborted."""
+    import re as regex
+    import threading
+
+    from playwright.sync_api import expect, sync_playwright
+
+    def aborted() -> float:
+        metrics = httpx.get(f"{console.url}/health").json()["components"]["upstream"]["url"].rsplit("/v1", 1)[0]
+        text = httpx.get(metrics + "/metrics").text
+        found = regex.findall(r'vllm:request_success_total\{finished_reason="abort"[^}]*\} (\S+)', text)
+        return sum(float(v) for v in found)
+
+    before = aborted()
+    got: list[bytes] = []
+
+    def stream() -> None:
+        body = {"model": "current", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1500,
+                "ignore_eos": True, "stream": True}  # fmt: skip
+        try:
+            with httpx.stream("POST", f"{console.url}/v1/chat/completions", json=body, headers=console.auth,
+                              timeout=120) as r:  # fmt: skip
+                for chunk in r.iter_bytes():
+                    got.append(chunk)
+        except httpx.HTTPError:
+            got.append(b"<cut>")
+
+    caller = threading.Thread(target=stream)
+    caller.start()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("dialog", lambda d: d.accept())
+        page.goto(f"{console.url}/ui/")
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill(ADMIN_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+        page.get_by_role("link", name="In flight").click()
+        table = page.get_by_role("table", name="Requests in flight")
+        expect(table).to_contain_text("/v1/chat/completions")
+        expect(table).to_contain_text("admin")
+        expect(table).to_contain_text("chunk(s)")
+        page.screenshot(path=str(ARTIFACTS / "console-requests.png"), full_page=True)
+        # A user sees only their own requests, and cannot cancel another's.
+        [running] = httpx.get(f"{console.url}/api/requests", headers=console.auth).json()["data"]
+        login = httpx.post(f"{console.url}/api/auth/login", json={"username": "bob", "password": "bob-password-1"})
+        bob = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        assert httpx.get(f"{console.url}/api/requests", headers=bob).json()["data"] == []
+        assert httpx.delete(f"{console.url}/api/requests/{running['id']}", headers=bob).status_code == 404
+        page.get_by_role("button", name=regex.compile("^Cancel request")).click()
+        expect(table).not_to_contain_text("/v1/chat/completions", timeout=10_000)
+        browser.close()
+    caller.join(timeout=30)
+    assert not caller.is_alive()
+    received = b"".join(got)
+    assert b"data: [DONE]" not in received  # cut short: 1500 tokens at 10 ms would take 15 s
+    assert aborted() == before + 1  # vLLM was told: the generation stopped

@@ -515,6 +515,30 @@ async function usagePage() {
   return page;
 }
 
+// ---- requests in flight ----------------------------------------------------------------------
+
+async function requestsPage() {
+  const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Requests in flight"),
+    h("p", { class: "muted" }, me.role === "admin" ? "Every model request being answered now." : "Your model requests being answered now."));
+  const holder = h("div", {});
+  const tick = guard(async () => {
+    const running = await api("/api/requests");
+    holder.replaceChildren(table(["id", "route", "model", "user", "age", "answer so far", ""], running.data.map((r) =>
+      h("tr", {}, h("td", { class: "muted" }, r.id.slice(0, 12)), h("td", {}, r.route), h("td", {}, r.model), h("td", {}, r.user || "—"),
+        h("td", {}, `${r.age_s.toFixed(1)} s`), h("td", {}, r.streaming ? `${r.chunks} chunk(s)` : "waiting for the first token"),
+        h("td", {}, r.cancelled_by ? `cancelled by ${r.cancelled_by}` : h("button", { type: "button", class: "secondary",
+          "aria-label": `Cancel request ${r.id.slice(0, 12)}`, onclick: guard(async () => {
+            if (!confirm("Cancel this request? Its generation stops and the caller gets an incomplete answer.")) return;
+            await api(`/api/requests/${encodeURIComponent(r.id)}`, { method: "DELETE" });
+            await tick();
+          }) }, "Cancel")))), "Requests in flight"));
+  });
+  await tick();
+  timers.push(setInterval(tick, 1000));
+  page.append(holder);
+  return page;
+}
+
 // ---- conversations ---------------------------------------------------------------------------
 
 async function conversationsPage() {
@@ -617,7 +641,7 @@ async function playgroundPage() {
 
 const pages = {
   login: loginPage, dashboard: dashboardPage, models: modelsPage, keys: keysPage, users: usersPage,
-  usage: usagePage, conversations: conversationsPage, playground: playgroundPage,
+  usage: usagePage, requests: requestsPage, conversations: conversationsPage, playground: playgroundPage,
 };
 
 async function route() {
