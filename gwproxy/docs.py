@@ -76,7 +76,7 @@ UPSTREAM: tuple[Documented, ...] = (
     Documented("get", "/v1/models", Operation(
         "The models vLLM serves now", "v1", None, OpenAIObject, errors=(429, 502, 503, 504))),
 )  # fmt: skip
-ID = {"user_id": "integer", "key_id": "integer", "conversation_id": "string"}
+ID = {"user_id": "integer", "key_id": "integer", "conversation_id": "string", "request_id": "string"}
 
 
 def operations(app: web.Application) -> list[Documented]:
