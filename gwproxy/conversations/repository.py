@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import case, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gwproxy.capture.batch import new_id
@@ -76,7 +76,9 @@ async def list_conversations(
         query = query.where(c.title.ilike(f"%{escaped}%", escape="\\"))
     if cursor:
         updated, cid = _decode_cursor(cursor)
-        query = query.where(or_(c.updated_at < updated, and_(c.updated_at == updated, c.id < cid)))
+        # A row-value comparison: PostgreSQL bounds the (user_id, updated_at, id) index scan with it,
+        # where "a < x OR (a = x AND b < y)" is a filter over every row before the cursor.
+        query = query.where(tuple_(c.updated_at, c.id) < tuple_(updated, cid))
     rows = (await conn.execute(query.order_by(c.updated_at.desc(), c.id.desc()).limit(limit + 1))).all()
     items = [conversation_view(r) for r in rows[:limit]]
     more = len(rows) > limit

@@ -127,3 +127,31 @@ async def test_refresh_rotation_and_reuse_revokes_the_family(users: UserService)
     await users.update_user(bob.id, active=False)
     with pytest.raises(Unauthorized):
         await users.rotate(session.refresh_token)
+
+
+async def test_conversation_pages_with_equal_times_lose_and_repeat_nothing(users: UserService) -> None:
+    """The cursor is a row value (updated_at, id): conversations updated at the same instant are
+    paged by id, each once, on SQLite and PostgreSQL alike."""
+    from sqlalchemy import update
+
+    from gwproxy.conversations import repository
+    from gwproxy.store.tables import conversations
+
+    engine = users.engine
+    owner = await users.create_user("pager", "pager-password")
+    async with engine.begin() as conn:
+        made = [await repository.create_conversation(conn, owner.id, f"c{i}", None, {}) for i in range(7)]
+        same = made[0]["updated_at"]
+        await conn.execute(update(conversations).values(updated_at=same))  # all at one instant
+    seen: list[str] = []
+    cursor = None
+    async with engine.connect() as conn:
+        while True:
+            page = await repository.list_conversations(
+                conn, owner.id, limit=3, cursor=cursor, model=None, since=None, until=None, text=None
+            )
+            seen += [c["id"] for c in page.items]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    assert sorted(seen) == sorted(c["id"] for c in made) and seen == sorted(seen, reverse=True)
