@@ -8,11 +8,14 @@ Its output lines feed ``progress``, which turns vLLM's log lines into a phase an
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gwproxy import log
 from gwproxy.switcher.profiles import Profile
+
+_log = log.get("gwproxy.switcher")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,23 @@ _STEPS: tuple[tuple[re.Pattern[str], str, float], ...] = (
     (re.compile(r"Graph capturing finished|init engine .* took", re.IGNORECASE), "CUDA graphs captured", 0.9),
     (re.compile(r"Application startup complete|Uvicorn running on"), "server started", 0.95),
 )
+
+
+async def follow(backend: Backend, instance: Instance, on_step: Callable[[str, float], None],
+                 on_line: Callable[[str], None] = lambda line: None) -> None:  # fmt: skip
+    """Read ``instance``'s output to its end: every line to ``on_line``, and each phase a line marks
+    further on than any before (``progress``) to ``on_step``. A broken log stream only ends the
+    reading: progress is a nicety, never a reason to fail a load."""
+    reached = 0.0
+    try:
+        async for line in backend.logs(instance):
+            on_line(line)
+            step = progress(line)
+            if step is not None and step[1] > reached:
+                reached = step[1]
+                on_step(*step)
+    except Exception as exc:
+        _log.info("log stream ended", profile=instance.profile_id, error=f"{type(exc).__name__}: {exc}")
 
 
 def progress(line: str) -> tuple[str, float] | None:

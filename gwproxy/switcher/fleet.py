@@ -42,7 +42,7 @@ from gwproxy.principal import Principal
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.proxy.upstream import Upstream
 from gwproxy.switcher import planner
-from gwproxy.switcher.backend import Backend, Instance, Launch, progress
+from gwproxy.switcher.backend import Backend, Instance, Launch, follow
 from gwproxy.switcher.hosts import Host
 from gwproxy.switcher.planner import Placement
 from gwproxy.switcher.profiles import Profile, ProfileSet
@@ -175,7 +175,7 @@ class Fleet:
         those in ``sleeping`` as they would hold it asleep)."""
         if sleeping:
             out = [
-                Placement(pid, r.placement.gpus, SLEEPER_BYTES, r.placement.tensor_parallel)
+                Placement(pid, r.placement.gpus, SLEEPER_BYTES, r.placement.tensor_parallel, r.placement.host)
                 if pid in sleeping else r.claim
                 for pid, r in self.residents.items()
                 if pid not in leaving
@@ -332,8 +332,11 @@ class Fleet:
                 free = planner.free_memory(hardware, home, profile.gpu_memory_utilization)
                 if all(free.get(i, 0) >= claim.per_gpu for i in claim.gpus):
                     return
+                mine = set(claim.gpus)
                 in_way = [
-                    r for r in self.residents.values() if r.state == "ready" and set(r.placement.gpus) & set(claim.gpus)
+                    r
+                    for r in self.residents.values()
+                    if r.host is self.home and r.state in ("ready", "sleeping") and mine & set(r.placement.gpus)
                 ]
                 if not in_way:
                     return  # what is left is loading; the switch starts anyway, as before
@@ -583,14 +586,13 @@ class Fleet:
     async def _follow(self, resident: Resident) -> None:
         """The load's phase and progress from the server's log lines, each step sent as an event."""
         assert resident.instance is not None
-        try:
-            async for line in resident.backend.logs(resident.instance):
-                step = progress(line)
-                if step is not None and step[1] > resident.progress:
-                    resident.phase, resident.progress = step
-                    self._said(resident, step[0])
-        except Exception as exc:  # progress is a nicety: a broken log stream does not fail the load
-            _log.info("load log not followed", profile=resident.profile.id, error=f"{type(exc).__name__}: {exc}")
+
+        def step(phase: str, fraction: float) -> None:
+            if fraction > resident.progress:
+                resident.phase, resident.progress = phase, fraction
+                self._said(resident, phase)
+
+        await follow(resident.backend, resident.instance, step)
 
     async def _stop(self, resident: Resident, why: str) -> None:
         resident.state = "stopping"

@@ -35,7 +35,7 @@ from gwproxy.errors import Conflict, NotFound
 from gwproxy.metrics import Metrics
 from gwproxy.proxy.registry import UpstreamRegistry
 from gwproxy.switcher import intent, planner
-from gwproxy.switcher.backend import Backend, Instance, Launch, progress
+from gwproxy.switcher.backend import Backend, Instance, Launch, follow
 from gwproxy.switcher.fleet import Fleet
 from gwproxy.switcher.gate import Gate
 from gwproxy.switcher.hardware import Hardware, HardwareSource
@@ -415,15 +415,13 @@ class Switcher:
 
     async def _follow(self, job: Job, instance: Instance) -> None:
         assert self.backend is not None
-        try:
-            async for line in self.backend.logs(instance):
-                self._log_tail.append(line[:300])
-                step = progress(line)
-                if step is not None and step[1] > job.progress:
-                    job.phase, job.progress = step
-                    self._publish(job)
-        except Exception as exc:  # progress is a nicety: a broken log stream does not fail the job
-            _log.warning("log stream ended", error=f"{type(exc).__name__}: {exc}")
+
+        def step(phase: str, fraction: float) -> None:
+            if fraction > job.progress:
+                job.phase, job.progress = phase, fraction
+                self._publish(job)
+
+        await follow(self.backend, instance, step, lambda line: self._log_tail.append(line[:300]))
 
     async def _ready(self, profile: Profile | None) -> bool:
         return await self.registry.ready(profile.served_name if profile is not None else None)

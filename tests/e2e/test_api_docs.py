@@ -3,9 +3,7 @@ offline, rendered by headless Chromium), and Schemathesis fuzzing a live gateway
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from openapi_spec_validator import validate
 
 from gwproxy.docs import document, operations
 from tests.conftest import Gateway, provision, start_app
+from tests.support.browser import chromium
 from tests.support.procs import start_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,15 +82,6 @@ async def test_docs_page_is_served_from_installed_assets_and_follows_the_setting
             await client.close()
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("chromium not found: `make test` installs it (Debian's chromium package)")
-        pytest.skip("chromium is not installed (make test installs it as root)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def docs_gateway(log_dir: Path, sim: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     env, key = provision(tmp_path_factory.mktemp("docs"))
@@ -103,7 +93,7 @@ def docs_gateway(log_dir: Path, sim: int, tmp_path_factory: pytest.TempPathFacto
 
 
 def test_docs_render_in_headless_chromium(docs_gateway: Gateway, tmp_path: Path) -> None:
-    browser = _chromium()
+    browser = chromium()
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "docs.png"
     shot.unlink(missing_ok=True)

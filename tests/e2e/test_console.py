@@ -5,8 +5,8 @@ committed)."""
 
 from __future__ import annotations
 
-import os
-import shutil
+import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,24 +14,12 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Gateway, gwproxy_cli, provision
+from tests.support.browser import CHROMIUM_FLAGS, chromium
 from tests.support.procs import free_port, start_gateway
 from tests.support.switching import write_test_profiles
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SIM = "{python} -m gwproxy sim --ttft-ms 20 --itl-ms 10 --startup-delay 1"
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("chromium not found: `make test` installs it (Debian's chromium package)")
-        pytest.skip("chromium is not installed (make test installs it as root)")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +79,7 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
     _traffic(console)
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -187,15 +175,12 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
 def test_requests_in_flight_are_listed_and_cancelled_from_the_console(console: Gateway) -> None:
     """A long stream shows in the table (route, model, user, age, how far); Cancel aborts it: the
     caller's stream ends early and the simulator counts the generation as aborted."""
-    import re as regex
-    import threading
-
     from playwright.sync_api import expect, sync_playwright
 
     def aborted() -> float:
         metrics = httpx.get(f"{console.url}/health").json()["components"]["upstream"]["url"].rsplit("/v1", 1)[0]
         text = httpx.get(metrics + "/metrics").text
-        found = regex.findall(r'vllm:request_success_total\{finished_reason="abort"[^}]*\} (\S+)', text)
+        found = re.findall(r'vllm:request_success_total\{finished_reason="abort"[^}]*\} (\S+)', text)
         return sum(float(v) for v in found)
 
     before = aborted()
@@ -215,7 +200,7 @@ def test_requests_in_flight_are_listed_and_cancelled_from_the_console(console: G
     caller = threading.Thread(target=stream)
     caller.start()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
         page = browser.new_page()
         page.on("dialog", lambda d: d.accept())
         page.goto(f"{console.url}/ui/")
@@ -235,7 +220,7 @@ def test_requests_in_flight_are_listed_and_cancelled_from_the_console(console: G
         bob = {"Authorization": f"Bearer {login.json()['access_token']}"}
         assert httpx.get(f"{console.url}/api/requests", headers=bob).json()["data"] == []
         assert httpx.delete(f"{console.url}/api/requests/{running['id']}", headers=bob).status_code == 404
-        page.get_by_role("button", name=regex.compile("^Cancel request")).click()
+        page.get_by_role("button", name=re.compile("^Cancel request")).click()
         expect(table).not_to_contain_text("/v1/chat/completions", timeout=10_000)
         browser.close()
     caller.join(timeout=30)
