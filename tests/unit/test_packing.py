@@ -22,9 +22,10 @@ from gwproxy.config import SwitchConfig, UpstreamConfig, UpstreamTarget
 from gwproxy.metrics import Metrics
 from gwproxy.proxy.upstream import Upstream
 from gwproxy.switcher import planner
-from gwproxy.switcher.fleet import Fleet, Resident
+from gwproxy.switcher.fleet import Fleet
 from gwproxy.switcher.hardware import GIB, parse_snapshot
 from gwproxy.switcher.hosts import ProcessHost
+from gwproxy.switcher.instances import Resident
 from gwproxy.switcher.planner import Placement
 from gwproxy.switcher.processes import ProcessBackend
 from gwproxy.switcher.profiles import Profile, ProfileSet, load_profiles
