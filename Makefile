@@ -8,7 +8,7 @@ PORT ?= 8080
 # pip's notices about absent optional indexes are noise; failures still fail.
 QUIET_PIP := { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: run test lint typecheck services bench bench-fleet install clean
+.PHONY: run test lint typecheck services bench bench-fleet bench-scale install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(VENV)/.installed-test
 bench-fleet: $(VENV)/.installed-test
 	bash bench/setup.sh
 	$(BIN)/python -m bench.fleet
+
+## Reads at scale: PostgreSQL seeded with 20 M requests and 2 M messages, each console/API read's p95.
+bench-scale: $(VENV)/.installed-test
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* *.egg-info

@@ -4,7 +4,8 @@ inserting the rows of the whole batch in a few statements, whatever its size.
 ``store_batch`` runs in the writer's transaction. It skips request ids already stored (replays
 are idempotent), asks the ``Store`` in one statement each for the conversations the records name
 and the stored messages their histories end on, plans every record's rows (pure: ``_plan``), and
-hands the plan to the ``Store`` to write, one statement per table.
+hands the plan to the ``Store`` to write, one statement per table — the daily usage rollups
+(``store.rollups``) included, so they count exactly the requests stored.
 
 Threading (see ``threads``): a request continues the newest stored message of its user whose
 prefix hash is the hash of its history (all messages but the new turn); with a conversation id
@@ -36,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gwproxy.capture import responses, threads
 from gwproxy.capture.assembly import Assembled
 from gwproxy.capture.record import RESPONSES_ROUTE, Record
+from gwproxy.store import rollups
 from gwproxy.store.tables import conversations, messages, requests
 
 _RANDOM = bytearray()
@@ -69,6 +71,7 @@ class Rows:
     messages: list[dict[str, Any]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     touched: dict[str, tuple[datetime, str | None]] = field(default_factory=dict)  # stored id → (updated, model)
+    usage: rollups.Rollup = field(default_factory=rollups.Rollup)  # added to the daily usage rollups
 
 
 class Store(Protocol):
@@ -207,6 +210,7 @@ def _plan(
             duration_ms=_float(record.duration_ms), created_at=when,
         )
     )  # fmt: skip
+    plan.usage.add(when, record.user_id, model, record.status, prompt_tokens, completion_tokens)
 
 
 def _float(value: float | None) -> float | None:
@@ -348,6 +352,7 @@ class SqlStore:
                 ),
                 [{"cid": cid, "updated": when, "model": model} for cid, (when, model) in plan.touched.items()],
             )
+        await rollups.add_sql(self.conn, plan.usage)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
@@ -434,6 +439,8 @@ class PgStore:
         await self._copy(requests, plan.requests)
         if plan.touched:
             await self.conn.executemany(_TOUCH, [(cid, *change) for cid, change in plan.touched.items()])
+        for query, columns in rollups.pg_statements(plan.usage):
+            await self.conn.execute(query, *columns)
 
     async def _copy(self, table: Table, rows: Any) -> None:
         columns = [c.name for c in table.columns]

@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import case, delete, func, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, column, delete, insert, select, table, tuple_, update
+from sqlalchemy import text as text_sql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gwproxy.capture.batch import new_id
 from gwproxy.errors import InvalidRequest, NotFound
-from gwproxy.store.tables import conversations, messages, requests
+from gwproxy.store.tables import TITLE_SEARCH_TABLE, conversations, messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,7 @@ async def list_conversations(
     if until:
         query = query.where(c.updated_at < until)
     if text:
-        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(c.title.ilike(f"%{escaped}%", escape="\\"))
+        query = query.where(await _title_contains(conn, text))
     if cursor:
         updated, cid = _decode_cursor(cursor)
         # A row-value comparison: PostgreSQL bounds the (user_id, updated_at, id) index scan with it,
@@ -83,6 +83,26 @@ async def list_conversations(
     items = [conversation_view(r) for r in rows[:limit]]
     more = len(rows) > limit
     return Page(items, _encode_cursor(items[-1]["updated_at"], items[-1]["id"]) if more and items else None)
+
+
+async def _title_contains(conn: AsyncConnection, text: str) -> ColumnElement[bool]:
+    """Titles containing ``text`` (case-insensitive), through the text index where there is one:
+    PostgreSQL's trigram index answers the ILIKE itself; on SQLite the FTS5 trigram table narrows
+    the rows (a phrase of three characters or more matches where it occurs) and the ILIKE decides."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    contains = conversations.c.title.ilike(f"%{escaped}%", escape="\\")
+    if conn.dialect.name != "sqlite" or len(text) < 3 or not await _has_fts(conn):
+        return contains
+    phrase = '"' + text.replace('"', '""') + '"'
+    fts = table(TITLE_SEARCH_TABLE, column("cid"), column("title"))
+    found = select(fts.c.cid).where(fts.c.title.op("MATCH")(phrase))
+    return and_(conversations.c.id.in_(found), contains)
+
+
+async def _has_fts(conn: AsyncConnection) -> bool:
+    """Migration 0006 made the FTS5 table (a SQLite without the trigram tokenizer has none)."""
+    query = text_sql("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name")
+    return (await conn.execute(query, {"name": TITLE_SEARCH_TABLE})).first() is not None
 
 
 async def get_conversation(conn: AsyncConnection, user_id: int, cid: str) -> dict[str, Any]:
@@ -174,35 +194,3 @@ async def delete_conversation(conn: AsyncConnection, user_id: int, cid: str) -> 
     await get_conversation(conn, user_id, cid)
     await conn.execute(delete(messages).where(messages.c.conversation_id == cid))  # SQLite: no FK cascade
     await conn.execute(delete(conversations).where(conversations.c.id == cid))
-
-
-async def usage(
-    conn: AsyncConnection, user_id: int | None, since: datetime | None, until: datetime | None
-) -> list[dict[str, Any]]:
-    r = requests.c
-    day = func.date(r.created_at)
-    query = select(
-        day.label("day"), r.model, r.user_id, func.count().label("requests"),
-        func.sum(case((r.status >= 400, 1), else_=0)).label("failed"),
-        func.coalesce(func.sum(r.prompt_tokens), 0).label("prompt_tokens"),
-        func.coalesce(func.sum(r.completion_tokens), 0).label("completion_tokens"),
-    ).group_by(day, r.model, r.user_id)  # fmt: skip
-    if user_id is not None:
-        query = query.where(r.user_id == user_id)
-    if since:
-        query = query.where(r.created_at >= since)
-    if until:
-        query = query.where(r.created_at < until)
-    rows = await conn.execute(query.order_by(day, r.model))
-    return [
-        {
-            "day": str(m["day"]),
-            "model": m["model"],
-            "user_id": m["user_id"],
-            "requests": int(m["requests"]),
-            "failed": int(m["failed"] or 0),
-            "prompt_tokens": int(m["prompt_tokens"]),
-            "completion_tokens": int(m["completion_tokens"]),
-        }
-        for m in (row._mapping for row in rows)
-    ]

@@ -8,8 +8,10 @@
 - ``PATCH  /api/conversations/{id}``        ``{"title"?, "metadata"?}``
 - ``DELETE /api/conversations/{id}``        → 204
 - ``GET    /api/conversations/{id}/export`` ``?format=json`` (default) or ``markdown``
-- ``GET    /api/usage``                     tokens and requests by day and model; ``since``/``until``;
-                                            admins may ask for ``user_id=N`` or ``user_id=all``
+- ``GET    /api/usage``                     tokens and requests by day and model; ``since``/``until``
+                                            (UTC days, 30 by default, at most 400); admins may ask for
+                                            ``user_id=N`` or ``user_id=all`` (summed over everyone)
+- ``GET    /api/usage/users``               admins: each user's totals over the range, paged
 
 Another user's conversation is answered 404, exactly like one that does not exist.
 """
@@ -26,6 +28,7 @@ from marshmallow import RAISE, Schema, fields, validate
 from gwproxy.bodies import identifier, json, load
 from gwproxy.capture.threads import text_of
 from gwproxy.conversations import repository
+from gwproxy.conversations import usage as usage_reads
 from gwproxy.errors import Forbidden, InvalidRequest
 from gwproxy.keys import DATABASE, PRINCIPAL
 from gwproxy.operations import operation
@@ -99,14 +102,26 @@ class ConversationPage(Schema):
 
 class Usage(Schema):
     user_id = fields.Raw(required=True, metadata={"description": "a user id, or 'all'"})
-    data = fields.List(fields.Dict(), required=True)
+    since = fields.String(required=True, metadata={"description": "first day counted (UTC)"})
+    until = fields.String(required=True, metadata={"description": "day after the last one counted"})
+    data = fields.List(fields.Dict(), required=True, metadata={"description": "day, model and the counts"})
     total = fields.Dict(required=True)
+
+
+class UsageByUser(Schema):
+    since = fields.String(required=True)
+    until = fields.String(required=True)
+    data = fields.List(
+        fields.Dict(), required=True, metadata={"description": "user_id, username and the counts, by user id"}
+    )
+    next_cursor = fields.String(required=True, allow_none=True)
+    has_more = fields.Boolean(required=True)
 
 
 @operation("Your conversations, newest first", "conversations", answer=ConversationPage, errors=(400,),
            query={"limit": "1 to 100 (default 20)", "cursor": "next_cursor of the previous page",
                   "model": "only this model", "since": "ISO date or time", "until": "ISO date or time",
-                  "q": "text in the title"})  # fmt: skip
+                  "q": "text in the title (case-insensitive)"})  # fmt: skip
 async def list_conversations(request: web.Request) -> web.Response:
     async with request.app[DATABASE].connect() as conn:
         page = await repository.list_conversations(
@@ -219,8 +234,9 @@ async def export_conversation(request: web.Request) -> web.Response:
 
 
 @operation("Requests and tokens by day and model", "conversations", answer=Usage, errors=(400, 403),
-           query={"since": "ISO date or time", "until": "ISO date or time",
-                  "user_id": "admins: a user id, or 'all'"})  # fmt: skip
+           query={"since": "ISO date (default: 30 days before until)",
+                  "until": "ISO date, exclusive (default: tomorrow)",
+                  "user_id": "admins: a user id, or 'all' (summed over every user)"})  # fmt: skip
 async def usage(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     asked = request.query.get("user_id")
@@ -234,15 +250,32 @@ async def usage(request: web.Request) -> web.Response:
             user_id = identifier(asked, "user_id")
             if user_id is None:
                 raise InvalidRequest("'user_id' must be a user id or 'all'", param="user_id")
+    window = _window(request)
     async with request.app[DATABASE].connect() as conn:
-        rows = await repository.usage(conn, user_id, _date(request, "since"), _date(request, "until"))
-    totals = {
-        "requests": sum(r["requests"] for r in rows),
-        "failed": sum(r["failed"] for r in rows),
-        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
-        "completion_tokens": sum(r["completion_tokens"] for r in rows),
-    }
-    return json({"user_id": user_id if user_id is not None else "all", "data": rows, "total": totals})
+        rows = await usage_reads.by_day(conn, user_id, window)
+    return json({"user_id": user_id if user_id is not None else "all", **window.public(), "data": rows,
+                 "total": usage_reads.totals(rows)})  # fmt: skip
+
+
+@operation("Each user's requests and tokens over a range, a page at a time (admins)", "conversations",
+           answer=UsageByUser, errors=(400, 403),
+           query={"since": "ISO date (default: 30 days before until)",
+                  "until": "ISO date, exclusive (default: tomorrow)",
+                  "limit": "1 to 100 (default 20)", "cursor": "next_cursor of the previous page"})  # fmt: skip
+async def usage_by_user(request: web.Request) -> web.Response:
+    if not request[PRINCIPAL].is_admin:
+        raise Forbidden("Only admins may see other users' usage")
+    window = _window(request)
+    async with request.app[DATABASE].connect() as conn:
+        page = await usage_reads.by_user(
+            conn, window, limit=_limit(request), cursor=request.query.get("cursor") or None
+        )
+    return json({**window.public(), "data": page.items, "next_cursor": page.next_cursor,
+                 "has_more": page.next_cursor is not None})  # fmt: skip
+
+
+def _window(request: web.Request) -> usage_reads.Window:
+    return usage_reads.Window.of(_date(request, "since"), _date(request, "until"))
 
 
 def add_routes(app: web.Application) -> None:
@@ -254,3 +287,4 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/api/conversations/{conversation_id}", delete_conversation)
     r.add_get("/api/conversations/{conversation_id}/export", export_conversation)
     r.add_get("/api/usage", usage)
+    r.add_get("/api/usage/users", usage_by_user)

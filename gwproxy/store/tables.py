@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -149,3 +150,42 @@ requests = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_requests_user_created", "user_id", "created_at"),
 )
+
+# Daily usage rollups, kept by the capture writer in the transaction that stores the requests (see
+# ``store.rollups``): what ``/api/usage`` reads, so a range costs its days, not its requests. A day
+# is a UTC date; a request without a model counts under ``""``.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("user_id", Id, primary_key=True, autoincrement=False),
+    Column("model", String(200), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Index("ix_usage_daily_user_day", "user_id", "day"),
+)
+
+usage_daily_totals = Table(  # the same, summed over users: the all-users chart reads days × models rows
+    "usage_daily_totals",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+)
+
+# Conversation title search has a text index outside this metadata (SQLAlchemy Core cannot
+# describe either kind): on PostgreSQL a GIN trigram index (pg_trgm, with btree_gin for the user
+# id when available), on SQLite an FTS5 table with the trigram tokenizer kept by triggers. Both are
+# made by migration 0006; ``unmanaged`` tells schema comparisons to leave them out.
+TITLE_SEARCH_INDEX = "ix_conversations_title_trgm"
+TITLE_SEARCH_TABLE = "conversations_title_fts"
+
+
+def unmanaged(name: str | None) -> bool:
+    """True for the search index's objects (the FTS5 table, its shadow tables, the GIN index)."""
+    return bool(name) and (name == TITLE_SEARCH_INDEX or str(name).startswith(TITLE_SEARCH_TABLE))

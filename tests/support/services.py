@@ -30,7 +30,8 @@ def pg_bin() -> Path:
 class Postgres:
     """A PostgreSQL cluster in a temp dir, trust auth on 127.0.0.1, stopped by ``stop``."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: str = "") -> None:
+        self.settings = settings  # more ``-c name=value`` for the server (the scale bench's memory)
         self.bin = pg_bin()
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="gwproxy-pg-"))
@@ -53,7 +54,7 @@ class Postgres:
             "-w",
             "-o",
             f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 {self.settings}",
             "start",
         )
 
