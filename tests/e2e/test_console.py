@@ -125,6 +125,8 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         expect(page.get_by_role("table", name="Profiles")).to_contain_text("does not fit")  # 'huge'
         page.get_by_role("button", name="Switch to beta").click()
         expect(page.get_by_text("Done — ready")).to_be_visible(timeout=60_000)
+        expect(page.locator('[data-state="beta"]')).to_have_text("serving")  # the table is drawn again
+        expect(page.get_by_role("button", name="Switch to beta")).to_be_disabled()
         shot("models")
 
         # Playground: a streamed reply from the new model, recorded as a conversation.
@@ -144,6 +146,9 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         expect(page.locator("#usage-chart")).to_be_visible()
         page.get_by_label("Whose").select_option("all")
         expect(page.get_by_role("table", name="Usage by day and model")).to_contain_text("alpha")
+        expect(page.get_by_role("table", name="Usage by user")).to_contain_text("admin")  # summed, then per user
+        page.get_by_label("Range").select_option("90")
+        expect(page.get_by_text("Last 90 days:")).to_be_visible()
         shot("usage")
 
         page.get_by_role("link", name="Users").click()

@@ -263,47 +263,61 @@ async function dashboardPage() {
 
 async function modelsPage() {
   const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Models"));
-  const [profiles, status] = await Promise.all([api("/api/models/profiles"), api("/api/models/status")]);
   const admin = me.role === "admin";
   const job = h("div", { id: "job", class: "card", hidden: true });
-  const loaded = new Map(status.instances.map((i) => [i.profile_id, i]));
-  const rows = profiles.data.map((p) => {
-    const actions = h("td", {});
-    if (admin) {
-      actions.append(h("button", { type: "button", "aria-label": `Switch to ${p.id}`, disabled: p.current,
-        onclick: guard(async () => {
-          if (!confirm(`Switch the served model to ${p.id}? Requests wait while it loads.`)) return;
-          const answer = await api("/api/models/switch", { method: "POST", body: { profile_id: p.id } });
-          follow(job, answer.job.id);
-        }) }, "Switch"));
-      if (status.on_demand) {
-        actions.append(" ", loaded.has(p.id)
-          ? h("button", { type: "button", class: "secondary", "aria-label": `Unload ${p.id}`, onclick: guard(async () => {
-            if (!confirm(`Unload ${p.id}?`)) return;
-            await api("/api/models/unload", { method: "POST", body: { profile_id: p.id } });
-            route();
-          }) }, "Unload")
-          : h("button", { type: "button", class: "secondary", "aria-label": `Load ${p.id}`, disabled: p.current, onclick: guard(async () => {
-            if (!confirm(`Load ${p.id} beside the running models?`)) return;
-            await api("/api/models/load", { method: "POST", body: { profile_id: p.id } });
-            say(`${p.id} is loading; the dashboard shows it once it is up.`, "info");
-          }) }, "Load"));
+  const holder = h("div", { id: "profiles" });
+  // The table is drawn again after a switch, a load or an unload, and every 2 s while an instance is
+  // loading or stopping (until it settles, or the page is left).
+  async function render() {
+    const [profiles, status] = await Promise.all([api("/api/models/profiles"), api("/api/models/status")]);
+    const loaded = new Map(status.instances.map((i) => [i.profile_id, i]));
+    const rows = profiles.data.map((p) => {
+      const actions = h("td", {});
+      if (admin) {
+        actions.append(h("button", { type: "button", "aria-label": `Switch to ${p.id}`, disabled: p.current,
+          onclick: guard(async () => {
+            if (!confirm(`Switch the served model to ${p.id}? Requests wait while it loads.`)) return;
+            const answer = await api("/api/models/switch", { method: "POST", body: { profile_id: p.id } });
+            follow(job, answer.job.id, render);
+          }) }, "Switch"));
+        if (status.on_demand) {
+          actions.append(" ", loaded.has(p.id)
+            ? h("button", { type: "button", class: "secondary", "aria-label": `Unload ${p.id}`, onclick: guard(async () => {
+              if (!confirm(`Unload ${p.id}?`)) return;
+              await api("/api/models/unload", { method: "POST", body: { profile_id: p.id } });
+              say(`${p.id} unloaded.`, "info");
+              await render();
+            }) }, "Unload")
+            : h("button", { type: "button", class: "secondary", "aria-label": `Load ${p.id}`, disabled: p.current, onclick: guard(async () => {
+              if (!confirm(`Load ${p.id} beside the running models?`)) return;
+              await api("/api/models/load", { method: "POST", body: { profile_id: p.id } });
+              say(`${p.id} is loading.`, "info");
+              await render();
+            }) }, "Load"));
+        }
       }
+      const fit = p.fit;
+      return h("tr", {}, h("td", {}, h("strong", {}, p.id), h("div", { class: "muted" }, p.name)),
+        h("td", { "data-state": p.id }, p.current ? "serving" : loaded.has(p.id) ? loaded.get(p.id).state : "—"),
+        h("td", { class: fit.fits ? "ok" : "bad" }, { fits: "fits", tight: "fits tightly", no_fit: "does not fit" }[fit.verdict]),
+        h("td", { class: "muted" }, fit.reason), actions);
+    });
+    holder.replaceChildren(
+      h("p", { class: "muted" }, `Hardware: ${profiles.hardware}. Serving: ${profiles.current_profile || "nothing"}.`),
+      table(["profile", "state", "fit", "why", ""], rows, "Profiles"));
+    if (status.instances.some((i) => i.state === "loading" || i.state === "stopping")) {
+      setTimeout(() => { if (holder.isConnected) render().catch(() => {}); }, 2000);
     }
-    const fit = p.fit;
-    return h("tr", {}, h("td", {}, h("strong", {}, p.id), h("div", { class: "muted" }, p.name)),
-      h("td", {}, p.current ? "serving" : loaded.has(p.id) ? loaded.get(p.id).state : "—"),
-      h("td", { class: fit.fits ? "ok" : "bad" }, { fits: "fits", tight: "fits tightly", no_fit: "does not fit" }[fit.verdict]),
-      h("td", { class: "muted" }, fit.reason), actions);
-  });
-  page.append(h("p", { class: "muted" }, `Hardware: ${profiles.hardware}. Serving: ${profiles.current_profile || "nothing"}.`),
-    table(["profile", "state", "fit", "why", ""], rows, "Profiles"), job);
-  if (status.job && !status.job.done) follow(job, status.job.id);
+    return status;
+  }
+  const status = await render();
+  page.append(holder, job);
+  if (status.job && !status.job.done) follow(job, status.job.id, render);
   return page;
 }
 
 // Follows a switch job on /api/models/events: phase, progress, outcome (a rollback said plainly).
-async function follow(box, jobId) {
+async function follow(box, jobId, done = () => {}) {
   box.hidden = false;
   const bar = h("span", { width: "0%" });
   const phase = h("p", { "aria-live": "polite" }, "starting…");
@@ -325,6 +339,7 @@ async function follow(box, jobId) {
       phase.textContent = `Done — ${outcome}`;
       phase.className = state.outcome === "switched" || state.outcome === "already_serving" ? "ok" : "bad";
       api("/api/models/status").then((s) => { logs.textContent = (s.log_tail || []).join("\n"); });
+      if (box.isConnected) Promise.resolve(done()).catch(() => {});
       return false;
     }
     api("/api/models/status").then((s) => { logs.textContent = (s.log_tail || []).join("\n"); }).catch(() => {});
@@ -454,7 +469,9 @@ function chart(rows, since) {
   const colors = ["#2458d6", "#1e7a3c", "#b3681e", "#8a2be2", "#b3261e", "#107c91"];
   const total = (d) => rows.filter((r) => r.day === d).reduce((s, r) => s + r.prompt_tokens + r.completion_tokens, 0);
   const top = Math.max(1, ...days.map(total));
-  const W = 640, H = 220, pad = 30, bw = Math.min(40, Math.max(4, (W - pad * 2) / Math.max(1, days.length) - 4));
+  // Every day of the range fits the width: a bar is 80 % of its day's slot (at most 40 units).
+  const W = 640, H = 220, pad = 30, step = (W - pad * 2) / Math.max(1, days.length), bw = Math.min(40, step * 0.8);
+  const every = Math.max(1, Math.ceil(days.length / 10));
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H + 30}`);
@@ -468,51 +485,79 @@ function chart(rows, since) {
       if (!r) return;
       const height = ((r.prompt_tokens + r.completion_tokens) / top) * (H - 20);
       const rect = document.createElementNS(ns, "rect");
-      for (const [k, v] of Object.entries({ x: pad + i * (bw + 4), y: y - height, width: bw, height, fill: colors[j % colors.length] })) rect.setAttribute(k, v);
+      for (const [k, v] of Object.entries({ x: pad + i * step, y: y - height, width: bw, height, fill: colors[j % colors.length] })) rect.setAttribute(k, v);
       const title = document.createElementNS(ns, "title");
-      title.textContent = `${d} ${m}: ${r.prompt_tokens + r.completion_tokens} tokens`;
+      title.textContent = `${d} ${m || "no model"}: ${r.prompt_tokens + r.completion_tokens} tokens`;
       rect.append(title);
       svg.append(rect);
       y -= height;
     });
-    if (i % 5 === 0 || i === days.length - 1) {
+    if (i % every === 0) {
       const label = document.createElementNS(ns, "text");
-      label.setAttribute("x", pad + i * (bw + 4));
+      label.setAttribute("x", pad + i * step);
       label.setAttribute("y", H + 15);
       label.textContent = d.slice(5);
       svg.append(label);
     }
   });
-  const legend = h("p", { class: "muted" }, models.map((m, j) => h("span", {}, `■ ${m}  `)));
+  const legend = h("p", { class: "muted" }, models.map((m) => h("span", {}, `■ ${m || "no model"}  `)));
   [...legend.children].forEach((s, j) => { s.style.color = colors[j % colors.length]; });
   return h("div", { class: "card" }, svg, legend);
 }
 
 async function usagePage() {
+  // Charts read the daily rollups (/api/usage); "everyone" is summed over users, and the per-user
+  // totals come a page at a time (/api/usage/users).
   const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Usage"));
-  const since = new Date(Date.now() - 30 * 86400e3).toISOString().slice(0, 10);
   const who = h("select", { id: "usage-user", "aria-label": "Whose usage" }, h("option", { value: "" }, "mine"));
+  const range = h("select", { id: "usage-range" }, [7, 30, 90].map((d) => h("option", { value: d }, `last ${d} days`)));
+  range.value = "30";
   if (me.role === "admin") {
     who.append(h("option", { value: "all" }, "everyone"));
     for (const u of (await api("/api/admin/users")).data) who.append(h("option", { value: u.id }, u.username));
   }
   const holder = h("div", {});
   const load = guard(async () => {
+    const days = Number(range.value);
+    const since = new Date(Date.now() - (days - 1) * 86400e3).toISOString().slice(0, 10);
     const q = new URLSearchParams({ since });
     if (who.value) q.set("user_id", who.value);
     const usage = await api(`/api/usage?${q}`);
     holder.replaceChildren(
-      h("p", {}, `Last 30 days: ${usage.total.requests} requests (${usage.total.failed} failed), `,
+      h("p", {}, `Last ${days} days: ${usage.total.requests} requests (${usage.total.failed} failed), `,
         `${usage.total.prompt_tokens} prompt and ${usage.total.completion_tokens} completion tokens.`),
       usage.data.length ? chart(usage.data, since) : h("p", { class: "muted" }, "No requests in this range."),
       table(["day", "model", "requests", "failed", "prompt tokens", "completion tokens"],
-        usage.data.map((r) => h("tr", {}, h("td", {}, r.day), h("td", {}, r.model), h("td", {}, r.requests), h("td", {}, r.failed),
+        usage.data.map((r) => h("tr", {}, h("td", {}, r.day), h("td", {}, r.model || "—"), h("td", {}, r.requests), h("td", {}, r.failed),
           h("td", {}, r.prompt_tokens), h("td", {}, r.completion_tokens))), "Usage by day and model"));
+    if (who.value === "all") holder.append(await perUser(since));
   });
   who.addEventListener("change", load);
-  page.append(field("usage-user", "Whose", who), holder);
+  range.addEventListener("change", load);
+  page.append(h("div", { class: "inline" }, field("usage-user", "Whose", who), field("usage-range", "Range", range)), holder);
   await load();
   return page;
+}
+
+// Each user's totals over the range, 50 at a time ("More" fetches the next page by its cursor).
+async function perUser(since) {
+  const body = h("tbody", {});
+  const box = h("div", { class: "card" }, h("h2", {}, "By user"), h("div", { class: "scroll" },
+    h("table", { "aria-label": "Usage by user" }, h("thead", {}, h("tr", {},
+      ["user", "requests", "failed", "prompt tokens", "completion tokens"].map((c) => h("th", { scope: "col" }, c)))), body)));
+  const more = h("button", { type: "button", class: "secondary", hidden: true }, "More users");
+  let cursor = "";
+  const next = guard(async () => {
+    const page = await api(`/api/usage/users?${new URLSearchParams({ since, limit: 50, cursor })}`);
+    body.append(...page.data.map((u) => h("tr", {}, h("td", {}, u.username || `#${u.user_id}`), h("td", {}, u.requests),
+      h("td", {}, u.failed), h("td", {}, u.prompt_tokens), h("td", {}, u.completion_tokens))));
+    cursor = page.next_cursor || "";
+    more.hidden = !page.has_more;
+  });
+  more.addEventListener("click", next);
+  box.append(more);
+  await next();
+  return box;
 }
 
 // ---- requests in flight ----------------------------------------------------------------------
