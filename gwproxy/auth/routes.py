@@ -6,6 +6,8 @@ may name any ``user_id``. Another user's key answers 404, as if it did not exist
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from gwproxy import log
@@ -19,6 +21,30 @@ from gwproxy.operations import Access, operation
 from gwproxy.principal import Principal, require_admin
 
 _log = log.get("gwproxy.auth")
+
+
+MAX_PAGE = 1000
+PAGE = {"limit": f"1 to {MAX_PAGE} (default 100)", "cursor": "next_cursor of the previous page"}
+
+
+def _page(request: web.Request) -> tuple[int, int]:
+    """(the id after which the page starts, its size) from ``cursor`` and ``limit``."""
+    limit = identifier(request.query.get("limit", "100"), "limit")
+    if limit is None or not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
+    raw = request.query.get("cursor") or "0"
+    after = identifier(raw, "cursor")
+    if after is None:
+        raise InvalidRequest("'cursor' is not a cursor this API gave out", param="cursor")
+    return after, limit
+
+
+def _listed(items: list[dict[str, Any]], limit: int) -> web.Response:
+    """A page: ``limit + 1`` rows were asked for, the last one only says there are more."""
+    more = len(items) > limit
+    items = items[:limit]
+    cursor = str(items[-1]["id"]) if more else None
+    return json({"object": "list", "data": items, "has_more": more, "next_cursor": cursor})
 
 
 def _int(request: web.Request, name: str) -> int:
@@ -91,8 +117,8 @@ async def create_key(request: web.Request) -> web.Response:
     return json({**info.public(), "key": value}, status=201)
 
 
-@operation("Your API keys (admins: ?user_id=N or all)", "auth", answer=schemas.KeyList, errors=(400, 403),
-           query={"user_id": "admins: a user id, or 'all'"})  # fmt: skip
+@operation("Your API keys (admins: ?user_id=N or all), by id, a page at a time", "auth", answer=schemas.KeyList,
+           errors=(400, 403), query={"user_id": "admins: a user id, or 'all'", **PAGE})  # fmt: skip
 async def list_keys(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     raw = request.query.get("user_id")
@@ -104,8 +130,9 @@ async def list_keys(request: web.Request) -> web.Response:
         if raw and asked is None:
             raise InvalidRequest("user_id must be a number or 'all'", param="user_id")
         user_id = _target_user(principal, asked)
-    keys = await request.app[USERS].list_keys(user_id)
-    return json({"object": "list", "data": [k.public() for k in keys]})
+    after, limit = _page(request)
+    keys = await request.app[USERS].list_keys(user_id, after=after, limit=limit + 1)
+    return _listed([k.public() for k in keys], limit)
 
 
 @operation("Revoke an API key", "auth", status=204, errors=(403, 404))
@@ -117,10 +144,12 @@ async def revoke_key(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-@operation("All users", "admin", answer=schemas.UserList, access=Access.ADMIN)
+@operation("Users by id, a page at a time", "admin", answer=schemas.UserList, access=Access.ADMIN, errors=(400,),
+           query={"q": "usernames starting with this", **PAGE})  # fmt: skip
 async def admin_list_users(request: web.Request) -> web.Response:
-    users = await request.app[USERS].list_users()
-    return json({"object": "list", "data": [u.public() for u in users]})
+    after, limit = _page(request)
+    users = await request.app[USERS].list_users(after=after, limit=limit + 1, prefix=request.query.get("q") or None)
+    return _listed([u.public() for u in users], limit)
 
 
 @operation("Create a user", "admin", body=schemas.NewUser, answer=schemas.User, status=201,

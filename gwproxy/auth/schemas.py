@@ -104,8 +104,12 @@ class User(Schema):
 class KeyList(Schema):
     object = fields.String(required=True)
     data = fields.List(fields.Nested(ApiKey), required=True)
+    has_more = fields.Boolean(required=True)
+    next_cursor = fields.String(required=True, allow_none=True)
 
 
 class UserList(Schema):
     object = fields.String(required=True)
     data = fields.List(fields.Nested(User), required=True)
+    has_more = fields.Boolean(required=True)
+    next_cursor = fields.String(required=True, allow_none=True)

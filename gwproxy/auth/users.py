@@ -236,9 +236,13 @@ class UserService:
             raise NotFound(f"no user named {username!r}")
         return _user(row)
 
-    async def list_users(self) -> list[User]:
+    async def list_users(self, *, after: int = 0, limit: int | None = None, prefix: str | None = None) -> list[User]:
+        """By id: those after ``after``, ``limit`` of them (None: all), names starting with ``prefix``."""
+        query = select(users).where(users.c.id > after).order_by(users.c.id).limit(limit)
+        if prefix:
+            query = query.where(users.c.username.startswith(prefix, autoescape=True))
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(users).order_by(users.c.id))).all()
+            rows = (await conn.execute(query)).all()
         return [_user(r) for r in rows]
 
     async def count_admins(self) -> int:
@@ -352,8 +356,9 @@ class UserService:
         _log.info("api key created", user_id=user_id, key_id=key_id, prefix=secret.prefix)
         return secret.value, _key(row)
 
-    async def list_keys(self, user_id: int | None) -> list[KeyInfo]:
-        query = select(api_keys).order_by(api_keys.c.id)
+    async def list_keys(self, user_id: int | None, *, after: int = 0, limit: int | None = None) -> list[KeyInfo]:
+        """By id: one user's keys (None: everyone's) after ``after``, ``limit`` of them (None: all)."""
+        query = select(api_keys).where(api_keys.c.id > after).order_by(api_keys.c.id).limit(limit)
         if user_id is not None:
             query = query.where(api_keys.c.user_id == user_id)
         async with self.engine.connect() as conn:

@@ -150,10 +150,17 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         page.get_by_label("Range").select_option("90")
         expect(page.get_by_text("Last 90 days:")).to_be_visible()
         shot("usage")
+        page.get_by_role("button", name="Usage of admin").click()  # one user's chart, from the per-user table
+        expect(page.get_by_label("Whose")).to_have_value(re.compile(r"^\d+$"))
+        expect(page.locator("#usage-chart")).to_be_visible()
 
         page.get_by_role("link", name="Users").click()
         expect(page.get_by_role("table", name="Users")).to_contain_text("bob")
         shot("users")
+        page.get_by_label("Find", exact=True).fill("bo")
+        page.get_by_role("button", name="Find", exact=True).click()
+        expect(page.get_by_role("table", name="Users")).not_to_contain_text("admin")
+        expect(page.get_by_role("table", name="Users")).to_contain_text("bob")
 
         page.get_by_role("button", name="Sign out").click()
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()

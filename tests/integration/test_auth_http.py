@@ -241,3 +241,35 @@ async def test_keys_of_others(env: Env) -> None:
     assert status == 404
     status, _, _ = await call("GET", env.url("/api/auth/keys?user_id=all"), headers=bearer(env.user_key))
     assert status == 403
+
+
+async def test_users_and_keys_are_listed_a_page_at_a_time(env: Env) -> None:
+    users = env.server.app[USERS]
+    for name in ("carol", "carl", "dave", "c_x"):
+        made = await users.create_user(name, f"{name}-password")
+        await users.create_key(made.id, f"{name}-key")
+    admin = bearer(env.admin_key)
+
+    async def walk(path: str, limit: int) -> list[list[str]]:
+        pages, cursor = [], ""
+        while True:
+            sep = "&" if "?" in path else "?"
+            status, body, _ = await call("GET", env.url(f"{path}{sep}limit={limit}&cursor={cursor}"), headers=admin)
+            assert status == 200, body
+            pages.append([str(item.get("username") or item.get("name")) for item in body["data"]])  # type: ignore[attr-defined]
+            if not body["has_more"]:
+                assert body["next_cursor"] is None
+                return pages
+            cursor = str(body["next_cursor"])
+
+    assert await walk("/api/admin/users", 2) == [["root", "bob"], ["carol", "carl"], ["dave", "c_x"]]
+    assert await walk("/api/admin/users?q=car", 10) == [["carol", "carl"]]
+    assert await walk("/api/admin/users?q=c_", 10) == [["c_x"]]  # a prefix, wildcards as text
+    keys = await walk("/api/auth/keys?user_id=all", 4)
+    assert [len(p) for p in keys] == [4, 2] and keys[0][:2] == ["admin", "bob"]
+    status, body, _ = await call("GET", env.url("/api/auth/keys?limit=1"), headers=bearer(env.user_key))
+    assert status == 200 and [k["name"] for k in body["data"]] == ["bob"] and body["has_more"] is False  # type: ignore[index]
+    for path, param in (("/api/admin/users?limit=0", "limit"), ("/api/admin/users?limit=1001", "limit"),
+                        ("/api/auth/keys?cursor=x", "cursor"), ("/api/admin/users?cursor=-1", "cursor")):  # fmt: skip
+        status, body, _ = await call("GET", env.url(path), headers=admin)
+        assert status == 400 and body["error"]["param"] == param, (path, body)  # type: ignore[index]

@@ -38,6 +38,27 @@ function table(headers, rows, label) {
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "nothing yet")))));
 }
 
+// A list the API gives a page at a time (`limit`, `cursor`; `has_more`, `next_cursor`): its rows
+// drawn by `row`, a "More" button while there are more. `load()` starts again from the first page.
+function paged(path, headers, label, row, size = 100) {
+  const body = h("tbody", {});
+  const more = h("button", { type: "button", class: "secondary", hidden: true }, `More ${label.toLowerCase()}`);
+  let cursor = "";
+  const next = async () => {
+    const q = new URLSearchParams({ limit: size });
+    if (cursor) q.set("cursor", cursor);
+    const page = await api(`${path}${path.includes("?") ? "&" : "?"}${q}`);
+    body.append(...page.data.map(row));
+    if (!body.children.length) body.append(h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "nothing yet")));
+    cursor = page.next_cursor || "";
+    more.hidden = !page.has_more;
+  };
+  more.addEventListener("click", guard(next));
+  const box = h("div", {}, h("div", { class: "scroll" }, h("table", { "aria-label": label },
+    h("thead", {}, h("tr", {}, headers.map((t) => h("th", { scope: "col" }, t)))), body)), more);
+  return { box, load: async () => { cursor = ""; body.replaceChildren(); await next(); } };
+}
+
 function say(text, kind = "error") {
   notice.textContent = text;
   notice.className = kind === "info" ? "info" : "";
@@ -374,23 +395,22 @@ async function keysPage() {
     await list();
   }));
   const holder = h("div", {});
-  async function list() {
-    const keys = await api(admin ? "/api/auth/keys?user_id=all" : "/api/auth/keys");
-    holder.replaceChildren(table(["id", "name", "prefix", "user", "models", "created", "expires", "last used", "state", ""],
-      keys.data.map((k) => h("tr", {}, h("td", {}, k.id), h("td", {}, k.name || "—"), h("td", {}, `${k.prefix}…`),
-        h("td", {}, k.user_id), h("td", {}, k.allowed_models ? k.allowed_models.join(", ") : "any"),
-        h("td", {}, when(k.created_at)), h("td", {}, when(k.expires_at)), h("td", {}, when(k.last_used_at)),
-        h("td", { class: k.revoked_at ? "bad" : "ok" }, k.revoked_at ? "revoked" : "active"),
-        h("td", {}, k.revoked_at ? "" : h("button", { type: "button", class: "secondary", "aria-label": `Revoke key ${k.name || k.prefix}`,
-          onclick: guard(async () => {
-            if (!confirm(`Revoke ${k.name || k.prefix}? Programs using it stop working.`)) return;
-            await api(`/api/auth/keys/${k.id}`, { method: "DELETE" });
-            await list();
-          }) }, "Revoke"),
-        admin ? h("button", { type: "button", class: "secondary", "aria-label": `Limits of key ${k.id}`,
-          onclick: guard(() => limits(`/api/admin/keys/${k.id}/limits`, `key ${k.name || k.prefix}`)) }, "Limits") : ""))),
-      "Keys"));
-  }
+  const keys = paged(admin ? "/api/auth/keys?user_id=all" : "/api/auth/keys",
+    ["id", "name", "prefix", "user", "models", "created", "expires", "last used", "state", ""], "Keys",
+    (k) => h("tr", {}, h("td", {}, k.id), h("td", {}, k.name || "—"), h("td", {}, `${k.prefix}…`),
+      h("td", {}, k.user_id), h("td", {}, k.allowed_models ? k.allowed_models.join(", ") : "any"),
+      h("td", {}, when(k.created_at)), h("td", {}, when(k.expires_at)), h("td", {}, when(k.last_used_at)),
+      h("td", { class: k.revoked_at ? "bad" : "ok" }, k.revoked_at ? "revoked" : "active"),
+      h("td", {}, k.revoked_at ? "" : h("button", { type: "button", class: "secondary", "aria-label": `Revoke key ${k.name || k.prefix}`,
+        onclick: guard(async () => {
+          if (!confirm(`Revoke ${k.name || k.prefix}? Programs using it stop working.`)) return;
+          await api(`/api/auth/keys/${k.id}`, { method: "DELETE" });
+          await list();
+        }) }, "Revoke"),
+      admin ? h("button", { type: "button", class: "secondary", "aria-label": `Limits of key ${k.id}`,
+        onclick: guard(() => limits(`/api/admin/keys/${k.id}/limits`, `key ${k.name || k.prefix}`)) }, "Limits") : "")));
+  holder.append(keys.box);
+  const list = keys.load;
   await list();
   page.append(form, shown, holder, limitsBox);
   return page;
@@ -434,24 +454,33 @@ async function usersPage() {
     await list();
   }));
   const patch = (u, body) => guard(async () => { await api(`/api/admin/users/${u.id}`, { method: "PATCH", body }); await list(); });
+  const find = h("input", { id: "find-user", type: "search", placeholder: "name starts with…" });
+  const search = h("form", { class: "inline", role: "search", "aria-label": "Find users" },
+    field("find-user", "Find", find), h("button", { type: "submit" }, "Find"));
+  const row = (u) => {
+    const roleSelect = h("select", { "aria-label": `Role of ${u.username}` },
+      ["user", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, r)));
+    roleSelect.addEventListener("change", patch(u, { role: roleSelect.value }));
+    return h("tr", {}, h("td", {}, u.id), h("td", {}, u.username), h("td", {}, roleSelect),
+      h("td", { class: u.active ? "ok" : "bad" }, u.active ? "active" : "disabled"),
+      h("td", {}, u.capture ? "on" : "off"), h("td", {}, u.allowed_models ? u.allowed_models.join(", ") : "any"),
+      h("td", {}, when(u.created_at)),
+      h("td", {}, h("button", { type: "button", class: "secondary", "aria-label": `${u.active ? "Disable" : "Enable"} ${u.username}`,
+        onclick: patch(u, { active: !u.active }) }, u.active ? "Disable" : "Enable"), " ",
+      h("button", { type: "button", class: "secondary", "aria-label": `Turn capture ${u.capture ? "off" : "on"} for ${u.username}`,
+        onclick: patch(u, { capture: !u.capture }) }, u.capture ? "Capture off" : "Capture on"), " ",
+      h("button", { type: "button", class: "secondary", "aria-label": `Limits of ${u.username}`,
+        onclick: guard(() => limits(`/api/admin/users/${u.id}/limits`, u.username)) }, "Limits")));
+  };
   async function list() {
-    const users = await api("/api/admin/users");
-    holder.replaceChildren(table(["id", "user", "role", "state", "capture", "models", "created", ""], users.data.map((u) => {
-      const roleSelect = h("select", { "aria-label": `Role of ${u.username}` },
-        ["user", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, r)));
-      roleSelect.addEventListener("change", patch(u, { role: roleSelect.value }));
-      return h("tr", {}, h("td", {}, u.id), h("td", {}, u.username), h("td", {}, roleSelect),
-        h("td", { class: u.active ? "ok" : "bad" }, u.active ? "active" : "disabled"),
-        h("td", {}, u.capture ? "on" : "off"), h("td", {}, u.allowed_models ? u.allowed_models.join(", ") : "any"),
-        h("td", {}, when(u.created_at)),
-        h("td", {}, h("button", { type: "button", class: "secondary", "aria-label": `${u.active ? "Disable" : "Enable"} ${u.username}`,
-          onclick: patch(u, { active: !u.active }) }, u.active ? "Disable" : "Enable"), " ",
-        h("button", { type: "button", class: "secondary", "aria-label": `Turn capture ${u.capture ? "off" : "on"} for ${u.username}`,
-          onclick: patch(u, { capture: !u.capture }) }, u.capture ? "Capture off" : "Capture on"), " ",
-        h("button", { type: "button", class: "secondary", "aria-label": `Limits of ${u.username}`,
-          onclick: guard(() => limits(`/api/admin/users/${u.id}/limits`, u.username)) }, "Limits")));
-    }), "Users"));
+    const q = find.value.trim();
+    const users = paged(`/api/admin/users${q ? `?${new URLSearchParams({ q })}` : ""}`,
+      ["id", "user", "role", "state", "capture", "models", "created", ""], "Users", row);
+    holder.replaceChildren(users.box);
+    await users.load();
   }
+  search.addEventListener("submit", guard(async (ev) => { ev.preventDefault(); await list(); }));
+  page.append(search);
   await list();
   page.append(form, holder, limitsBox);
   return page;
@@ -512,10 +541,7 @@ async function usagePage() {
   const who = h("select", { id: "usage-user", "aria-label": "Whose usage" }, h("option", { value: "" }, "mine"));
   const range = h("select", { id: "usage-range" }, [7, 30, 90].map((d) => h("option", { value: d }, `last ${d} days`)));
   range.value = "30";
-  if (me.role === "admin") {
-    who.append(h("option", { value: "all" }, "everyone"));
-    for (const u of (await api("/api/admin/users")).data) who.append(h("option", { value: u.id }, u.username));
-  }
+  if (me.role === "admin") who.append(h("option", { value: "all" }, "everyone"));
   const holder = h("div", {});
   const load = guard(async () => {
     const days = Number(range.value);
@@ -530,8 +556,16 @@ async function usagePage() {
       table(["day", "model", "requests", "failed", "prompt tokens", "completion tokens"],
         usage.data.map((r) => h("tr", {}, h("td", {}, r.day), h("td", {}, r.model || "—"), h("td", {}, r.requests), h("td", {}, r.failed),
           h("td", {}, r.prompt_tokens), h("td", {}, r.completion_tokens))), "Usage by day and model"));
-    if (who.value === "all") holder.append(await perUser(since));
+    if (who.value === "all") holder.append(await perUser(since, show));
   });
+  // A user picked in the per-user table: their own chart (kept in the list until the page is left).
+  const show = (u) => {
+    if (![...who.options].some((o) => o.value === String(u.user_id))) {
+      who.append(h("option", { value: u.user_id }, u.username || `#${u.user_id}`));
+    }
+    who.value = String(u.user_id);
+    load();
+  };
   who.addEventListener("change", load);
   range.addEventListener("change", load);
   page.append(h("div", { class: "inline" }, field("usage-user", "Whose", who), field("usage-range", "Range", range)), holder);
@@ -539,25 +573,15 @@ async function usagePage() {
   return page;
 }
 
-// Each user's totals over the range, 50 at a time ("More" fetches the next page by its cursor).
-async function perUser(since) {
-  const body = h("tbody", {});
-  const box = h("div", { class: "card" }, h("h2", {}, "By user"), h("div", { class: "scroll" },
-    h("table", { "aria-label": "Usage by user" }, h("thead", {}, h("tr", {},
-      ["user", "requests", "failed", "prompt tokens", "completion tokens"].map((c) => h("th", { scope: "col" }, c)))), body)));
-  const more = h("button", { type: "button", class: "secondary", hidden: true }, "More users");
-  let cursor = "";
-  const next = guard(async () => {
-    const page = await api(`/api/usage/users?${new URLSearchParams({ since, limit: 50, cursor })}`);
-    body.append(...page.data.map((u) => h("tr", {}, h("td", {}, u.username || `#${u.user_id}`), h("td", {}, u.requests),
-      h("td", {}, u.failed), h("td", {}, u.prompt_tokens), h("td", {}, u.completion_tokens))));
-    cursor = page.next_cursor || "";
-    more.hidden = !page.has_more;
-  });
-  more.addEventListener("click", next);
-  box.append(more);
-  await next();
-  return box;
+// Each user's totals over the range, 50 at a time; a name opens that user's chart.
+async function perUser(since, show) {
+  const list = paged(`/api/usage/users?${new URLSearchParams({ since })}`,
+    ["user", "requests", "failed", "prompt tokens", "completion tokens"], "Usage by user",
+    (u) => h("tr", {}, h("td", {}, h("button", { type: "button", class: "link", "aria-label": `Usage of ${u.username || u.user_id}`,
+      onclick: () => show(u) }, u.username || `#${u.user_id}`)), h("td", {}, u.requests), h("td", {}, u.failed),
+      h("td", {}, u.prompt_tokens), h("td", {}, u.completion_tokens)), 50);
+  await list.load();
+  return h("div", { class: "card" }, h("h2", {}, "By user"), list.box);
 }
 
 // ---- requests in flight ----------------------------------------------------------------------
