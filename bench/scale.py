@@ -157,6 +157,10 @@ def seed(url: str, env: dict[str, str], args: argparse.Namespace, log: list[str]
         CREATE INDEX ix_requests_user_created ON requests (user_id, created_at)"""), log)  # fmt: skip
     timed("gwproxy migrate (0006: rollups backfilled, title index built)",
           lambda: subprocess.run([sys.executable, "-m", "gwproxy", "migrate"], env=env, check=True), log)  # fmt: skip
+    timed("2 API keys per user", lambda: psql(url, """
+        INSERT INTO api_keys (user_id, name, prefix, key_hash, created_at)
+        SELECT u.id, 'key ' || k, substr(md5(u.id || '-' || k), 1, 16), decode(md5(u.id || '/' || k), 'hex'), now()
+        FROM users u, generate_series(1, 2) k"""), log)  # fmt: skip
     timed("VACUUM ANALYZE", lambda: psql(url, "VACUUM ANALYZE"), log)
     return {}
 
@@ -202,8 +206,10 @@ def measure(base: str, admin: str, heavy: str, heavy_id: int, args: argparse.Nam
             heavy,
         )
         reads.call("search, no match", f"/api/conversations?limit=20&q=zq{i}x", heavy)
-        reads.call("admin: users", "/api/admin/users", admin)
-        reads.call("admin: keys", "/api/auth/keys", admin)
+        reads.call("admin: users, first page of 100", "/api/admin/users", admin)
+        reads.call("admin: users named user1…", "/api/admin/users?q=user1", admin)
+        reads.call("admin: everyone's keys, first page of 100", "/api/auth/keys?user_id=all", admin)
+        reads.call("own keys", "/api/auth/keys", heavy)
         reads.call("dashboard: stats", "/api/stats", admin)
         reads.call("in flight", "/api/requests", admin)
     # Every page of the per-user usage (90 days) and of the heavy user's conversations, deepest last.
@@ -211,6 +217,12 @@ def measure(base: str, admin: str, heavy: str, heavy_id: int, args: argparse.Nam
     while cursor is not None:
         page = reads.call("usage by user, every page of 100, 90 days",
                           f"/api/usage/users?limit=100&since={since90}&cursor={cursor}", admin)  # fmt: skip
+        cursor = page["next_cursor"]
+    cursor = ""
+    while cursor is not None:  # 2,000 keys
+        page = reads.call(
+            "admin: everyone's keys, every page of 100", f"/api/auth/keys?user_id=all&cursor={cursor}", admin
+        )
         cursor = page["next_cursor"]
     cursor, first_id = "", None
     while cursor is not None:
@@ -297,7 +309,7 @@ def write(args: argparse.Namespace, reads: Reads, old: list[float], log: list[st
         f"# Reads at scale — {today}", "",
         f"PostgreSQL 15 seeded with {args.requests:,} requests, {args.conversations:,} conversations and "
         f"{args.conversations * 4:,} messages over {args.days} days for {args.users:,} users (one with "
-        f"{args.heavy_conversations:,} conversations and 2 % of the requests); `python -m bench.scale`.",
+        f"{args.heavy_conversations:,} conversations and 2 % of the requests), two API keys each; `make bench-scale`.",
         f"Machine: {machine()}. Server settings: `{PG_SETTINGS}`.", f"Rows (pg_stat_user_tables): {sizes}.", "",
         "## Seeding and the upgrade to head", "", "| step | time |", "|---|---|", *log, "",
         f"## Reads through the gateway (target: p95 ≤ {TARGET_MS:.0f} ms)", "",
