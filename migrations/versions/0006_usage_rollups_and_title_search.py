@@ -8,7 +8,7 @@ works, by scanning a user's conversations). On SQLite an FTS5 table with the tri
 (SQLite 3.34+), kept by triggers on ``conversations``.
 
 The backfill reads every stored request once: on a large ``requests`` table this revision takes a
-while (23 s for 20 million rows on a 2-core machine), in the same transaction as the rest.
+while (about 22 s for 20 million rows on a 2-core machine), in the same transaction as the rest.
 
 Revision ID: 0006
 Revises: 0005

@@ -279,6 +279,17 @@ def test_nobody_reads_or_changes_another_users_conversations(stack: Stack) -> No
     assert api(stack, stack.bob, "GET", "/api/usage?user_id=all").status_code == 403
     everyone = api(stack, stack.admin, "GET", "/api/usage?user_id=all").json()
     assert everyone["user_id"] == "all" and everyone["total"]["requests"] >= 2
+    assert all("user_id" not in row for row in everyone["data"])  # summed over users
+    assert api(stack, stack.bob, "GET", "/api/usage/users").status_code == 403
+    per_user = api(stack, stack.admin, "GET", "/api/usage/users?limit=100").json()
+    bobs = next(u for u in per_user["data"] if u["username"] == "bob")
+    assert (bobs["requests"], bobs["failed"]) == (2, 1)
+    mine = api(stack, stack.bob, "GET", "/api/usage?since=2026-01-01&until=2026-01-02").json()
+    assert (mine["since"], mine["until"], mine["data"]) == ("2026-01-01", "2026-01-02", [])
+    for query, param in (("since=2020-01-01&until=2026-01-01", "since"), ("since=2026-02-01&until=2026-01-01", "since"),
+                         ("until=9999-12-31T12:00:00", "until")):  # fmt: skip
+        r = api(stack, stack.bob, "GET", f"/api/usage?{query}")
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, (query, r.text)
     assert api(stack, stack.alice, "GET", f"/api/conversations/{cid}").json()["title"] == "mine"
 
 
