@@ -34,6 +34,7 @@ from gwproxy.keys import DATABASE, PRINCIPAL
 from gwproxy.operations import operation
 
 MAX_PAGE = 100
+RANGE = {"since": "ISO date, UTC (default: 30 days before until)", "until": "ISO date, exclusive (default: tomorrow)"}
 
 
 class NewConversation(Schema):
@@ -234,9 +235,7 @@ async def export_conversation(request: web.Request) -> web.Response:
 
 
 @operation("Requests and tokens by day and model", "conversations", answer=Usage, errors=(400, 403),
-           query={"since": "ISO date (default: 30 days before until)",
-                  "until": "ISO date, exclusive (default: tomorrow)",
-                  "user_id": "admins: a user id, or 'all' (summed over every user)"})  # fmt: skip
+           query={**RANGE, "user_id": "admins: a user id, or 'all' (summed over every user)"})  # fmt: skip
 async def usage(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
     asked = request.query.get("user_id")
@@ -259,9 +258,7 @@ async def usage(request: web.Request) -> web.Response:
 
 @operation("Each user's requests and tokens over a range, a page at a time (admins)", "conversations",
            answer=UsageByUser, errors=(400, 403),
-           query={"since": "ISO date (default: 30 days before until)",
-                  "until": "ISO date, exclusive (default: tomorrow)",
-                  "limit": "1 to 100 (default 20)", "cursor": "next_cursor of the previous page"})  # fmt: skip
+           query={**RANGE, "limit": "1 to 100 (default 20)", "cursor": "next_cursor of the previous page"})  # fmt: skip
 async def usage_by_user(request: web.Request) -> web.Response:
     if not request[PRINCIPAL].is_admin:
         raise Forbidden("Only admins may see other users' usage")
