@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ def _sim_config(args: argparse.Namespace, models: Sequence[str]) -> Any:
         prefix_cache_tokens=args.prefix_cache_tokens,
         sleep_ms=args.sleep_ms,
         wake_ms=args.wake_ms,
+        responses_store=args.responses_store or os.environ.get("VLLM_ENABLE_RESPONSES_API_STORE", "") in ("1", "true"),
     )
 
 
@@ -97,5 +99,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sim.add_argument(
         "--wake-ms", type=float, default=1000.0,
         help="milliseconds waking from level 1 takes (default 1000; level 2: three times that)",
+    )  # fmt: skip
+    sim.add_argument(
+        "--responses-store", action="store_true",
+        help="as vLLM with VLLM_ENABLE_RESPONSES_API_STORE=1 (also read here): keep /v1/responses answers in memory",
     )  # fmt: skip
     sim.set_defaults(func=cmd_sim)

@@ -25,6 +25,7 @@ from gwproxy.errors import GatewayError, ModelNotAllowed, UpstreamTimeout, Upstr
 from gwproxy.keys import CONFIG, EXCHANGE, GATE, METRICS, REQUEST_ID, UPSTREAM
 from gwproxy.principal import Principal
 from gwproxy.proxy import usage
+from gwproxy.proxy.balancer import response_id
 from gwproxy.proxy.endpoints import ROOT_PATHS, Endpoint
 from gwproxy.proxy.exchange import Exchange
 from gwproxy.proxy.registry import Loader, UpstreamRegistry
@@ -162,17 +163,23 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
             trace.model = registry.label(served)
     else:
         group = registry.default_group()
+    learn = False  # a /v1/responses answer: remember which upstream made it
+    if registry.several:
+        group = _holder(request, registry, target, parsed, own) or group
+        learn = target.responses and request.method == "POST"
     trace.upstream_started = time.perf_counter()
     watchdog = registry.watchdog
     watch = watchdog.watch(asyncio.current_task(), cfg.upstream.first_byte_timeout)
     try:
         try:
-            chosen, upstream, first = await _open(request, group, parsed, path, body, watch)
+            chosen, upstream, first = await _open(request, group, parsed, path, body, watch, learn)
         except GatewayError as exc:
             if committed is None:
                 raise
             return await _end_with_error(committed, exc, trace)
         trace.upstream = chosen.name
+        if learn and upstream.status == 200 and first and (made := response_id(first)):
+            registry.balancer.made(made, chosen.name)
         extra = {}
         if cfg.proxy.overhead_header:
             # Time spent before the request went upstream; relaying after that is a copy per chunk.
@@ -194,6 +201,24 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
                     trace.prompt_tokens, trace.completion_tokens = tap.usage
     finally:
         watchdog.release(watch)
+
+
+RESPONSE_PATH = "/v1/responses/"
+
+
+def _holder(
+    request: web.Request, registry: UpstreamRegistry, target: Endpoint, parsed: dict[str, Any] | None, own: bool
+) -> tuple[Upstream, ...] | None:
+    """The upstream holding the stored response a request names — ``previous_response_id``, or the
+    id in ``/v1/responses/{id}[/…]`` — when the balancer remembers it and it is still attached."""
+    named: Any = None
+    if own and request.path.startswith(RESPONSE_PATH):
+        named = request.path[len(RESPONSE_PATH) :].partition("/")[0]
+    elif target.responses and parsed is not None:
+        named = parsed.get("previous_response_id")
+    name = registry.balancer.maker(named) if isinstance(named, str) and named else None
+    held = next((u for u in registry.upstreams if u.name == name), None) if name else None
+    return (held,) if held is not None else None
 
 
 FEEDBACK_SECONDS = 1.0  # between two comments while a stream waits for its model to load
@@ -269,11 +294,13 @@ async def _open(
     path: str,
     body: bytes,
     watch: Watch,
+    learn: bool = False,
 ) -> tuple[Upstream, aiohttp.ClientResponse, bytes | None]:
     """Send to the replica the balancer picks and wait for its response headers (and, while
-    another replica could take over, its first chunk); on a refusal, a dropped connection or a
-    502/503, once more to another replica of the group when there is one. The chosen upstream is
-    counted in flight (the caller uncounts it); the chunk read early, if any, is returned."""
+    another replica could take over or with ``learn``, its first chunk); on a refusal, a dropped
+    connection or a 502/503, once more to another replica of the group when there is one. The
+    chosen upstream is counted in flight (the caller uncounts it); the chunk read early, if any,
+    is returned."""
     registry = request.app[UPSTREAM]
     chosen = registry.balancer.pick(group, parsed)
     assert chosen is not None
@@ -282,7 +309,7 @@ async def _open(
         headers = forward_headers(request, chosen.auth, request[REQUEST_ID])
         chosen.in_flight += 1
         chosen.requests += 1
-        peek = attempt == 0 and len(group) > 1
+        peek = learn or (attempt == 0 and len(group) > 1)
         try:
             response, first = await _send(request, chosen, url, body, headers, watch, peek)
         except _Failed as failed:

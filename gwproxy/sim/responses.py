@@ -9,10 +9,18 @@ As vLLM serves it: ``input`` (a string, or a list of messages whose content is a
 item and content part opened, one ``response.output_text.delta`` per token, their ``.done``
 events, and ``response.completed`` (also when the status is ``incomplete``) carrying the whole
 response with its usage; no ``[DONE]``.
+
+vLLM keeps responses only with ``VLLM_ENABLE_RESPONSES_API_STORE=1`` (here ``--responses-store``),
+in the memory of the server that made them (``Store``): a request with ``store`` not false is
+kept with the messages it was made from, ``GET /v1/responses/{id}`` returns it, and a request
+naming it as ``previous_response_id`` is prompted with that history. An id this server does not
+hold is a 404 — whichever server made it.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -155,9 +163,46 @@ def stream(
     return steps
 
 
-def prepare(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The prompt text, and the body the engine's parameters and generation read."""
-    prompt = engine.render_chat(messages_of(body))
+class Store:
+    """The responses this server made and kept (at most ``limit``; the oldest dropped first)."""
+
+    def __init__(self, enabled: bool, limit: int = 10_000) -> None:
+        self.enabled = enabled
+        self.limit = limit
+        self._kept: OrderedDict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = OrderedDict()
+
+    def history(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The messages before this request's own: those of its ``previous_response_id``."""
+        previous = body.get("previous_response_id")
+        if previous is None:
+            return []
+        kept = self._kept.get(str(previous))
+        if kept is None:
+            raise RequestError(f"Response with id '{previous}' not found.", status=404, param="response_id")
+        return kept[0]
+
+    def keep(self, body: dict[str, Any], messages: list[dict[str, Any]], response: dict[str, Any]) -> None:
+        """Keep a finished response and what it answered (its text as the assistant's turn)."""
+        if not self.enabled or body.get("store") is False:
+            return
+        said = "".join(p["text"] for item in response["output"] for p in item.get("content", ()) if "text" in p)
+        self._kept[response["id"]] = ([*messages, {"role": "assistant", "content": said}], response)
+        while len(self._kept) > self.limit:
+            self._kept.popitem(last=False)
+
+    def get(self, response_id: str) -> dict[str, Any]:
+        if not response_id.startswith("resp"):
+            raise RequestError(f"Invalid 'response_id': '{response_id}'. Expected an ID that begins with 'resp'.")
+        kept = self._kept.get(response_id)
+        if kept is None:
+            raise RequestError(f"Response with id '{response_id}' not found.", status=404, param="response_id")
+        return kept[1]
+
+
+def prepare(body: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> tuple[str, dict[str, Any]]:
+    """The prompt text (after ``history``, the stored turns it continues), and the body the
+    engine's parameters and generation read."""
+    prompt = engine.render_chat([*history, *messages_of(body)])
     limit = body.get("max_output_tokens")
     params_body = {k: v for k, v in body.items() if k not in ("tools", "input", "max_output_tokens")}
     if limit is not None:

@@ -46,6 +46,7 @@ class SimConfig:
     sleep_mode: bool = False  # --enable-sleep-mode: /sleep, /wake_up, /is_sleeping (vLLM's dev mode)
     sleep_ms: float = 500.0  # how long falling asleep takes (level 1 offloads the weights to host RAM)
     wake_ms: float = 1000.0  # how long waking from level 1 takes (level 2 reloads weights: three times)
+    responses_store: bool = False  # VLLM_ENABLE_RESPONSES_API_STORE=1: /v1/responses kept, retrievable
 
     @property
     def root(self) -> str:
@@ -108,6 +109,7 @@ class PrefixCache:
 
 
 SIM_PREFIX = web.AppKey("sim_prefix", PrefixCache)
+SIM_RESPONSES = web.AppKey("sim_responses", responses.Store)
 
 
 class SleepState:
@@ -222,8 +224,10 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
     body = await _json_body(request)
     model = _model(cfg, body)
     gen_body = body
+    history: list[dict[str, Any]] = []
     if api == "responses":
-        prompt, gen_body = responses.prepare(body)
+        history = request.app[SIM_RESPONSES].history(body)
+        prompt, gen_body = responses.prepare(body, history)
         prompts = [prompt]
     else:
         prompts = [engine.render_chat(body.get("messages"))] if chat else _prompts(body)
@@ -256,7 +260,9 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
             await _sleep(prefill_ms + cfg.ttft_ms + cfg.itl_ms * max(0, steps - 1))
             metrics.generation.inc(completion_tokens)
             if api == "responses":
-                payload = orjson.dumps(responses.response(rid, created, model, body, choices[0], prompt_tokens))
+                made = responses.response(rid, created, model, body, choices[0], prompt_tokens)
+                request.app[SIM_RESPONSES].keep(body, [*history, *responses.messages_of(body)], made)
+                payload = orjson.dumps(made)
             else:
                 make = wire.chat_completion if chat else wire.completion
                 payload = make(rid, created, model, choices, prompt_tokens, extras)
@@ -287,6 +293,9 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
                         await asyncio.sleep(0.001)  # its own TCP segment, so its own read
             metrics.generation.inc(len(step))
         reason = choices[0].finish_reason if choices else "stop"
+        if api == "responses":
+            made = responses.response(rid, created, model, body, choices[0], prompt_tokens)
+            request.app[SIM_RESPONSES].keep(body, [*history, *responses.messages_of(body)], made)
         return resp
     finally:
         metrics.active -= 1
@@ -319,6 +328,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def responses_(request: web.Request) -> web.StreamResponse:
     return await _generate(request, chat=True, api="responses")
+
+
+async def retrieve_response(request: web.Request) -> web.Response:
+    kept = request.app[SIM_RESPONSES].get(request.match_info["response_id"])
+    return web.Response(body=orjson.dumps(kept), content_type="application/json")
 
 
 MAX_DIMENSIONS = 8192  # vLLM refuses more than the model has; no embedding model has more
@@ -484,6 +498,7 @@ def create_sim_app(cfg: SimConfig) -> web.Application:
     app[SIM_METRICS] = SimMetrics(cfg.models[0])
     app[SIM_SLEEP] = SleepState()
     app[SIM_PREFIX] = PrefixCache(cfg.prefix_cache_tokens)
+    app[SIM_RESPONSES] = responses.Store(cfg.responses_store)
     if cfg.sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1":  # as vLLM: dev mode only
         app.router.add_post("/sleep", sleep)
         app.router.add_post("/wake_up", wake_up)
@@ -492,6 +507,7 @@ def create_sim_app(cfg: SimConfig) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/responses", responses_)
+    app.router.add_get("/v1/responses/{response_id}", retrieve_response)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/models/{name:.+}", model)
     app.router.add_post("/tokenize", tokenize)
