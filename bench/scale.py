@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,8 +82,11 @@ PG_SETTINGS = (
 )
 
 
+PSQL = shutil.which("psql") or "/usr/lib/postgresql/15/bin/psql"  # Debian puts a wrapper on PATH
+
+
 def psql(url: str, sql: str) -> None:
-    subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True)
+    subprocess.run([PSQL, url, "-v", "ON_ERROR_STOP=1", "-qc", sql], check=True, capture_output=True)
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
@@ -271,7 +275,7 @@ def main() -> None:
         seed(url, env, args, log)
         admin = cli(env, "key", "create", "--user", "admin")
         heavy = cli(env, "key", "create", "--user", "heavy")
-        heavy_id = int(subprocess.run(["psql", url, "-tAc", "SELECT id FROM users WHERE username = 'heavy'"],
+        heavy_id = int(subprocess.run([PSQL, url, "-tAc", "SELECT id FROM users WHERE username = 'heavy'"],
                                       check=True, capture_output=True, text=True).stdout)  # fmt: skip
         port = free_port()
         gateway = subprocess.Popen(
@@ -282,7 +286,7 @@ def main() -> None:
         wait_http(f"{base}/api/stats", headers={"Authorization": f"Bearer {admin}"})
         reads = measure(base, admin, heavy, heavy_id, args)
         old = before(url)
-        sizes = subprocess.run(["psql", url, "-tAc", """SELECT string_agg(relname || ' ' || n_live_tup, ', ')
+        sizes = subprocess.run([PSQL, url, "-tAc", """SELECT string_agg(relname || ' ' || n_live_tup, ', ')
             FROM pg_stat_user_tables WHERE relname IN ('requests', 'messages', 'conversations', 'usage_daily',
             'usage_daily_totals', 'users')"""], check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
         write(args, reads, old, log, sizes)
