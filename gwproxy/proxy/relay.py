@@ -13,10 +13,16 @@ Contract:
   an error event in vLLM's format followed by ``data: [DONE]`` (silence is detected by the
   ``Watchdog``, not a timer per read); a plain body is cut off, so the
   client sees an incomplete response rather than a truncated one that looks whole.
+
+An event stream is pumped in a task of its own, which the handler awaits once: each chunk then
+resumes two frames (the pump's and the read's) rather than the handler's whole chain of
+middlewares (``bench/streams.py`` measured about 7 % less CPU per chunk). Cancelling the handler
+— the client gone, the console's cancel, shutdown — cancels the pump with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 
@@ -96,7 +102,8 @@ async def relay(
     length = upstream.content_length
     if length is not None and (tap is None or not tap.strip):
         resp.content_length = length
-    return await _pump(request, upstream, trace, tap, tee, watch, metrics, first, resp, sse, prepare=True)
+    pump = _pump(request, upstream, trace, tap, tee, watch, metrics, first, resp, sse, prepare=True)
+    return await (asyncio.ensure_future(pump) if sse else pump)  # a stream: in its own task (see above)
 
 
 async def _relay_into(
