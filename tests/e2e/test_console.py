@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +71,11 @@ def _traffic(console: Gateway) -> None:
     body = {"model": "current", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
     for _ in range(3):
         assert httpx.post(f"{console.url}/v1/chat/completions", json=body, headers=console.auth, timeout=30).is_success
+
+
+def _role(console: Gateway, username: str) -> str:
+    users = httpx.get(f"{console.url}/api/admin/users", headers=console.auth).json()["data"]
+    return str(next(u["role"] for u in users if u["username"] == username))
 
 
 def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
@@ -157,6 +163,12 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         page.get_by_role("link", name="Users").click()
         expect(page.get_by_role("table", name="Users")).to_contain_text("bob")
         shot("users")
+        for role in ("admin", "user"):  # a role chosen in the table is the role the user gets
+            page.get_by_label("Role of bob").select_option(role)
+            deadline = time.monotonic() + 10
+            while _role(console, "bob") != role and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _role(console, "bob") == role
         page.get_by_label("Find", exact=True).fill("bo")
         page.get_by_role("button", name="Find", exact=True).click()
         users = page.get_by_role("table", name="Users")

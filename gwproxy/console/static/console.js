@@ -40,9 +40,9 @@ function table(headers, rows, label) {
 
 // A list the API gives a page at a time (`limit`, `cursor`; `has_more`, `next_cursor`): its rows
 // drawn by `row`, a "More" button while there are more. `load()` starts again from the first page.
-function paged(path, headers, label, row, size = 100) {
+function paged(path, headers, label, row, size = 100, moreText = `More ${label.toLowerCase()}`) {
   const body = h("tbody", {});
-  const more = h("button", { type: "button", class: "secondary", hidden: true }, `More ${label.toLowerCase()}`);
+  const more = h("button", { type: "button", class: "secondary", hidden: true }, moreText);
   let cursor = "";
   const next = async () => {
     const q = new URLSearchParams({ limit: size });
@@ -460,7 +460,7 @@ async function usersPage() {
   const row = (u) => {
     const roleSelect = h("select", { "aria-label": `Role of ${u.username}` },
       ["user", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, r)));
-    roleSelect.addEventListener("change", patch(u, { role: roleSelect.value }));
+    roleSelect.addEventListener("change", () => patch(u, { role: roleSelect.value })());  // the role chosen now
     return h("tr", {}, h("td", {}, u.id), h("td", {}, u.username), h("td", {}, roleSelect),
       h("td", { class: u.active ? "ok" : "bad" }, u.active ? "active" : "disabled"),
       h("td", {}, u.capture ? "on" : "off"), h("td", {}, u.allowed_models ? u.allowed_models.join(", ") : "any"),
@@ -579,7 +579,7 @@ async function perUser(since, show) {
     ["user", "requests", "failed", "prompt tokens", "completion tokens"], "Usage by user",
     (u) => h("tr", {}, h("td", {}, h("button", { type: "button", class: "link", "aria-label": `Usage of ${u.username || u.user_id}`,
       onclick: () => show(u) }, u.username || `#${u.user_id}`)), h("td", {}, u.requests), h("td", {}, u.failed),
-      h("td", {}, u.prompt_tokens), h("td", {}, u.completion_tokens)), 50);
+      h("td", {}, u.prompt_tokens), h("td", {}, u.completion_tokens)), 50, "More users");
   await list.load();
   return h("div", { class: "card" }, h("h2", {}, "By user"), list.box);
 }
