@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,9 +74,16 @@ def _traffic(console: Gateway) -> None:
         assert httpx.post(f"{console.url}/v1/chat/completions", json=body, headers=console.auth, timeout=30).is_success
 
 
+def _users(console: Gateway) -> list[dict[str, Any]]:
+    return list(httpx.get(f"{console.url}/api/admin/users", headers=console.auth).json()["data"])
+
+
 def _role(console: Gateway, username: str) -> str:
-    users = httpx.get(f"{console.url}/api/admin/users", headers=console.auth).json()["data"]
-    return str(next(u["role"] for u in users if u["username"] == username))
+    return str(next(u["role"] for u in _users(console) if u["username"] == username))
+
+
+def users_table(page: Any) -> Any:
+    return page.get_by_role("table", name="Users")
 
 
 def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
@@ -163,6 +171,27 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         page.get_by_role("link", name="Users").click()
         expect(page.get_by_role("table", name="Users")).to_contain_text("bob")
         shot("users")
+        # Create a user, disable them, turn their capture off and give them limits, all from the page.
+        page.get_by_label("Username").fill("carol")
+        page.get_by_label("Password").fill("carol-password-1")
+        page.get_by_role("button", name="Create user").click()
+        expect(users_table(page)).to_contain_text("carol")
+        page.get_by_role("button", name="Disable carol").click()
+        expect(page.get_by_role("button", name="Enable carol")).to_be_visible()
+        page.get_by_role("button", name="Turn capture off for carol").click()
+        expect(page.get_by_role("button", name="Turn capture on for carol")).to_be_visible()
+        page.get_by_role("button", name="Limits of carol").click()
+        page.get_by_label("tokens per minute").fill("1000")
+        page.get_by_role("button", name="Save limits").click()
+        expect(page.get_by_text("Limits of carol saved.")).to_be_visible()
+        carol = next(u for u in _users(console) if u["username"] == "carol")
+        assert (carol["active"], carol["capture"]) == (False, False)
+        limits = httpx.get(f"{console.url}/api/admin/users/{carol['id']}/limits", headers=console.auth).json()
+        assert limits["overrides"]["tokens_per_minute"] == 1000
+        page.get_by_role("button", name="Limits of bob").click()  # another's form: its own values
+        expect(page.get_by_label("tokens per minute")).to_have_value("")
+        page.get_by_role("button", name="Limits of carol").click()  # the saved override is shown again
+        expect(page.get_by_label("tokens per minute")).to_have_value("1000")
         for role in ("admin", "user"):  # a role chosen in the table is the role the user gets
             page.get_by_label("Role of bob").select_option(role)
             deadline = time.monotonic() + 10

@@ -422,7 +422,7 @@ async function limits(path, who) {
   const current = await api(path);
   const fields = ["requests", "window", "tokens_per_minute", "concurrency"];
   const inputs = Object.fromEntries(fields.map((f) => [f, h("input", { id: `limit-${f}`, type: "number", min: 0, step: "any",
-    value: current[f] ?? "", placeholder: "default" })]));
+    value: current.overrides[f] ?? "", placeholder: `default: ${current.effective[f] ?? "none"}` })]));
   const form = h("form", { class: "inline card", "aria-label": `Limits of ${who}` },
     h("strong", {}, `Limits of ${who}`), fields.map((f) => field(`limit-${f}`, f.replaceAll("_", " "), inputs[f])),
     h("button", { type: "submit" }, "Save limits"));
