@@ -82,6 +82,14 @@ def _role(console: Gateway, username: str) -> str:
     return str(next(u["role"] for u in _users(console) if u["username"] == username))
 
 
+def _said(console: Gateway, title: str) -> list[dict[str, Any]]:
+    """The messages of the admin's conversation with this title (there must be one)."""
+    found = httpx.get(f"{console.url}/api/conversations", params={"q": title}, headers=console.auth).json()["data"]
+    [conversation] = [c for c in found if c["title"] == title]
+    full = httpx.get(f"{console.url}/api/conversations/{conversation['id']}", headers=console.auth).json()
+    return list(full["messages"])
+
+
 def users_table(page: Any) -> Any:
     return page.get_by_role("table", name="Users")
 
@@ -155,6 +163,22 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         page.get_by_role("link", name="Say something").click()
         expect(page.locator("#conversation")).to_contain_text("Say something")
         shot("conversations")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Export Markdown").click()
+        assert download.value.suggested_filename.endswith(".md")
+        assert "Say something" in Path(download.value.path()).read_text()
+        page.get_by_label("Search", exact=True).fill("nothing like this")
+        page.get_by_role("button", name="Search", exact=True).click()
+        expect(page.get_by_role("table", name="Conversations")).to_contain_text("nothing yet")
+        page.get_by_role("link", name="Continue in the playground").click()  # the conversation, continued
+        expect(page.locator("#chat")).to_contain_text("Say something")
+        page.get_by_label("Message").fill("And more")
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator("#reply-3")).not_to_be_empty(timeout=30_000)
+        deadline = time.monotonic() + 10  # capture writes in batches: the turn lands in the same conversation
+        while len(_said(console, "Say something")) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [m["role"] for m in _said(console, "Say something")] == ["user", "assistant", "user", "assistant"]
 
         page.get_by_role("link", name="Usage").click()
         expect(page.locator("#usage-chart")).to_be_visible()

@@ -617,24 +617,27 @@ async function conversationsPage() {
     field("search", "Search", q), h("button", { type: "submit" }, "Search"));
   const holder = h("div", {});
   const detail = h("div", { id: "conversation" });
-  let cursor = null;
-  async function list(more) {
-    const params = new URLSearchParams({ limit: "20" });
-    if (q.value) params.set("q", q.value);
-    if (more && cursor) params.set("cursor", cursor);
-    const pageData = await api(`/api/conversations?${params}`);
-    cursor = pageData.next_cursor;
-    const rows = pageData.data.map((c) => h("tr", {}, h("td", {}, h("a", { href: `#/conversations/${c.id}` }, c.title || "(untitled)")),
-      h("td", {}, c.model || "—"), h("td", {}, when(c.updated_at))));
-    const next = cursor ? h("button", { type: "button", class: "secondary", onclick: guard(() => list(true)) }, "More") : "";
-    holder.replaceChildren(table(["title", "model", "updated"], rows, "Conversations"), next);
+  async function list() {  // newest first, 20 at a time ("More conversations" appends the next page)
+    const conversations = paged(`/api/conversations${q.value ? `?${new URLSearchParams({ q: q.value })}` : ""}`,
+      ["title", "model", "updated"], "Conversations",
+      (c) => h("tr", {}, h("td", {}, h("a", { href: `#/conversations/${c.id}` }, c.title || "(untitled)")),
+        h("td", {}, c.model || "—"), h("td", {}, when(c.updated_at))), 20);
+    holder.replaceChildren(conversations.box);
+    await conversations.load();
   }
-  form.addEventListener("submit", guard(async (ev) => { ev.preventDefault(); await list(false); }));
-  await list(false);
+  form.addEventListener("submit", guard(async (ev) => { ev.preventDefault(); await list(); }));
+  await list();
   page.append(form, holder, detail);
   const id = location.hash.split("/")[2];
   if (id) await showConversation(detail, id);
   return page;
+}
+
+// A stored message's content as text: a string, or the text parts of multimodal content.
+function contentText(content) {
+  if (content == null) return "";
+  if (typeof content === "string") return content;
+  return content.map((p) => (p.type === "text" ? p.text : `[${p.type}]`)).join(" ");
 }
 
 async function showConversation(box, id) {
@@ -651,7 +654,7 @@ async function showConversation(box, id) {
       h("button", { type: "button", class: "secondary", onclick: download("markdown") }, "Export Markdown"), " ",
       h("a", { href: `#/playground/${id}` }, "Continue in the playground")),
     h("div", { class: "chat" }, c.messages.map((m) => h("div", { class: `msg ${m.role}` },
-      h("strong", {}, `${m.role}${branch.size && !branch.has(m.id) ? " (another branch)" : ""}: `), m.content || "")))));
+      h("strong", {}, `${m.role}${branch.size && !branch.has(m.id) ? " (another branch)" : ""}: `), contentText(m.content))))));
 }
 
 // ---- playground ------------------------------------------------------------------------------
@@ -670,7 +673,7 @@ async function playgroundPage() {
     const branch = new Set(c.branch || c.messages.map((m) => m.id));
     for (const m of c.messages.filter((x) => branch.has(x.id))) {
       history.push({ role: m.role, content: m.content });
-      chat.append(h("div", { class: `msg ${m.role}` }, m.content));
+      chat.append(h("div", { class: `msg ${m.role}` }, contentText(m.content)));
     }
   }
   const form = h("form", { "aria-label": "Chat" }, field("model", "Model", picker),
