@@ -141,6 +141,23 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         page.get_by_role("button", name="Revoke key from-the-browser").click()
         row = page.get_by_role("row").filter(has_text="from-the-browser")
         expect(row).to_contain_text("revoked")
+        # A key for one model, expiring in a week, with its own limits: what the form says is what it gets.
+        first_key = page.locator("#key-value").inner_text()
+        page.get_by_label("Name").fill("alpha-only")
+        page.get_by_label("Expires in days").fill("7")
+        page.get_by_label("Models (comma-separated)").fill("alpha")
+        page.get_by_role("button", name="Create key").click()
+        expect(page.locator("#key-value")).not_to_have_text(first_key)  # the new key's value, shown once
+        alpha_key = page.locator("#key-value").inner_text()
+        served = httpx.get(f"{console.url}/v1/models", headers={"Authorization": f"Bearer {alpha_key}"}).json()
+        assert [m["id"] for m in served["data"]] == ["alpha"]
+        row = page.get_by_role("row").filter(has_text="alpha-only")
+        expect(row).to_contain_text("alpha")
+        row.get_by_role("button", name=re.compile(r"^Limits of key \d+$")).click()
+        keys = page.get_by_role("form", name="Limits of key alpha-only")
+        keys.get_by_label("concurrency").fill("2")
+        keys.get_by_role("button", name="Save limits").click()
+        expect(page.get_by_text(re.compile(r"Limits of key alpha-only saved"))).to_be_visible()
 
         # Models: every profile with its fit; switch to beta and watch it reach ready.
         page.get_by_role("link", name="Models").click()
@@ -205,17 +222,18 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         page.get_by_role("button", name="Turn capture off for carol").click()
         expect(page.get_by_role("button", name="Turn capture on for carol")).to_be_visible()
         page.get_by_role("button", name="Limits of carol").click()
-        page.get_by_label("tokens per minute").fill("1000")
-        page.get_by_role("button", name="Save limits").click()
+        carols = page.get_by_role("form", name="Limits of carol")
+        carols.get_by_label("tokens per minute").fill("1000")
+        carols.get_by_role("button", name="Save limits").click()
         expect(page.get_by_text("Limits of carol saved.")).to_be_visible()
         carol = next(u for u in _users(console) if u["username"] == "carol")
         assert (carol["active"], carol["capture"]) == (False, False)
         limits = httpx.get(f"{console.url}/api/admin/users/{carol['id']}/limits", headers=console.auth).json()
         assert limits["overrides"]["tokens_per_minute"] == 1000
         page.get_by_role("button", name="Limits of bob").click()  # another's form: its own values
-        expect(page.get_by_label("tokens per minute")).to_have_value("")
+        expect(page.get_by_role("form", name="Limits of bob").get_by_label("tokens per minute")).to_have_value("")
         page.get_by_role("button", name="Limits of carol").click()  # the saved override is shown again
-        expect(page.get_by_label("tokens per minute")).to_have_value("1000")
+        expect(carols.get_by_label("tokens per minute")).to_have_value("1000")
         for role in ("admin", "user"):  # a role chosen in the table is the role the user gets
             page.get_by_label("Role of bob").select_option(role)
             deadline = time.monotonic() + 10

@@ -419,6 +419,7 @@ async function keysPage() {
 // Rate-limit overrides (admins): requests, window, tokens per minute, concurrency; empty = default.
 const limitsBox = h("div", { id: "limits" });
 async function limits(path, who) {
+  limitsBox.replaceChildren();  // another's form must not stay up (and be filled in) while this one loads
   const current = await api(path);
   const fields = ["requests", "window", "tokens_per_minute", "concurrency"];
   const inputs = Object.fromEntries(fields.map((f) => [f, h("input", { id: `limit-${f}`, type: "number", min: 0, step: "any",
@@ -716,9 +717,13 @@ const pages = {
   usage: usagePage, requests: requestsPage, conversations: conversationsPage, playground: playgroundPage,
 };
 
+let routing = 0;  // the latest navigation: a slower earlier one must not draw over it
+
 async function route() {
+  const mine = ++routing;
   for (const t of timers) clearInterval(t);
   timers = [];
+  limitsBox.replaceChildren();  // shared by the Keys and Users pages: a form stays with its page
   const name = (location.hash.split("/")[1] || "dashboard").split("?")[0];
   if (!store.getItem("access") && name !== "login") { location.hash = "#/login"; return; }
   if (store.getItem("access") && !me) {
@@ -729,7 +734,9 @@ async function route() {
   }
   const page = pages[name] || dashboardPage;
   try {
-    main.replaceChildren(await page());
+    const drawn = await page();
+    if (mine !== routing) return;
+    main.replaceChildren(drawn);
     document.title = `gwproxy · ${name}`;
     main.focus();
   } catch (e) {
