@@ -14,7 +14,8 @@ Middleware order, outermost first, and why:
 6. capture    — innermost: records only what was admitted, and sees the response end (or the
                 client leave) before the limiter settles.
 The services, built by ``services`` in one visible sequence, each from its factory with its
-dependencies as arguments (and closed in reverse): the database engine (checked to be migrated),
+dependencies as arguments (and closed in reverse): the database engine (checked to be migrated)
+and the stored responses' owners on it,
 the bucket store (Redis or in process) and the login/credential guard on it, the auth services on
 both, the capture sink (drained into the database or the spool before the engine closes), the
 rate limiter (its overrides live in the database, its buckets in the store), the upstream (its
@@ -50,6 +51,7 @@ from gwproxy.keys import (
     INFLIGHT,
     LIMITER,
     METRICS,
+    RESPONSES,
     SWITCHER,
     UPSTREAM,
     USERS,
@@ -69,6 +71,7 @@ from gwproxy.ratelimit import routes as ratelimit_routes
 from gwproxy.ratelimit.guard import Guard
 from gwproxy.ratelimit.limiter import open_buckets, open_limiter
 from gwproxy.store.engine import open_database
+from gwproxy.store.responses import ResponseRecords
 from gwproxy.switcher import routes as switcher_routes
 from gwproxy.switcher.context import open_switcher
 
@@ -96,6 +99,7 @@ def create_app(config: Config, *, demo: bool = False) -> web.Application:
     async def services(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             engine = app[DATABASE] = await stack.enter_async_context(open_database(config.database))
+            app[RESPONSES] = ResponseRecords(engine)
             buckets = await stack.enter_async_context(open_buckets(config.ratelimit, metrics))
             guard = app[GUARD] = Guard(buckets, config.auth)
             app[USERS], app[AUTHENTICATOR] = await stack.enter_async_context(

@@ -6,8 +6,10 @@
     ├── InvalidRequest                400 invalid_request_error  (param names the field)
     │   └── InvalidJSON               400 invalid_request_error  code "invalid_json"
     ├── Unauthorized                  401 authentication_error   code "invalid_api_key"
+    │   └── RefreshReused             401 authentication_error   (names the revoked session)
     ├── Forbidden                     403 permission_error       code "insufficient_role"
     ├── NotFound                      404 not_found_error
+    │   └── ResponseNotFound          404 NotFoundError          code 404 (vLLM's, param "response_id")
     ├── Conflict                      409 conflict_error
     ├── PayloadTooLarge               413 invalid_request_error  code "payload_too_large"
     ├── UnsupportedEncoding           415 invalid_request_error  code "unsupported_content_encoding"
@@ -77,6 +79,15 @@ class Unauthorized(GatewayError):
     code = "invalid_api_key"
 
 
+class RefreshReused(Unauthorized):
+    """A refresh token presented a second time: its whole session was revoked. ``session`` names
+    it, so the route can refuse the session's access tokens at once, as a logout does."""
+
+    def __init__(self, session: str) -> None:
+        super().__init__("refresh token already used: all sessions from it are revoked")
+        self.session = session
+
+
 class Forbidden(GatewayError):
     status = 403
     type = "permission_error"
@@ -86,6 +97,17 @@ class Forbidden(GatewayError):
 class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
+
+
+class ResponseNotFound(NotFound):
+    """A stored response the caller may not name (another user's, or one the gateway never saw):
+    vLLM's own 404 for a missing one, word for word, so it says nothing about whether it exists."""
+
+    type = "NotFoundError"
+    code = 404
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(f"Response with id '{response_id}' not found.", param="response_id")
 
 
 class ModelNotFound(GatewayError):

@@ -26,7 +26,8 @@ class Asker(Protocol):
 
 @dataclass(slots=True)
 class Running:
-    id: str  # the request id (X-Request-ID)
+    id: str  # the gateway's own id of the request (unguessable, unique): what cancel names
+    request_id: str  # the X-Request-ID the client sent or was given, for correlation
     task: asyncio.Task[Any]
     method: str
     route: str
@@ -43,6 +44,7 @@ class Running:
         t = self.trace
         return {
             "id": self.id,
+            "request_id": self.request_id,
             "method": self.method,
             "route": self.route,
             "model": t.model or "-",

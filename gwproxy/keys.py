@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gwproxy.principal import Principal
     from gwproxy.proxy.exchange import Exchange
     from gwproxy.proxy.registry import UpstreamRegistry
+    from gwproxy.proxy.stored import ResponseBook
     from gwproxy.ratelimit.guard import Guard
     from gwproxy.ratelimit.limiter import Limiter
     from gwproxy.switcher.gate import Gate
@@ -36,6 +37,7 @@ SWITCHER: web.AppKey[Switcher] = web.AppKey("switcher")
 GATE: web.AppKey[Gate] = web.AppKey("gate")
 CAPTURE: web.AppKey[RecordSink] = web.AppKey("capture")
 RECENT_TURNS: web.AppKey[RecentTurns] = web.AppKey("recent_turns")
+RESPONSES: web.AppKey[ResponseBook] = web.AppKey("responses")  # who may name each stored response
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")  # model requests being answered now
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")

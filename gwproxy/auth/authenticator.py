@@ -9,9 +9,9 @@ Accepted: ``Authorization: Bearer <jwt or API key>``, ``api-key: <key>``, ``x-ap
   or key, or an access token of a session that was logged out or revoked for refresh-token
   reuse is therefore refused at most that long after the change, on every replica (at once on
   the replica that saw the logout).
-- A credential that is not in the cache is checked only after ``checks`` (the guard) reserved a
-  check for the client's address, refunded when the credential was good: a client presenting
-  invalid keys or tokens is answered 429 after a few, without a database lookup each.
+- A credential that is not in the cache is checked, and only when it is invalid charged to the
+  client's address by ``checks`` (the guard): a client presenting invalid keys or tokens is
+  answered 429 after a few, and a valid credential from the same address is never refused for it.
 Caches are bounded; the oldest entries go first.
 """
 
@@ -41,11 +41,11 @@ MAX_ENTRIES = 50_000
 
 
 class Checks(Protocol):
-    """Reserves a credential check for a client address (``ratelimit.guard.Guard``)."""
+    """Charges invalid credentials to a client address (``ratelimit.guard.Guard``)."""
 
-    async def reserve_check(self, address: str) -> Any: ...
-
-    async def check_passed(self, ticket: Any, address: str) -> None: ...
+    async def check_failed(self, address: str) -> None:
+        """Charge one; raise ``TooManyRequests`` past the address's allowance."""
+        ...
 
 
 def credential(headers: Mapping[str, str]) -> str | None:
@@ -141,18 +141,17 @@ class Authenticator:
         return principal
 
     async def _checked(self, address: str, check: Callable[[], Awaitable[Principal | None]]) -> Principal | None:
-        """Run ``check`` under a reservation from the guard, refunded when it found a principal.
-        Called inside ``_once``: concurrent requests with one credential share one reservation."""
-        if self.checks is None:
-            return await check()
-        ticket = await self.checks.reserve_check(address)
+        """Run ``check``; a credential it finds invalid is charged to ``address`` (the guard), one
+        past the allowance answered 429. Called inside ``_once``: concurrent requests with one
+        credential are charged once. The database away is not the client's fault: not charged."""
         try:
             principal = await check()
-        except (SQLAlchemyError, OSError):  # the database is away: the client is not charged for it
-            await self.checks.check_passed(ticket, address)
+        except Unauthorized:
+            if self.checks is not None:
+                await self.checks.check_failed(address)
             raise
-        if principal is not None:
-            await self.checks.check_passed(ticket, address)
+        if principal is None and self.checks is not None:
+            await self.checks.check_failed(address)
         return principal
 
     async def _lookup_key(self, value: str, mono: float) -> Principal | None:

@@ -15,7 +15,7 @@ from gwproxy.address import client_ip
 from gwproxy.auth import schemas
 from gwproxy.auth.users import UNCHANGED
 from gwproxy.bodies import identifier, json, load
-from gwproxy.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
+from gwproxy.errors import Forbidden, InvalidRequest, NotFound, RefreshReused, Unauthorized
 from gwproxy.keys import AUTHENTICATOR, CONFIG, GUARD, PRINCIPAL, USERS
 from gwproxy.operations import Access, operation
 from gwproxy.principal import Principal, require_admin
@@ -79,7 +79,11 @@ async def login(request: web.Request) -> web.Response:
            access=Access.PUBLIC, errors=(400, 401))  # fmt: skip
 async def refresh(request: web.Request) -> web.Response:
     body = await load(request, schemas.Refresh())
-    pair = await request.app[USERS].rotate(body["refresh_token"])
+    try:
+        pair = await request.app[USERS].rotate(body["refresh_token"])
+    except RefreshReused as reused:  # the session's access tokens die with it, as at a logout
+        request.app[AUTHENTICATOR].forget_session(reused.session)
+        raise
     return json(pair.public())
 
 

@@ -22,7 +22,7 @@ from gwproxy import log
 from gwproxy.auth import credentials
 from gwproxy.auth.passwords import dummy_hash, hash_password, verify_password
 from gwproxy.auth.tokens import TokenCodec
-from gwproxy.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from gwproxy.errors import Conflict, InvalidRequest, NotFound, RefreshReused, Unauthorized
 from gwproxy.principal import ROLES, Principal, Role
 from gwproxy.store.tables import api_keys, refresh_tokens, users
 
@@ -472,7 +472,7 @@ class UserService:
                     return pair
         await self.revoke_session(m["family"])
         _log.warning("refresh token reused: session revoked", user_id=m["user_id"])
-        raise Unauthorized("refresh token already used: all sessions from it are revoked")
+        raise RefreshReused(str(m["family"]))
 
     async def close_session(self, value: str) -> str:
         """Revoke the session of this refresh token (logout); returns the session id."""

@@ -110,7 +110,8 @@ async def stats(request: web.Request) -> web.Response:
 
 
 class InFlightRequest(Schema):
-    id = fields.String(required=True, metadata={"description": "its X-Request-ID"})
+    id = fields.String(required=True, metadata={"description": "the gateway's id of it (what cancel names)"})
+    request_id = fields.String(required=True, metadata={"description": "its X-Request-ID (the client's, or minted)"})
     method = fields.String(required=True)
     route = fields.String(required=True)
     model = fields.String(required=True)

@@ -42,8 +42,8 @@ def metrics_middleware(metrics: Metrics, inflight: InFlight) -> Middleware:
         if model_request:  # listed (and cancellable) while it runs: /api/requests
             task = asyncio.current_task()
             if task is not None:
-                inflight.add(Running(request[REQUEST_ID], task, request.method, exchange.endpoint.route, trace,
-                                     exchange))  # fmt: skip
+                inflight.add(Running(exchange.id, request[REQUEST_ID], task, request.method, exchange.endpoint.route,
+                                     trace, exchange))  # fmt: skip
         status = 500
         try:
             resp = await handler(request)
@@ -58,7 +58,7 @@ def metrics_middleware(metrics: Metrics, inflight: InFlight) -> Middleware:
         finally:
             metrics.in_flight -= 1
             if model_request:
-                inflight.remove(request[REQUEST_ID])
+                inflight.remove(exchange.id)
             duration = time.perf_counter() - trace.started
             route = _route(request)
             model = trace.model or "-"
@@ -82,6 +82,7 @@ def metrics_middleware(metrics: Metrics, inflight: InFlight) -> Middleware:
                 completion_tokens=trace.completion_tokens,
                 upstream_error=trace.upstream_error,
                 upstream=trace.upstream,
+                upstream_id=exchange.id if trace.upstream else None,  # vLLM's request id (its logs, its ids)
             )
 
     return measure

@@ -1,18 +1,15 @@
 """request_id: open the request's ``Exchange`` (its endpoint, looked up once, and its trace), accept
 the client's ``X-Request-ID`` or mint one, make it the log context of everything the request
 does, and echo it on every response (through ``on_response_prepare``, so
-streamed and error responses carry it too). vLLM makes the header its response id, so any id a
-client may send it is kept as sent — base64, spaces, non-ASCII — up to ``MAX_ID`` characters
-(a longer one is replaced); one with a control character is refused (400).
-
-Minted ids are 32 hex digits: 16 random per process, then a counter — unique across replicas
-without a system call per request.
+streamed and error responses carry it too). A client's id is kept as sent — base64, spaces,
+non-ASCII — up to ``MAX_ID`` characters (a longer one is replaced); one with a control character is
+refused (400). It is the client's, for correlation: upstream goes the exchange's own id (see
+``proxy.exchange``), which is also the request id of a client that sent none — 128 random bits, so
+no id the gateway shows one user lets another name, guess or overwrite it.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 
 from aiohttp import web
@@ -27,17 +24,14 @@ MAX_ID = 1024
 
 
 def request_id_middleware() -> Middleware:
-    prefix = os.urandom(8).hex()
-    counter = itertools.count(1)
-
     @web.middleware
     async def request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[EXCHANGE] = open_exchange(request, time.perf_counter())
+        exchange = request[EXCHANGE] = open_exchange(request, time.perf_counter())
         rid = request.headers.get("X-Request-ID")
         if rid is not None and not rid.isprintable():
             return render(InvalidRequest("X-Request-ID must not contain control characters", param="X-Request-ID"))
         if not rid or len(rid) > MAX_ID:
-            rid = f"{prefix}{next(counter):016x}"
+            rid = exchange.id
         request[REQUEST_ID] = rid
         log.REQUEST_ID.set(rid)
         return await handler(request)

@@ -17,17 +17,13 @@ or badly overloaded, more than twice the least-loaded replica's load plus ``SKEW
 replica, ties taken in turn. ``upstream.balance = "round_robin"`` weighs nothing: each replica in
 turn (what the fleet bench compares the score with).
 
-A stored ``/v1/responses`` answer lives in the memory of the vLLM server that made it: with
-several upstreams the gateway remembers which one made each response (its id read from the
-first chunk of the answer; ``RESPONSES_KEPT`` ids, least recently used forgotten first), and a
-request naming it — ``previous_response_id``, or ``/v1/responses/{id}`` — goes there, whatever
-the load (``maker``).
+A request naming a stored ``/v1/responses`` answer goes to the upstream that made it, whatever
+the load (``proxy.stored``), without asking the balancer.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,15 +34,6 @@ import orjson
 from gwproxy.proxy.upstream import Upstream
 
 SKEW_SLACK = 4.0
-RESPONSES_KEPT = 100_000  # response ids remembered with the upstream that made them
-_RESPONSE_ID = re.compile(rb'"id": ?"(resp[A-Za-z0-9_-]{1,200})"')
-
-
-def response_id(first: bytes) -> str | None:
-    """The id of the response a ``/v1/responses`` answer opens with (vLLM's body, or its stream's
-    ``response.created`` event, names it before anything else)."""
-    found = _RESPONSE_ID.search(first, 0, 4096)
-    return found.group(1).decode() if found else None
 
 
 def conversation(body: dict[str, Any]) -> tuple[bytes, bool] | None:
@@ -73,7 +60,6 @@ class Balancer:
         self.entries = entries
         self.round_robin = round_robin  # upstream.balance = "round_robin": in turn, nothing weighed
         self._sticky: OrderedDict[bytes, str] = OrderedDict()
-        self._responses: OrderedDict[str, str] = OrderedDict()  # response id → the upstream that made it
         self._turn = 0
 
     def pick(
@@ -120,20 +106,6 @@ class Balancer:
         self._sticky.move_to_end(key)
         while len(self._sticky) > self.entries:
             self._sticky.popitem(last=False)
-
-    def made(self, response_id: str, name: str) -> None:
-        """Remember that upstream ``name`` made (and may have stored) the response ``response_id``."""
-        self._responses[response_id] = name
-        self._responses.move_to_end(response_id)
-        while len(self._responses) > RESPONSES_KEPT:
-            self._responses.popitem(last=False)
-
-    def maker(self, response_id: str) -> str | None:
-        """The upstream that made the response, if remembered."""
-        name = self._responses.get(response_id)
-        if name is not None:
-            self._responses.move_to_end(response_id)
-        return name
 
     def replica_of(self, body: dict[str, Any]) -> str | None:
         """The replica a conversation sticks to, if remembered (for tests and status)."""

@@ -63,6 +63,7 @@ def _generating(path: str, schema: Any, **flags: Any) -> Endpoint:
 ROOT_PATHS = ("/tokenize", "/detokenize", "/version", "/pooling", "/classify", "/score", "/rerank", "/v2/rerank")
 
 _TOKENIZERS = ("/tokenize", "/detokenize")
+_LORA = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 _AUTH = ("/api/auth/login", "/api/auth/refresh", "/api/auth/logout")  # they carry their own credential
 TABLE: dict[str, Endpoint] = {
     e.path: e
@@ -77,6 +78,9 @@ TABLE: dict[str, Endpoint] = {
         _proxied("/v1/rerank"),
         _proxied("/v1/score"),
         *(_proxied(p, json=p in _TOKENIZERS, cors=p in _TOKENIZERS) for p in ROOT_PATHS),
+        # vLLM's runtime LoRA endpoints load a path on the vLLM host and unload what others use:
+        # administrators only.
+        *(_proxied(p, json=True, access=Access.ADMIN, cors=False) for p in _LORA),
         # The original gateway's chat endpoint: a local handler (conversation history) that
         # forwards to the chat completions endpoint; the handler checks its own schema.
         Endpoint(

@@ -1,7 +1,11 @@
 """Exchange: one request as every layer sees it, built once at the edge.
 
 The request-id middleware makes it (``open_exchange``): the endpoint the path stands for (see
-``endpoints``) and the request's ``Trace``. The layers then fill in what only they know — the
+``endpoints``), the request's ``Trace`` and its ``id`` — 128 random bits minted for every request,
+the id the gateway sends upstream as ``X-Request-ID`` (vLLM builds its response ids from it:
+``chatcmpl-…``, ``resp_…``) and keys the request by while it runs. A client's own ``X-Request-ID``
+is echoed to it and logged, never sent upstream: ids another user could guess or choose would name
+(or overwrite, in vLLM's response store) someone else's response. The layers then fill in what only they know — the
 principal (auth), the tee (capture's recorder) — and read the rest. The body is read and parsed
 by one reader, ``Exchange.json``: the first layer that needs it (the limiter's token estimate,
 else the proxy) parses it and checks it against the endpoint's schema; everyone after gets the
@@ -14,6 +18,7 @@ hot path needs nothing from the capture package.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +46,7 @@ def _is_json(content_type: str) -> bool:
 class Exchange:
     endpoint: Endpoint
     trace: Trace
+    id: str  # minted here, unguessable: what goes upstream as X-Request-ID
     principal: Principal | None = None
     body: dict[str, Any] | None = None  # the JSON body, parsed once and checked
     sent: bytes | None = None  # the body as it went upstream (the gateway may have edited it)
@@ -71,4 +77,4 @@ class Exchange:
 
 
 def open_exchange(request: web.Request, started: float) -> Exchange:
-    return Exchange(lookup(request.path), Trace(started=started))
+    return Exchange(lookup(request.path), Trace(started=started), os.urandom(16).hex())

@@ -18,14 +18,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+from sqlalchemy.exc import SQLAlchemyError
 from yarl import URL
 
 from gwproxy import log
 from gwproxy.errors import GatewayError, ModelNotAllowed, UpstreamTimeout, UpstreamUnavailable, envelope
-from gwproxy.keys import CONFIG, EXCHANGE, GATE, METRICS, REQUEST_ID, UPSTREAM
+from gwproxy.keys import CONFIG, EXCHANGE, GATE, METRICS, RESPONSES, UPSTREAM
 from gwproxy.principal import Principal
-from gwproxy.proxy import usage
-from gwproxy.proxy.balancer import response_id
+from gwproxy.proxy import stored, usage
 from gwproxy.proxy.endpoints import ROOT_PATHS, Endpoint
 from gwproxy.proxy.exchange import Exchange
 from gwproxy.proxy.registry import Loader, UpstreamRegistry
@@ -163,10 +163,12 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
             trace.model = registry.label(served)
     else:
         group = registry.default_group()
-    learn = False  # a /v1/responses answer: remember which upstream made it
-    if registry.several:
-        group = _holder(request, registry, target, parsed, own) or group
-        learn = target.responses and request.method == "POST"
+    response = stored.named(request, parsed, target.responses) if own else None
+    if response is not None:  # a stored response: its owner only, on the upstream holding it
+        holder = await stored.upstream_for(app[RESPONSES], response, principal)
+        group = next(((u,) for u in registry.upstreams if u.name == holder), group)
+    # A /v1/responses answer vLLM stores: its id is read from the first chunk and recorded.
+    learn = target.responses and request.method == "POST" and not (parsed and parsed.get("store") is False)
     trace.upstream_started = time.perf_counter()
     watchdog = registry.watchdog
     watch = watchdog.watch(asyncio.current_task(), cfg.upstream.first_byte_timeout)
@@ -178,8 +180,8 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
                 raise
             return await _end_with_error(committed, exc, trace)
         trace.upstream = chosen.name
-        if learn and upstream.status == 200 and first and (made := response_id(first)):
-            registry.balancer.made(made, chosen.name)
+        if learn and upstream.status == 200 and first and (made := stored.response_id(first)):
+            await _record(app, made, stored.owner_of(principal), chosen.name)
         extra = {}
         if cfg.proxy.overhead_header:
             # Time spent before the request went upstream; relaying after that is a copy per chunk.
@@ -203,22 +205,13 @@ async def forward(request: web.Request, exchange: Exchange, target: Endpoint) ->
         watchdog.release(watch)
 
 
-RESPONSE_PATH = "/v1/responses/"
-
-
-def _holder(
-    request: web.Request, registry: UpstreamRegistry, target: Endpoint, parsed: dict[str, Any] | None, own: bool
-) -> tuple[Upstream, ...] | None:
-    """The upstream holding the stored response a request names — ``previous_response_id``, or the
-    id in ``/v1/responses/{id}[/…]`` — when the balancer remembers it and it is still attached."""
-    named: Any = None
-    if own and request.path.startswith(RESPONSE_PATH):
-        named = request.path[len(RESPONSE_PATH) :].partition("/")[0]
-    elif target.responses and parsed is not None:
-        named = parsed.get("previous_response_id")
-    name = registry.balancer.maker(named) if isinstance(named, str) and named else None
-    held = next((u for u in registry.upstreams if u.name == name), None) if name else None
-    return (held,) if held is not None else None
+async def _record(app: web.Application, response_id: str, owner: int | None, upstream: str) -> None:
+    """Record a stored response's owner before the client sees its id. The database away: the
+    answer still goes out (a later request naming the id is refused, never someone else's)."""
+    try:
+        await app[RESPONSES].record(response_id, owner, upstream)
+    except (SQLAlchemyError, OSError) as exc:
+        _log.warning("stored response not recorded", error=f"{type(exc).__name__}: {exc}")
 
 
 FEEDBACK_SECONDS = 1.0  # between two comments while a stream waits for its model to load
@@ -306,7 +299,7 @@ async def _open(
     assert chosen is not None
     for attempt in (0, 1):
         url = URL(chosen.origin + path, encoded=True)
-        headers = forward_headers(request, chosen.auth, request[REQUEST_ID])
+        headers = forward_headers(request, chosen.auth, request[EXCHANGE].id)
         chosen.in_flight += 1
         chosen.requests += 1
         peek = learn or (attempt == 0 and len(group) > 1)

@@ -12,10 +12,13 @@ buckets), so concurrent guesses cannot all slip through before the first failure
   one account without handing anyone a lockout of it (its owner waits at most that interval).
 A successful login refunds its reservation and refills its ``username + address`` bucket.
 
-Credentials. An API key or access token that is not in the authenticator's cache costs a database
-lookup or a signature check; each such check from an address is reserved the same way
-(``invalid_credentials_per_minute``) and refunded when the credential was good, so only invalid
-ones use the allowance. Cached credentials never reach the guard: the hot path pays nothing.
+Credentials. An API key or access token that is not in the authenticator's cache is checked first
+— a key by one indexed lookup of its public prefix and a digest comparison, a token by its
+signature — and only a credential found invalid is charged to its address
+(``invalid_credentials_per_minute``); past that allowance an invalid one is answered 429 with
+``Retry-After`` instead of 401. A valid credential is never refused for what others sent from its
+address: behind a NAT, or a proxy not listed in ``trusted_proxies``, one careless script slows
+itself and locks out nobody. Cached credentials never reach the guard: the hot path pays nothing.
 
 Keys name a username by a hash of it (bounded, any characters) and an address as resolved
 through ``trusted_proxies``.
@@ -66,14 +69,11 @@ class Guard:
         for key, limit in zip(keys[1:], limits[1:], strict=True):
             await ticket.store.settle(ticket, key, limit, -1.0)
 
-    async def reserve_check(self, address: str) -> Ticket:
-        """Take one credential check for ``address``, or raise ``TooManyRequests``."""
-        decision, ticket = await self.store.admit([f"gwlg:c:{address}"], [self.probes], [1.0], None)
-        if not decision.allowed or ticket is None:
+    async def check_failed(self, address: str) -> None:
+        """Charge an invalid credential to ``address``; past its allowance raise ``TooManyRequests``
+        (the caller then answers that instead of 401)."""
+        decision, _ = await self.store.admit([f"gwlg:c:{address}"], [self.probes], [1.0], None)
+        if not decision.allowed:
             raise TooManyRequests(
                 "Too many invalid credentials from this address: try again later", retry_after=decision.retry_after
             )
-        return ticket
-
-    async def check_passed(self, ticket: Ticket, address: str) -> None:
-        await ticket.store.settle(ticket, f"gwlg:c:{address}", self.probes, -1.0)

@@ -151,6 +151,20 @@ requests = Table(
     Index("ix_requests_user_created", "user_id", "created_at"),
 )
 
+# Stored ``/v1/responses``: who asked for each response id the gateway relayed, and which upstream
+# holds it (vLLM keeps a stored response in the memory of the server that made it). Recorded before
+# the client sees the id, so every replica can refuse it to anyone else (see ``store.responses``).
+# ``user_id`` NULL: made with auth off (the anonymous caller). A user's deletion takes their rows.
+stored_responses = Table(
+    "stored_responses",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("upstream", String(200), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_stored_responses_user", "user_id"),
+)
+
 # Daily usage rollups, kept by the capture writer in the transaction that stores the requests (see
 # ``store.rollups``): what ``/api/usage`` reads, so a range costs its days, not its requests. A day
 # is a UTC date; a request without a model counts under ``""``.

@@ -4,6 +4,7 @@ graceful shutdown with streams in flight."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 from pathlib import Path
@@ -84,7 +85,6 @@ def test_workers_share_the_port_and_stop_together(log_dir: Path, sim: int, tmp_p
             time.sleep(0.1)
         workers = parent.children()
         assert len(workers) == 2
-        seen = set()
         for _ in range(40):
             with httpx.Client() as c:  # new connections, spread by the kernel
                 r = c.post(
@@ -93,8 +93,13 @@ def test_workers_share_the_port_and_stop_together(log_dir: Path, sim: int, tmp_p
                     headers={"Authorization": f"Bearer {key}"},
                 )
                 assert r.status_code == 200
-                seen.add(r.headers["X-Request-ID"][:16])  # the per-process id prefix
-        assert len(seen) == 2, "both workers answered"
+        counts = set()  # each worker's /metrics counts the chats it answered
+        for _ in range(40):
+            with httpx.Client() as c:
+                text = c.get(f"http://127.0.0.1:{port}/metrics").text
+            found = re.search(r'gwproxy_requests_total\{[^}]*route="/v1/chat/completions"[^}]*\} (\S+)', text)
+            counts.add(float(found.group(1)) if found else 0.0)
+        assert len(counts) == 2 and sum(counts) == 40 and 0 not in counts, f"both workers answered: {counts}"
         # Each worker captures through its own writer process and spool: none shares a spool file.
         everyone = workers + [c for w in workers for c in w.children()]
         deadline = time.monotonic() + 20

@@ -5,6 +5,7 @@ accepts that a stricter gateway used to refuse, and for request ids vLLM echoes 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import orjson
 import pytest
 
 from tests.conftest import MODEL, start_app
+from tests.support.ids import upstream_id
 from tests.support.procs import start_sim
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 6}
@@ -50,8 +52,8 @@ async def test_streams_are_byte_for_byte_vllms_for_every_stream_options(
         body["stream_options"] = options
     try:
         async with aiohttp.ClientSession() as s:
-            direct = await _post(s, f"http://127.0.0.1:{sim}{route}", body, "fidelity-1")
             through = await _post(s, str(server.make_url(route)), body, "fidelity-1")
+            direct = await _post(s, f"http://127.0.0.1:{sim}{route}", body, upstream_id(through[1]) or "")
         assert through == direct
         events = [e for e in direct[1].split(b"\n\n") if e]
         final_usage = any(b'"choices":[],"usage"' in e for e in events)
@@ -115,13 +117,21 @@ async def test_what_vllm_accepts_the_gateway_passes(sim: int, change: dict[str, 
         await server.close()
 
 
-async def test_the_request_id_is_vllms_response_id(sim: int) -> None:
+async def test_vllms_response_id_is_the_gateways_own_never_the_clients(sim: int) -> None:
+    """vLLM makes the request id its response id: the gateway sends its own (128 random bits, new
+    for each request), so no client can choose, repeat or guess an id vLLM shows another user."""
     server = await start_app(sim)
     try:
         async with aiohttp.ClientSession() as s:
-            for rid in ("aGVsbG8rd29ybGQ=", "my request 7"):
-                status, raw = await _post(s, str(server.make_url("/v1/chat/completions")), CHAT, rid)
-                assert status == 200 and orjson.loads(raw)["id"] == f"chatcmpl-{rid}"
+            seen = set()
+            for rid in ("aGVsbG8rd29ybGQ=", "my request 7", "my request 7", None):
+                headers = {} if rid is None else {"X-Request-ID": rid}
+                async with s.post(server.make_url("/v1/chat/completions"), json=CHAT, headers=headers) as r:
+                    answer = await r.json()
+                    assert r.status == 200 and (rid is None or r.headers["X-Request-ID"] == rid)
+                assert re.fullmatch(r"chatcmpl-[0-9a-f]{32}", answer["id"]), answer["id"]
+                seen.add(answer["id"])
+            assert len(seen) == 4
     finally:
         await server.close()
 
@@ -170,8 +180,8 @@ async def test_events_split_across_reads_are_relayed_and_stripped_intact(
         body["stream_options"] = options
     try:
         async with aiohttp.ClientSession() as s:
-            direct = await _post(s, f"http://127.0.0.1:{split_sim}{route}", body, "split-1")
             through = await _post(s, str(server.make_url(route)), body, "split-1")
+            direct = await _post(s, f"http://127.0.0.1:{split_sim}{route}", body, upstream_id(through[1]) or "")
         assert through == direct
         assert any(ord(ch) > 127 for ch in direct[1].decode())  # multi-byte characters were in play
     finally:

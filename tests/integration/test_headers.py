@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -77,7 +78,7 @@ async def test_request_and_response_headers(recorder: tuple[TestServer, list[web
         assert req.headers["Authorization"] == "Bearer upstream-secret"
         assert "X-Api-Key" not in req.headers
         assert "X-Hop" not in req.headers
-        assert req.headers["X-Request-ID"] == "req-42"
+        assert re.fullmatch(r"[0-9a-f]{32}", req.headers["X-Request-ID"])  # the gateway's own, not the client's
         assert req.headers["OpenAI-Organization"] == "org-1"
         assert (await req.json())["model"] == "rec-model"
     finally:
@@ -90,18 +91,21 @@ async def test_request_ids_are_kept_as_sent_minted_when_absent_or_too_long(
     upstream, seen = recorder
     assert upstream.port is not None
     gateway = await start_app(upstream.port)
+    upstream_ids: list[str] = []
     try:
         async with aiohttp.ClientSession() as s:
             for sent in ("aGVsbG8+d29ybGQ/Lw==", "an id with spaces", "x" * 1024, "ü-ñ-id"):
                 async with s.post(gateway.make_url("/v1/echo"), data=b"raw", headers={"X-Request-ID": sent}) as r:
-                    assert r.headers["X-Request-ID"] == sent  # vLLM makes it the response id: kept
-                    assert seen[-1].headers["X-Request-ID"] == sent
+                    assert r.headers["X-Request-ID"] == sent  # the client's, for correlation: kept
+                    upstream_ids.append(seen[-1].headers["X-Request-ID"])  # never sent upstream
+                    assert upstream_ids[-1] != sent
             for sent in (None, "x" * 1025):
                 headers = {} if sent is None else {"X-Request-ID": sent}
                 async with s.post(gateway.make_url("/v1/echo"), data=b"raw", headers=headers) as r:
                     rid = r.headers["X-Request-ID"]
-                    assert rid != sent and len(rid) == 32
-                    assert seen[-1].headers["X-Request-ID"] == rid
+                    assert rid != sent and re.fullmatch(r"[0-9a-f]{32}", rid)
+                    assert seen[-1].headers["X-Request-ID"] == rid  # minted: the client's and vLLM's
+                    upstream_ids.append(rid)
             async with s.post(gateway.make_url("/v1/echo"), data=b"raw", headers={"X-Request-ID": "a\tb"}) as r:
                 body = await r.json()
                 assert r.status == 400 and body["error"]["param"] == "X-Request-ID"
@@ -110,5 +114,6 @@ async def test_request_ids_are_kept_as_sent_minted_when_absent_or_too_long(
             async with s.get(gateway.make_url("/missing"), headers={"X-Request-ID": "e-1"}) as r:
                 assert r.status == 404 and r.headers["X-Request-ID"] == "e-1"
         assert "Authorization" not in seen[-1].headers  # no VLLM_API_KEY: nothing sent
+        assert len(set(upstream_ids)) == 6 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in upstream_ids)
     finally:
         await gateway.close()

@@ -10,16 +10,19 @@ import orjson
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import MODEL, start_app
+from tests.support.ids import upstream_id
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about gateways"}], "max_tokens": 24}
 
 
-async def post(url: str, body: object) -> tuple[int, dict[str, str], bytes, list[bytes]]:
-    """POST ``body``; return status, headers, the whole body and the chunks as they arrived. The
-    request id is fixed: vLLM (and the simulator) make it the response's ``id``, so a direct request
-    and one through the gateway carry the same one."""
+async def post(
+    url: str, body: object, rid: str | None = "relay-identity"
+) -> tuple[int, dict[str, str], bytes, list[bytes]]:
+    """POST ``body``; return status, headers, the whole body and the chunks as they arrived. vLLM
+    (and the simulator) make the request id the response's ``id``: a direct request compared with
+    one through the gateway is sent with the id the gateway sent upstream (``upstream_id``)."""
     chunks = []
-    headers = {"Content-Type": "application/json", "X-Request-ID": "relay-identity"}
+    headers = {"Content-Type": "application/json", **({"X-Request-ID": rid} if rid else {})}
     async with aiohttp.ClientSession(auto_decompress=False) as s:
         async with s.post(url, data=orjson.dumps(body), headers=headers) as r:
             async for chunk in r.content.iter_any():
@@ -28,8 +31,8 @@ async def post(url: str, body: object) -> tuple[int, dict[str, str], bytes, list
 
 
 async def test_non_stream_bytes_identical(sim: int, app_server: TestServer) -> None:
-    direct = await post(f"http://127.0.0.1:{sim}/v1/chat/completions", CHAT)
     via = await post(str(app_server.make_url("/v1/chat/completions")), CHAT)
+    direct = await post(f"http://127.0.0.1:{sim}/v1/chat/completions", CHAT, upstream_id(via[2]))
     assert direct[0] == via[0] == 200
     assert via[2] == direct[2]
     assert via[1]["Content-Type"] == direct[1]["Content-Type"] == "application/json"
@@ -43,8 +46,8 @@ async def test_stream_bytes_identical_with_and_without_include_usage(sim: int, a
         {"stream_options": {"include_usage": False}},
     ):
         body = {**CHAT, "stream": True, **options}
-        direct = await post(f"http://127.0.0.1:{sim}/v1/chat/completions", body)
         via = await post(str(app_server.make_url("/v1/chat/completions")), body)
+        direct = await post(f"http://127.0.0.1:{sim}/v1/chat/completions", body, upstream_id(via[2]))
         assert via[0] == 200
         assert via[2] == direct[2], options
         assert via[2].endswith(b"data: [DONE]\n\n")
@@ -62,15 +65,15 @@ async def test_completions_and_embeddings_identical(sim: int, app_server: TestSe
         ("/detokenize", {"model": MODEL, "tokens": [1751477356, 1864398703, 1919706112]}),
     ]
     for path, body in cases:
-        direct = await post(f"http://127.0.0.1:{sim}{path}", body)
         via = await post(str(app_server.make_url(path)), body)
+        direct = await post(f"http://127.0.0.1:{sim}{path}", body, upstream_id(via[2]))
         assert via[0] == direct[0] == 200, path
         assert via[2] == direct[2], path
 
 
 async def test_alias_current_resolves_to_the_served_model(sim: int, app_server: TestServer) -> None:
-    direct = await post(f"http://127.0.0.1:{sim}/v1/chat/completions", CHAT)
     via = await post(str(app_server.make_url("/v1/chat/completions")), {**CHAT, "model": "current"})
+    direct = await post(f"http://127.0.0.1:{sim}/v1/chat/completions", CHAT, upstream_id(via[2]))
     assert via[0] == 200
     assert orjson.loads(via[2])["model"] == MODEL
     assert via[2] == direct[2]

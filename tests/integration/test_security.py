@@ -161,9 +161,14 @@ async def test_access_tokens_die_with_their_session(site: Site, db_url: str, tmp
             "POST", site.url("/api/auth/refresh"), json={"refresh_token": tokens["refresh_token"]}
         )
         assert (await call("GET", site.url("/api/auth/me"), headers=bearer(rotated["access_token"])))[0] == 200
-        await call("POST", site.url("/api/auth/refresh"), json={"refresh_token": tokens["refresh_token"]})  # replayed
+        assert (await call("GET", other.url("/api/auth/me"), headers=bearer(rotated["access_token"])))[0] == 200
+        replayed = await call("POST", site.url("/api/auth/refresh"), json={"refresh_token": tokens["refresh_token"]})
+        assert replayed[0] == 401
+        for token in (rotated["access_token"], tokens["access_token"]):  # at once on this replica, as a logout
+            status, body, _ = await call("GET", site.url("/api/auth/me"), headers=bearer(token))
+            assert status == 401 and "session" in body["error"]["message"]
         await asyncio.sleep(0.35)
-        assert (await call("GET", site.url("/api/auth/me"), headers=bearer(rotated["access_token"])))[0] == 401
+        assert (await call("GET", other.url("/api/auth/me"), headers=bearer(rotated["access_token"])))[0] == 401
     finally:
         await other.server.close()
 
@@ -191,6 +196,58 @@ async def test_invalid_credentials_are_throttled_per_address(
         assert (await call("GET", site.url("/v1/models"), headers=other))[0] == 401  # another address: checked
     finally:
         await site.server.close()
+
+
+async def test_invalid_keys_from_an_address_lock_out_none_of_its_valid_users(
+    sim: int, db_url: str, engine: Any, redis_server: Redis, tmp_path: Path
+) -> None:
+    """One careless script behind a NAT sends 60 invalid keys through one replica: it is slowed
+    (429 with Retry-After), and on both replicas (sharing Redis) a valid key used for the first
+    time from that address, and keys already used whose cache entry expired, still work."""
+    env = {"REDIS_URL": redis_server.url, "GWPROXY_AUTH_INVALID_CREDENTIALS_PER_MINUTE": "10"}
+    one = await _site(sim, db_url, tmp_path / "one", **env)
+    two = await _site(sim, db_url, tmp_path / "two", **env)
+    nat = "192.0.2.50"
+    try:
+        for s in (one, two):  # the admin's and bob's keys used once (cached), before the script runs
+            for key in (s.admin_key, s.bob_key):
+                assert (await call("GET", s.url("/v1/models"), headers=from_address(nat, bearer(key))))[0] == 200
+        statuses = []
+        for i in range(60):
+            wrong = from_address(nat, bearer(f"gwp-{i:08d}" + "z" * 35))
+            status, _, headers = await call("GET", one.url("/v1/models"), headers=wrong)
+            statuses.append(status)
+            if status == 429:
+                assert int(headers["Retry-After"]) >= 1
+        assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}  # slowed once past its allowance
+        status, _, _ = await call("GET", two.url("/v1/models"), headers=from_address(nat, bearer("gwp-" + "q" * 43)))
+        assert status == 429  # replicas share the allowance
+        await asyncio.sleep(0.35)  # key_cache_seconds: every cached key must be looked up again
+        users = one.server.app[USERS]
+        fresh = (await users.create_key((await users.find_user("eve")).id, "first-use"))[0]
+        for s in (one, two):
+            for key in (fresh, s.admin_key, s.bob_key, s.eve_key):
+                status, body, _ = await call("GET", s.url("/v1/models"), headers=from_address(nat, bearer(key)))
+                assert status == 200, body
+            _, tokens, _ = await login(s, "bob", "bob-password", address=nat)  # a fresh access token too
+            access = from_address(nat, bearer(tokens["access_token"]))
+            assert (await call("GET", s.url("/api/auth/me"), headers=access))[0] == 200
+        status, _, _ = await call("GET", two.url("/v1/models"), headers=from_address(nat, bearer("e.y.z")))
+        assert status == 429  # and invalid ones are still slowed
+    finally:
+        await one.server.close()
+        await two.server.close()
+
+
+async def test_only_admins_reach_vllms_runtime_lora_endpoints(site: Site) -> None:
+    """``/v1/load_lora_adapter`` reads a path on the vLLM host and ``/v1/unload_lora_adapter``
+    takes an adapter from everyone: a user is refused before anything goes upstream."""
+    for path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+        body = {"lora_name": "x", "lora_path": "/etc"}
+        status, answer, _ = await call("POST", site.url(path), headers=bearer(site.bob_key), json=body)
+        assert status == 403 and answer["error"]["type"] == "permission_error", answer
+        status, _, _ = await call("POST", site.url(path), headers=bearer(site.admin_key), json=body)
+        assert status != 403  # forwarded: whatever vLLM answers
 
 
 # -- 6, 8, 9: request shape --------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from gwproxy.config import ConfigError, UpstreamConfig, UpstreamTarget, load_config
-from gwproxy.proxy import balancer
-from gwproxy.proxy.balancer import SKEW_SLACK, Balancer, conversation, response_id
+from gwproxy.proxy.balancer import SKEW_SLACK, Balancer, conversation
+from gwproxy.proxy.stored import response_id
 from gwproxy.proxy.upstream import KV_LOAD, STALE_LOAD, Upstream, read_load
 
 CFG = UpstreamConfig(metrics_interval=1.0, eject_after=2, eject_seconds=30)
@@ -180,15 +180,3 @@ def test_the_response_id_is_read_from_the_first_chunk_of_an_answer() -> None:
     assert response_id(b'{"id": "resp_x1"}') == "resp_x1"  # spaced JSON too
     for other in (b'{"id":"chatcmpl-1"}', b"", b'{"error":{"message":"no"}}', b" " * 5000 + b'{"id":"resp_late"}'):
         assert response_id(other) is None  # only the answer's opening is looked at
-
-
-def test_the_maker_of_a_response_is_remembered_newest_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(balancer, "RESPONSES_KEPT", 3)
-    b = Balancer(entries=10)
-    for i in range(4):
-        b.made(f"resp_{i}", f"up{i % 2}")
-    assert b.maker("resp_0") is None  # forgotten: the oldest of four
-    assert (b.maker("resp_1"), b.maker("resp_2"), b.maker("resp_3")) == ("up1", "up0", "up1")
-    b.maker("resp_1")  # used: kept over resp_2 when the next one comes
-    b.made("resp_4", "up0")
-    assert b.maker("resp_2") is None and b.maker("resp_1") == "up1"

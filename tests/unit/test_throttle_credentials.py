@@ -65,16 +65,17 @@ async def test_a_distributed_attack_on_one_username_meets_a_gentle_delay() -> No
     await g.reserve_login("admin", "10.0.1.1")
 
 
-async def test_credential_checks_are_charged_only_when_invalid() -> None:
-    g = guard(Clock(), invalid_credentials_per_minute=3)
-    for _ in range(10):
-        ticket = await g.reserve_check("1.1.1.1")
-        await g.check_passed(ticket, "1.1.1.1")  # good credentials: refunded
+async def test_invalid_credentials_are_charged_to_their_address_and_refused_past_the_allowance() -> None:
+    clock = Clock()
+    g = guard(clock, invalid_credentials_per_minute=3)
     for _ in range(3):
-        await g.reserve_check("1.1.1.1")
-    with pytest.raises(TooManyRequests, match="invalid credentials"):
-        await g.reserve_check("1.1.1.1")
-    await g.reserve_check("2.2.2.2")
+        await g.check_failed("1.1.1.1")
+    with pytest.raises(TooManyRequests, match="invalid credentials") as refused:
+        await g.check_failed("1.1.1.1")
+    assert refused.value.headers["Retry-After"] == "20"  # one more every 60 / 3 s
+    await g.check_failed("2.2.2.2")  # another address has its own allowance
+    clock.now += 20
+    await g.check_failed("1.1.1.1")
 
 
 def test_credentials_shape_and_lookup() -> None:

@@ -594,7 +594,7 @@ async function requestsPage() {
   const tick = guard(async () => {
     const running = await api("/api/requests");
     holder.replaceChildren(table(["id", "route", "model", "user", "age", "answer so far", ""], running.data.map((r) =>
-      h("tr", {}, h("td", { class: "muted" }, r.id.slice(0, 12)), h("td", {}, r.route), h("td", {}, r.model), h("td", {}, r.user || "—"),
+      h("tr", {}, h("td", { class: "muted", title: `request id ${r.request_id}` }, r.request_id.slice(0, 16)), h("td", {}, r.route), h("td", {}, r.model), h("td", {}, r.user || "—"),
         h("td", {}, `${r.age_s.toFixed(1)} s`), h("td", {}, r.streaming ? `${r.chunks} chunk(s)` : "waiting for the first token"),
         h("td", {}, r.cancelled_by ? `cancelled by ${r.cancelled_by}` : h("button", { type: "button", class: "secondary",
           "aria-label": `Cancel request ${r.id.slice(0, 12)}`, onclick: guard(async () => {
