@@ -111,16 +111,16 @@ class ResponseNotFound(NotFound):
 
 
 class ModelNotFound(GatewayError):
-    """A model no upstream serves: vLLM's 404 (its type, its code, its message first), followed
-    by the names that are served."""
+    """A model no upstream serves: vLLM's 404, word for word (0.32: its type, code, ``param`` and
+    message), naming the models the caller may use."""
 
     status = 404
     type = "NotFoundError"
     code = 404
 
     def __init__(self, model: str, available: list[str]) -> None:
-        names = ", ".join(available) if available else "none yet"
-        super().__init__(f"The model `{model}` does not exist. Available models: {names}.")
+        names = ", ".join(available) if available else "none"
+        super().__init__(f"The model `{model}` does not exist. Valid aliases: {names}.", param="model")
 
 
 class ModelNotAllowed(Forbidden):

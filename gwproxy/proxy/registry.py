@@ -259,7 +259,7 @@ class UpstreamRegistry:
                 return found
         if not any(u.state.reachable for u in self.upstreams):
             return (self.primary,)
-        raise ModelNotFound(model, self.models())
+        raise ModelNotFound(model, [m for m in self.models() if principal is None or principal.may_use(m)])
 
     def resolve(self, model: str) -> str:
         """The served name a request's ``model`` stands for (aliases resolved)."""

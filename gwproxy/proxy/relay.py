@@ -159,11 +159,13 @@ async def _pump(
                     chunk, pending = pending, None
             except UpstreamIdle:
                 waited = "its first chunk" if trace.first_chunk is None else "the next chunk"
+                await _write_held(tap, tee, resp)
                 return await _fail(
                     request, resp, sse, trace, metrics, "idle_timeout",
                     f"upstream sent nothing for {watch.limit:g}s waiting for {waited}", 504,
                 )  # fmt: skip
             except aiohttp.ClientError:
+                await _write_held(tap, tee, resp)
                 return await _fail(
                     request, resp, sse, trace, metrics, "disconnected",
                     "upstream closed the connection mid-response", 502,
@@ -197,6 +199,15 @@ async def _pump(
     finally:
         if not done:
             upstream.close()  # client gone or upstream broken: abort the generation now
+
+
+async def _write_held(tap: UsageTap | None, tee: Tee | None, resp: web.StreamResponse) -> None:
+    """Send the whole events the usage tap was holding (a stream breaking off after a finish)."""
+    held = tap.release() if tap is not None else b""
+    if held:
+        if tee is not None:
+            tee.feed(held)
+        await resp.write(held)
 
 
 async def _fail(

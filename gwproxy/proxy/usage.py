@@ -1,16 +1,22 @@
 """Usage: learning exact token usage from the upstream without changing what the client gets.
 
-vLLM sends a stream's final usage-only event when ``stream_options`` is present and its
-``include_usage`` is not false or null (it defaults to true once the object is there: ``{}``
-asks for it), and usage on every chunk only with ``continuous_usage_stats`` *and*
-``include_usage``. For a stream whose options would not produce the final event, the gateway asks
-for it (``inject``: ``include_usage`` true, ``continuous_usage_stats`` false — the client's
-``continuous_usage_stats`` had no effect without ``include_usage``, and must not start to) and
-the ``UsageTap`` removes that one usage-only event before ``data: [DONE]`` (DESIGN.md section 2
-rule 1). Otherwise the tap only watches; per-chunk usage is never changed. The tap works on whole SSE events:
-in stripping mode it holds back an incomplete trailing event until its end arrives (events are
-written whole by vLLM, so this almost never delays anything); in watching mode it forwards every
-chunk as it came and keeps only a copy of the incomplete tail to scan.
+vLLM (0.32) sends a stream's final usage-only event only when ``stream_options.include_usage`` is
+true (it defaults to false: ``{}`` does not ask for it; vLLM 0.11 defaulted it to true), and usage
+on every chunk only with ``continuous_usage_stats`` *and* ``include_usage``. For a stream whose
+options would not produce the final event, the gateway asks for it (``inject``: ``include_usage``
+true, ``continuous_usage_stats`` false — the client's ``continuous_usage_stats`` had no effect
+without ``include_usage``, and must not start to) and the ``UsageTap`` removes that one usage-only
+event before ``data: [DONE]`` (DESIGN.md section 2 rule 1). vLLM (0.32) writes
+``system_fingerprint`` on the usage event when usage was asked for, and on each event that finishes
+a choice when it was not; so the tap puts the removed event's fingerprint on the finish events
+before it, and the client gets the bytes vLLM sends for the request the client made. Otherwise the
+tap only watches; per-chunk usage is never changed. The tap works on whole SSE events: in stripping
+mode it holds back an incomplete trailing event until its end arrives (events are written whole by
+vLLM, so this almost never delays anything), and, from the first event that finishes a choice
+(``finish_reason`` set), the events until the usage event — with one choice, the finish event
+alone, and vLLM writes the usage event right after it; with ``n`` > 1, the other choices' last
+events too. In watching mode it forwards every chunk as it came and keeps only a copy of the
+incomplete tail to scan.
 
 ``/v1/responses`` reports usage as ``input_tokens``/``output_tokens``; its stream always ends with
 a ``response.completed`` (or ``response.incomplete``) event that carries it, so nothing is
@@ -27,6 +33,8 @@ from gwproxy.proxy.schema import lax_bool
 _USAGE_EVENT = b'"choices":[],"usage":{'
 _RESPONSE_DONE = re.compile(rb'"type":"response\.(?:completed|incomplete)"')
 _USAGE_KEY = b'"usage":{'
+_FINISHED = b'"finish_reason":"'  # a choice's finish event (a null reason has no quote)
+_FINGERPRINT = re.compile(rb'"system_fingerprint":"[^"]*"')
 _PROMPT = re.compile(rb'"(?:prompt|input)_tokens":(\d+)')
 _COMPLETION = re.compile(rb'"(?:completion|output)_tokens":(\d+)')
 _TAIL_KEEP = 4096  # bytes of a JSON body kept to find its usage object
@@ -42,7 +50,7 @@ def wants_injection(body: dict[str, Any]) -> bool:
     if not streams(body):
         return False
     options = body.get("stream_options")
-    return not (isinstance(options, dict) and options.get("include_usage", True) is True)
+    return not (isinstance(options, dict) and lax_bool(options.get("include_usage")) is True)
 
 
 def inject(body: dict[str, Any]) -> None:
@@ -55,38 +63,65 @@ def inject(body: dict[str, Any]) -> None:
     body["stream_options"] = merged
 
 
-def parse_usage(segment: bytes) -> tuple[int, int] | None:
-    """(prompt, completion) tokens from the last ``"usage":{…}`` object in ``segment``."""
-    at = segment.rfind(_USAGE_KEY)
-    if at < 0:
-        return None
-    depth, end = 0, len(segment)  # the object's end: it may hold objects (the Responses API's details)
-    for i in range(at + len(_USAGE_KEY) - 1, len(segment)):
+def _object_end(segment: bytes, at: int) -> int:
+    """The end (exclusive) of the JSON object opening at ``segment[at]`` (which is ``{``); its
+    values hold no braces in strings (usage objects are numbers, nulls and objects)."""
+    depth = 0
+    for i in range(at, len(segment)):
         c = segment[i]
         if c == 0x7B:  # {
             depth += 1
         elif c == 0x7D:  # }
             depth -= 1
             if depth == 0:
-                end = i + 1
-                break
-    obj = segment[at:end]
+                return i + 1
+    return len(segment)
+
+
+def parse_usage(segment: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from the last ``"usage":{…}`` object in ``segment``."""
+    at = segment.rfind(_USAGE_KEY)
+    if at < 0:
+        return None
+    obj = segment[at : _object_end(segment, at + len(_USAGE_KEY) - 1)]
     prompt, completion = _PROMPT.search(obj), _COMPLETION.search(obj)
     if prompt is None:
         return None
     return int(prompt.group(1)), int(completion.group(1)) if completion else 0
 
 
+def stamped(before: bytes, usage_event: bytes) -> bytes:
+    """``before`` (whole events) with the usage-only ``usage_event``'s ``system_fingerprint`` put
+    on each event that finishes a choice — where vLLM (0.32) writes it when usage is not asked for.
+    Unchanged when the usage event carries none (vLLM before 0.32)."""
+    found = _FINGERPRINT.search(usage_event)
+    if found is None:
+        return before
+    field = b"," + found.group(0)
+    out, at = [], 0
+    while at < len(before):
+        end = before.find(b"\n\n", at) + 2
+        if end == 1:
+            end = len(before)
+        one = before[at:end]
+        if one.find(_FINISHED) >= 0 and one.endswith(b"}\n\n"):
+            one = one[:-3] + field + b"}\n\n"
+        out.append(one)
+        at = end
+    return b"".join(out)
+
+
 class UsageTap:
     """Feeds on response chunks; ``usage`` is (prompt, completion) once seen."""
 
-    __slots__ = ("events", "responses", "sse", "strip", "tail", "usage")
+    __slots__ = ("events", "held", "responses", "sse", "strip", "tail", "usage")
 
     def __init__(self, *, sse: bool, strip: bool, responses: bool = False) -> None:
         self.sse = sse
         self.strip = strip and sse
         self.responses = responses  # a /v1/responses stream: usage is in its final event
         self.tail = b""
+        self.held = b""  # stripping: a complete finish event, until the next event comes
         self.usage: tuple[int, int] | None = None
         self.events = 0  # complete SSE events seen (a fallback measure of progress)
 
@@ -108,18 +143,34 @@ class UsageTap:
                 start = complete.rfind(b"\n\n", 0, done.start()) + 2
                 self.usage = parse_usage(complete[start : complete.find(b"\n\n", done.start())])
             return chunk
+        if self.held:
+            complete, self.held = self.held + complete, b""
         at = complete.find(_USAGE_EVENT)
         if at >= 0:
             start = complete.rfind(b"data: ", 0, at)
             end = complete.find(b"\n\n", at) + 2
             self.usage = parse_usage(complete[start:end])
             if self.strip:
-                return complete[:start] + complete[end:]
-        return complete if self.strip else chunk
+                return stamped(complete[:start], complete[start:end]) + complete[end:]
+            return chunk
+        if not self.strip:
+            return chunk
+        finished = complete.find(_FINISHED)
+        if finished >= 0:  # held from that event on, until the usage event says what goes on it
+            first = complete.rfind(b"\n\n", 0, finished)
+            first = 0 if first < 0 else first + 2
+            self.held = complete[first:]
+            return complete[:first]
+        return complete
+
+    def release(self) -> bytes:
+        """The complete events held back (stripping mode): for a stream that breaks off."""
+        held, self.held = self.held, b""
+        return held
 
     def finish(self) -> bytes:
         """At the end of the body: what is still held back (stripping mode), else nothing."""
         if not self.sse and self.usage is None:
             self.usage = parse_usage(self.tail)
-        held, self.tail = (self.tail if self.strip else b""), b""
+        held, self.held, self.tail = self.held + (self.tail if self.strip else b""), b"", b""
         return held

@@ -179,8 +179,12 @@ def parse_params(body: dict[str, Any]) -> Params:
     max_tokens = int_field("max_completion_tokens", None, 1)
     if max_tokens is None:
         max_tokens = int_field("max_tokens", None, 1)
+    n = int_field("n", 1, 1, MAX_N) or 1
+    temperature = body.get("temperature")
+    if n > 1 and isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature < 1e-5:
+        raise RequestError(f"n must be 1 when using greedy sampling, got {n}.")  # vLLM's words (param null)
     return Params(
-        n=int_field("n", 1, 1, MAX_N) or 1,
+        n=n,
         max_tokens=max_tokens,
         stop=[s for s in stops if s],
         ignore_eos=bool(body.get("ignore_eos", False)),
@@ -331,23 +335,21 @@ def generate(
     words: Sequence[str] = WORDS,
 ) -> list[Choice]:
     """The output of ``count`` prompts × ``n`` choices. Raises ``RequestError`` on overflow."""
-    if prompt_tokens >= max_model_len:
+    if params.max_tokens is not None and params.max_tokens > max_model_len:
         raise RequestError(
-            f"This model's maximum context length is {max_model_len} tokens. However, your "
-            f"request has {prompt_tokens} input tokens. Please reduce the length of the input "
-            "messages.",
-            param="messages",
-        )
-    budget = max_model_len - prompt_tokens
-    if params.max_tokens is not None and params.max_tokens > budget:
-        raise RequestError(
-            f"This model's maximum context length is {max_model_len} tokens. However, you "
-            f"requested {prompt_tokens + params.max_tokens} tokens ({prompt_tokens} in the "
-            f"messages, {params.max_tokens} in the completion). Please reduce the length of the "
-            "messages or completion.",
+            f"max_tokens={params.max_tokens} cannot be greater than max_model_len={max_model_len}. Please request "
+            f"fewer output tokens. (parameter=max_tokens, value={params.max_tokens})",
             param="max_tokens",
         )
-    limit = params.max_tokens if params.max_tokens is not None else budget
+    if prompt_tokens > max_model_len:  # vLLM's tokenizer stops counting one past the limit
+        raise RequestError(
+            f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains at "
+            f"least {max_model_len + 1} input tokens, which exceeds this limit even without any output tokens. "
+            f"Please reduce the length of the input prompt. (parameter=input_tokens, value={max_model_len + 1})",
+            param="input_tokens",
+        )
+    budget = max_model_len - prompt_tokens  # vLLM 0.32 caps max_tokens to what is left
+    limit = min(params.max_tokens, budget) if params.max_tokens is not None else budget
     tools = _pick_tools(body)
     schema = _format_schema(body)
     choices = []

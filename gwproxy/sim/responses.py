@@ -55,16 +55,26 @@ def messages_of(body: dict[str, Any]) -> list[dict[str, Any]]:
 def usage(prompt: int, completion: int) -> dict[str, Any]:
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": 0,
+            "cache_write_tokens": 0,
+            "input_tokens_per_turn": [],
+            "cached_tokens_per_turn": [],
+        },
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {
+            "reasoning_tokens": 0,
+            "tool_output_tokens": 0,
+            "output_tokens_per_turn": [],
+            "tool_output_tokens_per_turn": [],
+        },
         "total_tokens": prompt + completion,
     }
 
 
 def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = [{"annotations": [], "text": text, "type": "output_text", "logprobs": None}]
-    return {"id": item_id, "content": content, "role": "assistant", "status": status, "type": "message"}
+    return {"id": item_id, "content": content, "role": "assistant", "status": status, "type": "message", "phase": None}
 
 
 def response(
@@ -100,6 +110,12 @@ def response(
         "truncation": "disabled",
         "usage": usage(prompt_tokens, choice.tokens) if choice is not None else None,
         "user": body.get("user"),
+        "presence_penalty": float(body.get("presence_penalty") or 0.0),
+        "frequency_penalty": float(body.get("frequency_penalty") or 0.0),
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "input_messages": None,
+        "output_messages": None,
     }
 
 

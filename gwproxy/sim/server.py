@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import hashlib
 import os
 import struct
 import time
@@ -27,7 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from gwproxy.sim import engine, responses, wire
 from gwproxy.sim.engine import RequestError
 
-VLLM_VERSION = "0.11.0"
+VLLM_VERSION = wire.VLLM_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +53,28 @@ class SimConfig:
     def root(self) -> str:
         return f"gwproxy-sim/{self.models[0]}"
 
+    @property
+    def fingerprint(self) -> str:
+        return wire.fingerprint(self.root, self.max_model_len)
+
 
 class SimMetrics:
-    """vLLM's metric names, labelled by ``model_name`` as vLLM does."""
+    """vLLM's metric names, labelled ``{engine="0",model_name=…}`` as vLLM 0.32 does."""
 
     def __init__(self, model: str) -> None:
         r = self.registry = CollectorRegistry()
-        lbl = ["model_name"]
-        self.running = Gauge("vllm:num_requests_running", "Requests running", lbl, registry=r).labels(model)
-        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", lbl, registry=r).labels(model)
-        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage", lbl, registry=r).labels(model)
-        self.prompt = Counter("vllm:prompt_tokens", "Prefill tokens", lbl, registry=r).labels(model)
-        self.generation = Counter("vllm:generation_tokens", "Generated tokens", lbl, registry=r).labels(model)
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "TTFT", lbl, registry=r).labels(model)
-        self.itl = Histogram("vllm:inter_token_latency_seconds", "ITL", lbl, registry=r).labels(model)
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "E2E latency", lbl, registry=r).labels(model)
+        lbl = ["engine", "model_name"]
+        who = ("0", model)
+        self.running = Gauge("vllm:num_requests_running", "Requests running", lbl, registry=r).labels(*who)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", lbl, registry=r).labels(*who)
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV cache usage", lbl, registry=r).labels(*who)
+        self.prompt = Counter("vllm:prompt_tokens", "Prefill tokens", lbl, registry=r).labels(*who)
+        self.generation = Counter("vllm:generation_tokens", "Generated tokens", lbl, registry=r).labels(*who)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "TTFT", lbl, registry=r).labels(*who)
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "ITL", lbl, registry=r).labels(*who)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "E2E latency", lbl, registry=r).labels(*who)
         self.success = Counter(
-            "vllm:request_success", "Finished requests", ["model_name", "finished_reason"], registry=r
+            "vllm:request_success", "Finished requests", ["engine", "finished_reason", "model_name"], registry=r
         )
         self.model = model
         self.active = 0
@@ -125,8 +131,8 @@ SIM_CONFIG = web.AppKey("sim_config", SimConfig)
 SIM_METRICS = web.AppKey("sim_metrics", SimMetrics)
 
 
-def _error(message: str, status: int) -> web.Response:
-    return web.Response(status=status, body=wire.error(message, status), content_type="application/json")
+def _error(message: str, status: int, param: str | None = None) -> web.Response:
+    return web.Response(status=status, body=wire.error(message, status, param), content_type="application/json")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -143,22 +149,29 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 def _model(cfg: SimConfig, body: dict[str, Any]) -> str:
     model = body.get("model") or cfg.models[0]
     if model not in cfg.models:
-        raise RequestError(f"The model `{model}` does not exist.", status=404)
+        raise RequestError(not_found(cfg, str(model)), status=404, param="model")
     return str(model)
 
 
+def not_found(cfg: SimConfig, model: str) -> str:
+    """vLLM 0.32's message for a model it does not serve."""
+    return f"The model `{model}` does not exist. Valid aliases: {', '.join(cfg.models)}."
+
+
 def stream_usage(body: dict[str, Any]) -> tuple[bool, bool]:
-    """(include_usage, continuous_usage_stats) as vLLM reads ``stream_options``: once the object is
-    there ``include_usage`` defaults to true (``{}`` asks for the final usage event), an explicit
-    false or null turns it off, and per-chunk usage needs both. A non-empty ``stream_options``
-    without ``stream: true`` is refused, with vLLM's message."""
+    """(include_usage, continuous_usage_stats) as vLLM 0.32 reads ``stream_options``: the final
+    usage event only when ``include_usage`` is true (it defaults to false: ``{}`` does not ask;
+    vLLM 0.11 defaulted it to true), and per-chunk usage needs both. A non-empty
+    ``stream_options`` without ``stream: true`` is refused, with vLLM's message."""
     options = body.get("stream_options")
     stream = body.get("stream") is True
     if options and not stream:
-        raise RequestError("Stream options can only be defined when `stream=True`.", param="stream_options")
+        raise RequestError(
+            "Stream options can only be defined when `stream=True`. (parameter=stream_options)", param="stream_options"
+        )
     if not stream or not isinstance(options, dict):
         return False, False
-    include = options.get("include_usage", True) is True
+    include = options.get("include_usage") is True
     return include, include and options.get("continuous_usage_stats") is True
 
 
@@ -178,7 +191,7 @@ def _identity(
 MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
 
 
-def _extras(body: dict[str, Any], chat: bool, prompts: list[str], n: int) -> wire.Extras:
+def _extras(body: dict[str, Any], chat: bool, prompts: list[str], n: int, fingerprint: str) -> wire.Extras:
     """What the request asks for beyond the text; refused as vLLM refuses it."""
     token_ids = body.get("return_token_ids") is True
     ids = tuple(tuple(engine.encode(p)) for p in prompts) if token_ids else ()
@@ -201,7 +214,9 @@ def _extras(body: dict[str, Any], chat: bool, prompts: list[str], n: int) -> wir
             f"Requested sample logprobs of {top_n}, which is greater than max allowed: {MAX_LOGPROBS}",
             param="logprobs",
         )
-    return wire.Extras(logprobs=wanted is True, top_logprobs=top_n, token_ids=token_ids, prompt_ids=ids, n=n)
+    return wire.Extras(
+        logprobs=wanted is True, top_logprobs=top_n, token_ids=token_ids, prompt_ids=ids, n=n, fingerprint=fingerprint
+    )
 
 
 def _prompts(body: dict[str, Any]) -> list[str]:
@@ -239,9 +254,9 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
     params = engine.parse_params(gen_body)
     rid, created, digest = _identity(cfg, body, "chatcmpl" if chat else "cmpl", request.headers.get("X-Request-ID"))
     if api == "responses":
-        rid = "resp_" + rid.partition("-")[2]
+        rid = "resp_" + uuid.uuid4().hex[:16]  # vLLM 0.32: random, whatever the request id
     longest = max(len(engine.encode(p)) for p in prompts)
-    extras = _extras(gen_body, chat, prompts, params.n) if api != "responses" else wire.NONE
+    extras = _extras(gen_body, chat, prompts, params.n, cfg.fingerprint) if api != "responses" else wire.NONE
     words = engine.UNICODE_WORDS if cfg.split_writes else engine.WORDS
     choices = engine.generate(
         gen_body, params, longest, cfg.max_model_len, digest, count=len(prompts), reasoning=cfg.reasoning, words=words
@@ -301,7 +316,7 @@ async def _generate(request: web.Request, chat: bool, api: str = "") -> web.Stre
         metrics.active -= 1
         metrics.running.set(metrics.active)
         metrics.kv.set(min(1.0, metrics.active / cfg.capacity))
-        metrics.success.labels(metrics.model, reason).inc()
+        metrics.success.labels("0", reason, metrics.model).inc()
         metrics.e2e.observe(time.monotonic() - started)
 
 
@@ -369,7 +384,7 @@ async def embeddings(request: web.Request) -> web.Response:
         "created": created,
         "model": model,
         "data": data,
-        "usage": wire.usage(tokens, 0),
+        "usage": wire.usage(tokens, 0, "embedding"),
     }
     return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
@@ -379,6 +394,13 @@ def _encoded(vector: list[float], encoding: str) -> list[float] | str:
     if encoding == "float":
         return vector
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def _permission_id(cfg: SimConfig, name: str) -> str:
+    """vLLM's is random on every call; seeded, the simulator's is fixed (answers compare)."""
+    if cfg.seed is None:
+        return uuid.uuid4().hex[:16]
+    return hashlib.sha256(f"{cfg.seed}:{name}".encode()).hexdigest()[:16]
 
 
 def _cards(cfg: SimConfig) -> list[dict[str, Any]]:
@@ -392,7 +414,22 @@ def _cards(cfg: SimConfig) -> list[dict[str, Any]]:
             "root": cfg.root,
             "parent": None,
             "max_model_len": cfg.max_model_len,
-            "permission": [],
+            "permission": [
+                {
+                    "id": f"modelperm-{_permission_id(cfg, name)}",
+                    "object": "model_permission",
+                    "created": created,
+                    "allow_create_engine": False,
+                    "allow_sampling": True,
+                    "allow_logprobs": True,
+                    "allow_search_indices": False,
+                    "allow_view": True,
+                    "allow_fine_tuning": False,
+                    "organization": "*",
+                    "group": None,
+                    "is_blocking": False,
+                }
+            ],
         }
         for name in cfg.models
     ]
@@ -409,7 +446,7 @@ async def model(request: web.Request) -> web.Response:
     for card in _cards(request.app[SIM_CONFIG]):
         if card["id"] == name:
             return web.Response(body=orjson.dumps(card), content_type="application/json")
-    raise RequestError(f"The model `{name}` does not exist.", status=404)
+    raise RequestError(not_found(request.app[SIM_CONFIG], name), status=404, param="model")
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -487,7 +524,7 @@ async def errors(request: web.Request, handler: Callable[[web.Request], Any]) ->
         resp: web.StreamResponse = await handler(request)
         return resp
     except RequestError as exc:
-        return _error(exc.message, exc.status)
+        return _error(exc.message, exc.status, exc.param)
     except web.HTTPException as exc:
         return _error(exc.reason, exc.status)
 

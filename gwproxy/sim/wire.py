@@ -6,6 +6,7 @@ format"), so what the gateway relays in tests is what it would relay from vLLM.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 from gwproxy.sim import engine
 from gwproxy.sim.engine import Choice
 
+VLLM_VERSION = "0.32.0"
 DONE = b"data: [DONE]\n\n"
 _ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 405: "MethodNotAllowed"}
 
@@ -23,19 +25,29 @@ def event(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def error(message: str, status: int) -> bytes:
+def error(message: str, status: int, param: str | None = None) -> bytes:
     type_ = _ERROR_TYPES.get(status, "InternalServerError")
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": status}})
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": status}})
 
 
-def usage(prompt: int, completion: int, details: bool = True) -> dict[str, Any]:
+def fingerprint(model_path: str, max_model_len: int) -> str:
+    """vLLM's ``system_fingerprint``: its version and a digest of how the model is served."""
+    digest = hashlib.sha256(f"{model_path}:{max_model_len}".encode()).hexdigest()[:8]
+    return f"vllm-{VLLM_VERSION}-{digest}"
+
+
+def usage(prompt: int, completion: int, kind: str = "answer") -> dict[str, Any]:
+    """vLLM's usage object: an answer's has both detail fields, a chunk's (continuous usage) the
+    completion's only, an embedding's the prompt's only, a stream's final usage event none."""
     out: dict[str, Any] = {
         "prompt_tokens": prompt,
         "total_tokens": prompt + completion,
         "completion_tokens": completion,
     }
-    if details:
+    if kind in ("answer", "embedding"):
         out["prompt_tokens_details"] = None
+    if kind in ("answer", "chunk"):
+        out["completion_tokens_details"] = None
     return out
 
 
@@ -50,6 +62,7 @@ class Extras:
     token_ids: bool = False
     prompt_ids: tuple[tuple[int, ...], ...] = ()  # per prompt; choice i belongs to prompt i // n
     n: int = 1
+    fingerprint: str | None = None  # the server's system_fingerprint
 
     def prompt_of(self, index: int) -> list[int] | None:
         if not self.token_ids or not self.prompt_ids:
@@ -128,16 +141,17 @@ def chat_completion(
 ) -> bytes:
     out = []
     for c in choices:
-        message = {
+        message: dict[str, Any] = {
             "role": "assistant",
             "content": None if c.tool_calls else c.text,
             "refusal": None,
             "annotations": None,
             "audio": None,
             "function_call": None,
-            "tool_calls": _tool_calls(c),
-            "reasoning_content": "".join(c.reasoning) if c.reasoning else None,
         }
+        if c.tool_calls:
+            message["tool_calls"] = _tool_calls(c)
+        message["reasoning"] = "".join(c.reasoning) if c.reasoning else None
         out.append(
             {
                 "index": c.index,
@@ -146,6 +160,7 @@ def chat_completion(
                 "finish_reason": c.finish_reason,
                 "stop_reason": c.stop_reason,
                 "token_ids": _ids(extras, c.output),
+                "routed_experts": None,
             }
         )
     return orjson.dumps(
@@ -156,11 +171,14 @@ def chat_completion(
             "model": model,
             "choices": out,
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": extras.fingerprint,
             "usage": usage(prompt_tokens, sum(c.tokens for c in choices)),
             "prompt_logprobs": None,
             "prompt_token_ids": extras.prompt_of(0),
+            "prompt_text": None,
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
     )
 
@@ -178,6 +196,7 @@ def completion(
             "token_ids": _ids(extras, c.pieces),
             "prompt_logprobs": None,
             "prompt_token_ids": extras.prompt_of(c.index),
+            "routed_experts": None,
         }
         for c in choices
     ]
@@ -189,23 +208,28 @@ def completion(
             "model": model,
             "choices": out,
             "service_tier": None,
-            "system_fingerprint": None,
+            "system_fingerprint": extras.fingerprint,
             "usage": usage(prompt_tokens, sum(c.tokens for c in choices)),
             "kv_transfer_params": None,
+            "ec_transfer_params": None,
+            "metrics": None,
         }
     )
 
 
 def _chat_deltas(c: Choice) -> list[tuple[dict[str, Any], str | None]]:
     """A choice's deltas after the role chunk, one per step: (delta, the token it carries).
-    A tool call opens with its id and name (no token), then its arguments piece by piece."""
+    A tool call opens with its id and name (no token, ``content`` null, as vLLM's parser sends
+    it), then its arguments piece by piece."""
     out: list[tuple[dict[str, Any], str | None]] = []
-    out += [({"reasoning_content": p}, p) for p in c.reasoning]
+    out += [({"reasoning": p}, p) for p in c.reasoning]
     out += [({"content": p}, p) for p in c.pieces]
     for k, call in enumerate(c.tool_calls):
-        head = {"id": call.id, "type": "function", "index": k, "function": {"name": call.name, "arguments": ""}}
-        out.append(({"tool_calls": [head]}, None))
-        out += [({"tool_calls": [{"index": k, "function": {"arguments": a}}]}, a) for a in call.arguments]
+        head = {"id": call.id, "type": "function", "index": k, "function": {"name": call.name}}
+        out.append(({"content": None, "tool_calls": [head]}, None))
+        out += [
+            ({"content": None, "tool_calls": [{"index": k, "function": {"arguments": a}}]}, a) for a in call.arguments
+        ]
     return out
 
 
@@ -223,9 +247,11 @@ def chat_stream(
     ``continuous`` (``continuous_usage_stats``, which needs ``include_usage``) every chunk also
     carries the usage so far: the prompt, and the tokens its choice has generated.
 
-    As vLLM ≥ 0.10.2 writes them: the role chunk carries ``prompt_token_ids`` (null unless
-    ``return_token_ids``), every later choice ``token_ids``; a tool call's header rides the step
-    of its first argument (the first call's, the role chunk's step)."""
+    As vLLM 0.32 writes them: the role chunk carries ``prompt_token_ids`` and ``prompt_text``
+    (null unless ``return_token_ids``), every later choice ``token_ids``; a choice's finish
+    reason rides on the chunk of its last token (a tool call's, on a chunk of its own with an
+    empty delta), with ``system_fingerprint`` when no usage event follows; a tool call's header
+    rides the step of its first argument (the first call's, the role chunk's step)."""
     head = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
     made = dict.fromkeys((c.index for c in choices), 0)
 
@@ -238,7 +264,9 @@ def chat_stream(
         choice["token_ids"] = _ids(extras, tokens)
         out: dict[str, Any] = {**head, "choices": [choice]}
         if continuous:
-            out["usage"] = usage(prompt_tokens, made[index], False)
+            out["usage"] = usage(prompt_tokens, made[index], "chunk")
+        if finish is not None and not include_usage and extras.fingerprint:
+            out["system_fingerprint"] = extras.fingerprint
         return event(out)
 
     def role(index: int) -> bytes:
@@ -250,11 +278,13 @@ def chat_stream(
         }
         out: dict[str, Any] = {**head, "choices": [choice]}
         if continuous:
-            out["usage"] = usage(prompt_tokens, 0, False)
+            out["usage"] = usage(prompt_tokens, 0, "chunk")
         out["prompt_token_ids"] = extras.prompt_of(index)
+        out["prompt_text"] = None
         return event(out)
 
     deltas = {c.index: _chat_deltas(c) for c in choices}
+    finished: set[int] = set()
     first = []
     for c in choices:
         first.append(role(c.index))
@@ -271,15 +301,23 @@ def chat_stream(
                 delta, token = plan.pop(0)
                 if token is not None:
                     made[c.index] += 1
-                step.append(chunk(c.index, delta, token))
+                last = token is not None and not plan and not c.tool_calls
+                step.append(chunk(c.index, delta, token, c if last else None))
+                if last:
+                    finished.add(c.index)
                 if token is not None:
                     break
         yield step
     tail = [chunk(c.index, delta, None) for c in choices for delta, _ in deltas[c.index]]  # headers left over
-    tail += [chunk(c.index, {"content": ""} if not c.tool_calls else {}, None, c) for c in choices]
+    tail += [
+        chunk(c.index, {"content": ""} if not c.tool_calls else {}, None, c) for c in choices if c.index not in finished
+    ]
     if include_usage:
         completion_tokens = sum(c.tokens for c in choices)
-        tail.append(event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, False)}))
+        final: dict[str, Any] = {**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, "final")}
+        if extras.fingerprint:
+            final["system_fingerprint"] = extras.fingerprint
+        tail.append(event(final))
     tail.append(DONE)
     yield tail
 
@@ -295,7 +333,8 @@ def completion_stream(
     extras: Extras = NONE,
 ) -> Iterator[list[bytes]]:
     """Steps of a text-completion stream, as ``chat_stream``; every chunk's choice carries
-    ``prompt_token_ids`` (the prompt's on the choice's first chunk when asked) and ``token_ids``."""
+    ``prompt_token_ids`` (the prompt's on the choice's first chunk when asked) and ``token_ids``;
+    the finish reason rides on the chunk of the choice's last token."""
     head = {"id": rid, "object": "text_completion", "created": created, "model": model}
     offsets = dict.fromkeys((c.index for c in choices), 0)
     sent_prompt: set[int] = set()
@@ -321,15 +360,20 @@ def completion_stream(
         }
         offsets[c.index] += sum(len(p) for p in pieces)
         if continuous:
-            out["usage"] = usage(prompt_tokens, made, False)
+            out["usage"] = usage(prompt_tokens, made, "chunk")
+        if finish and not include_usage and extras.fingerprint:
+            out["system_fingerprint"] = extras.fingerprint
         return event(out)
 
     steps = max((len(c.pieces) for c in choices), default=0)
     for t in range(steps):
-        yield [chunk(c, [c.pieces[t]], t + 1) for c in choices if t < len(c.pieces)]
-    tail = [chunk(c, [], len(c.pieces), True) for c in choices]
+        yield [chunk(c, [c.pieces[t]], t + 1, t == len(c.pieces) - 1) for c in choices if t < len(c.pieces)]
+    tail = [chunk(c, [], 0, True) for c in choices if not c.pieces]
     if include_usage:
         completion_tokens = sum(c.tokens for c in choices)
-        tail.append(event({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, False)}))
+        final: dict[str, Any] = {**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, "final")}
+        if extras.fingerprint:
+            final["system_fingerprint"] = extras.fingerprint
+        tail.append(event(final))
     tail.append(DONE)
     yield tail

@@ -276,7 +276,7 @@ def test_requests_in_flight_are_listed_and_cancelled_from_the_console(console: G
     def aborted() -> float:
         metrics = httpx.get(f"{console.url}/health").json()["components"]["upstream"]["url"].rsplit("/v1", 1)[0]
         text = httpx.get(metrics + "/metrics").text
-        found = re.findall(r'vllm:request_success_total\{finished_reason="abort"[^}]*\} (\S+)', text)
+        found = re.findall(r'vllm:request_success_total\{engine="0",finished_reason="abort"[^}]*\} (\S+)', text)
         return sum(float(v) for v in found)
 
     before = aborted()

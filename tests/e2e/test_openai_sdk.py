@@ -138,7 +138,7 @@ def test_error_classes(client: OpenAI, gateway: Gateway) -> None:
     with pytest.raises(openai.BadRequestError) as br:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)  # type: ignore[arg-type]
     assert br.value.param == "temperature"  # type: ignore[attr-defined]
-    with pytest.raises(openai.BadRequestError, match="maximum context length"):
+    with pytest.raises(openai.BadRequestError, match="cannot be greater than max_model_len"):
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=100000)  # type: ignore[arg-type]
     with pytest.raises(openai.APIStatusError) as big:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x" * (33 * 1024 * 1024)}])

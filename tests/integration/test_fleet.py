@@ -207,7 +207,7 @@ async def test_model_list_unknown_models_and_what_never_fits(gateway: TestServer
         assert cards["beta-chat"]["gwproxy"] == {"state": "loadable", "profile_id": "beta", "name": "Beta"}
         status, err, _ = await post(s, gateway, chat("nobody"))
         assert status == 404 and err["error"]["type"] == "NotFoundError"
-        assert "Available models: alpha" in err["error"]["message"]
+        assert "Valid aliases: alpha" in err["error"]["message"]
         status, err, headers = await post(s, gateway, chat("giant"))
         assert status == 503 and err["error"]["code"] == "model_does_not_fit" and "Retry-After" in headers
         assert "giant" in err["error"]["message"] and "GiB" in err["error"]["message"]

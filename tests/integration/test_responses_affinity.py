@@ -178,8 +178,9 @@ async def test_a_response_the_gateway_never_relayed_is_refused_not_forwarded(
 
 
 async def test_response_ids_are_unguessable_whatever_the_client_sends(two_replicas: list[Site]) -> None:
-    """vLLM builds a response id from the request id it is sent: the gateway sends its own, so two
-    responses in a row are not neighbours, and an id a client chose never becomes one."""
+    """Response ids are vLLM's random ones (0.32; older vLLM built them from the request id, which
+    the gateway mints itself): two in a row are not neighbours, and an id a client chose never
+    becomes one."""
     site = two_replicas[0]
     sdk = _sdk(site, site.bob_key)
     ids = [
@@ -188,6 +189,6 @@ async def test_response_ids_are_unguessable_whatever_the_client_sends(two_replic
     ]
     assert len(set(ids)) == 3
     for rid in ids:
-        assert re.fullmatch(r"resp_[0-9a-f]{32}", rid) and "chosen" not in rid
+        assert re.fullmatch(r"resp_[0-9a-f]{16,32}", rid) and "chosen" not in rid
     numbers = sorted(int(rid[5:], 16) for rid in ids)
-    assert all(b - a > 2**64 for a, b in itertools.pairwise(numbers))  # no counter in any part of it
+    assert all(b - a > 2**32 for a, b in itertools.pairwise(numbers))  # no counter in any part of it

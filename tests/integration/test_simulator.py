@@ -170,13 +170,13 @@ async def test_a_reasoning_model_thinks_before_it_answers() -> None:
         url = str(server.make_url("/v1/chat/completions"))
         _, raw = await _post(url, {"model": MODEL, "messages": ASK, "max_tokens": 30})
         message = orjson.loads(raw)["choices"][0]["message"]
-        assert message["reasoning_content"] and message["content"]
+        assert message["reasoning"] and message["content"]
         _, raw = await _post(url, {"model": MODEL, "messages": ASK, "max_tokens": 30, "stream": True})
         deltas = [e["choices"][0]["delta"] for e in _events(raw) if e["choices"]]
-        kinds = [next(iter(k for k in d if k in ("reasoning_content", "content")), None) for d in deltas[1:-1]]
+        kinds = [next(iter(k for k in d if k in ("reasoning", "content")), None) for d in deltas[1:-1]]
         first_content = kinds.index("content")
-        assert set(kinds[:first_content]) == {"reasoning_content"} and set(kinds[first_content:]) == {"content"}
-        assert "".join(d.get("reasoning_content", "") for d in deltas).strip()
+        assert set(kinds[:first_content]) == {"reasoning"} and set(kinds[first_content:]) == {"content"}
+        assert "".join(d.get("reasoning", "") for d in deltas).strip()
     finally:
         await server.close()
 

@@ -117,8 +117,8 @@ async def test_each_model_goes_to_the_upstreams_serving_it(gateway: TestServer, 
         async with s.post(url, json=chat("model-z", "nobody serves me")) as r:
             assert r.status == 404
             err = (await r.json())["error"]
-        assert err["type"] == "NotFoundError" and err["code"] == 404
-        assert err["message"] == f"The model `model-z` does not exist. Available models: {A}, {B}."
+        assert err["type"] == "NotFoundError" and err["code"] == 404 and err["param"] == "model"
+        assert err["message"] == f"The model `model-z` does not exist. Valid aliases: {A}, {B}."
 
 
 async def _load(url: str, model: str, clients: int, seconds: float) -> list[int]:

@@ -51,12 +51,16 @@ def test_n_choices_and_batched_prompts() -> None:
 
 
 def test_context_overflow_is_a_400_in_vllm_words() -> None:
-    with pytest.raises(
-        RequestError, match="maximum context length is 100 tokens.*90 in the messages, 20 in the completion"
-    ):
-        engine.generate({}, Params(max_tokens=20), 90, 100, None)
-    with pytest.raises(RequestError, match="maximum context length"):
-        engine.generate({}, Params(), 100, 100, None)
+    """vLLM 0.32: max_tokens over max_model_len and a prompt over it are refused, naming the
+    parameter; a prompt and max_tokens that only together pass it make what is left."""
+    with pytest.raises(RequestError, match=r"max_tokens=120 cannot be greater than max_model_len=100\.") as over:
+        engine.generate({}, Params(max_tokens=120), 10, 100, None)
+    assert over.value.param == "max_tokens" and over.value.message.endswith("(parameter=max_tokens, value=120)")
+    with pytest.raises(RequestError, match="your prompt contains at least 101 input tokens") as long:
+        engine.generate({}, Params(), 150, 100, None)
+    assert long.value.param == "input_tokens"
+    [c] = engine.generate({"ignore_eos": True}, Params(max_tokens=20, ignore_eos=True), 90, 100, None)
+    assert c.tokens == 10 and c.finish_reason == "length"
 
 
 def test_tool_call_when_tools_given_and_text_after_the_tool_answers() -> None:

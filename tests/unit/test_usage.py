@@ -24,8 +24,9 @@ def test_injection_only_where_vllm_would_send_no_final_usage_event() -> None:
     assert wants_injection({"stream": True, "stream_options": {"include_usage": False}})
     assert wants_injection({"stream": True, "stream_options": {"include_usage": None}})
     assert not wants_injection({"stream": True, "stream_options": {"include_usage": True}})
-    assert not wants_injection({"stream": True, "stream_options": {}})  # include_usage defaults to true
-    assert not wants_injection({"stream": True, "stream_options": {"continuous_usage_stats": True}})
+    assert wants_injection({"stream": True, "stream_options": {}})  # vLLM 0.32: include_usage defaults to false
+    assert wants_injection({"stream": True, "stream_options": {"continuous_usage_stats": True}})
+    assert not wants_injection({"stream": True, "stream_options": {"include_usage": "true"}})  # lax, as vLLM reads it
     assert not wants_injection({"stream": False})
     assert not wants_injection({})
     body = {"stream": True, "stream_options": {"include_usage": False, "continuous_usage_stats": True}}
@@ -41,9 +42,47 @@ def test_strip_removes_only_the_usage_event_whole_chunks() -> None:
     chunks = [CONTENT, CONTENT, FINISH, USAGE, DONE]
     out, body = run(tap, chunks)
     assert body == CONTENT + CONTENT + FINISH + DONE
-    assert out[:3] == chunks[:3] and out[3] == b"" and out[4] == DONE
+    assert out[:2] == chunks[:2] and out[4] == DONE
+    assert out[2] == b"" and out[3] == FINISH  # a finish event waits for the next: was it the last?
     assert out[0] is CONTENT  # untouched chunks are passed as the same object, no copy
     assert tap.usage == (13, 3)
+
+
+FP = b',"system_fingerprint":"vllm-0.32.0-6b0d2549"'
+USAGE_FP = USAGE[:-3] + FP + b"}\n\n"  # vLLM 0.32 writes the fingerprint on a stream's last event
+FINISH_FP = FINISH[:-3] + FP + b"}\n\n"
+STREAM_FP = CONTENT + FINISH + USAGE_FP + DONE
+
+
+def test_strip_puts_the_last_events_fields_back_on_the_finish_event_as_vllm_would() -> None:
+    """Usage asked for: vLLM's fingerprint is on the usage event; not asked: on the finish event.
+    The client that did not ask gets the latter, at every split of the stream."""
+    for cut in range(1, len(STREAM_FP)):
+        tap = UsageTap(sse=True, strip=True)
+        _, body = run(tap, [STREAM_FP[:cut], STREAM_FP[cut:]])
+        assert body == CONTENT + FINISH_FP + DONE, cut
+        assert tap.usage == (13, 3), cut
+    tap = UsageTap(sse=True, strip=True)
+    _, body = run(tap, [STREAM_FP[i : i + 1] for i in range(len(STREAM_FP))])
+    assert body == CONTENT + FINISH_FP + DONE
+
+
+def test_with_several_choices_every_finish_event_gets_them() -> None:
+    """vLLM stamps each choice's finish event; the events from the first finish on are held until
+    the usage event says what to stamp (another choice's tokens keep their order)."""
+    second = CONTENT.replace(b'"index":0', b'"index":1')
+    second_finish = FINISH.replace(b'"index":0', b'"index":1')
+    tap = UsageTap(sse=True, strip=True)
+    out, body = run(tap, [CONTENT + second, FINISH, second, second_finish, USAGE_FP, DONE])
+    stamp = FINISH[:-3] + FP + b"}\n\n", second_finish[:-3] + FP + b"}\n\n"
+    assert body == CONTENT + second + stamp[0] + second + stamp[1] + DONE
+    assert out[1:4] == [b"", b"", b""]
+
+
+def test_a_held_finish_event_is_released_when_the_stream_breaks() -> None:
+    tap = UsageTap(sse=True, strip=True)
+    assert tap.feed(CONTENT + FINISH) == CONTENT
+    assert tap.release() == FINISH and tap.release() == b""
 
 
 def test_strip_at_every_split_point() -> None:
