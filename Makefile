@@ -8,7 +8,7 @@ PORT ?= 8080
 # pip's notices about absent optional indexes are noise; failures still fail.
 QUIET_PIP := { grep -v -e 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: run test lint typecheck services bench bench-fleet bench-scale install clean
+.PHONY: run test test-vllm vllm lint typecheck services bench bench-fleet bench-scale install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ test: $(VENV)/.installed-test lint typecheck services
 
 services:
 	bash tests/install-services.sh
+
+## vLLM's CPU build in a virtualenv of its own (~/.cache/gwproxy; minutes once, then cached) for
+## the real-vLLM tier; `make test` runs it too (the tests install it in the background otherwise).
+vllm:
+	bash tests/vllm/install.sh
+
+## The real-vLLM tier alone: the gateway, the fleet and the simulator against vLLM's CPU build.
+test-vllm: $(VENV)/.installed-test vllm
+	$(BIN)/python -m pytest -q tests/vllm
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check gwproxy tests bench migrations
