@@ -61,8 +61,12 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def through_gate(request: web.Request, exchange: Exchange, target: Endpoint) -> web.StreamResponse:
-    """``forward``, counted in flight; while a model switch runs, first wait for it (bounded)."""
+    """``forward``; a request for the switched model is counted in flight and, while a switch of
+    it runs, first waits for it (bounded). Requests for other models pass untouched."""
     gate = request.app[GATE]
+    model = exchange.body.get("model") if exchange.body is not None else None
+    if not gate.covers(model if isinstance(model, str) else None):
+        return await forward(request, exchange, target)
     if not gate.is_open:  # wait before resolving names: "current" is the new model afterwards
         await gate.wait(request.app[CONFIG].switch.hold_seconds)
     gate.enter()

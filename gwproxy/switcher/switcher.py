@@ -347,7 +347,7 @@ class Switcher:
             self._finish(job, "already_serving")
             return
         tp = job.plan.tensor_parallel or profile.tensor_parallel or 1
-        self.gate.hold(f"switching to '{profile.id}'")
+        self.gate.hold(f"switching to '{profile.id}'", _names(profile))
         try:
             await self._stop_current(job)
             loading = time.monotonic()
@@ -411,7 +411,7 @@ class Switcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
         await self.registry.refresh()
-        self.gate.open()
+        self.gate.open(_names(profile) if profile is not None else None)
 
     async def _follow(self, job: Job, instance: Instance) -> None:
         assert self.backend is not None
@@ -454,8 +454,8 @@ class Switcher:
         self._finish(job, "rolled_back", reason)
 
     async def _recover(self, job: Job, found: Instance) -> None:
-        self.gate.hold(f"'{found.profile_id}' is coming up")
         profile = self.profiles.profiles.get(found.profile_id)
+        self.gate.hold(f"'{found.profile_id}' is coming up", _names(profile) if profile is not None else frozenset())
         try:
             await self._await_ready(job, found, profile)
         except SwitchFailed as exc:
@@ -469,3 +469,8 @@ class Switcher:
 
         parts = urlsplit(self.registry.origin)
         return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _names(profile: Profile) -> frozenset[str]:
+    """What requests name a profile by: its served names (the gate holds those)."""
+    return frozenset(profile.served_names)

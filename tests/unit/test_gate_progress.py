@@ -98,3 +98,16 @@ def test_a_job_event_carries_what_changed() -> None:
     assert set(delta) == {*JOB_ALWAYS, "history"} and delta["history"] == [2] and "plan" not in delta
     failed = {**later, "error": "boom", "history": [1, 2]}
     assert job_delta(failed, later)["error"] == "boom" and "history" not in job_delta(failed, later)
+
+
+async def test_the_gate_covers_only_the_switched_model() -> None:
+    """A switch holds its own model — the names going and coming, ``current``, no model named —
+    and nothing else."""
+    gate = Gate()
+    gate.open(frozenset({"alpha", "alpha-chat"}))
+    gate.hold("switching to 'beta'", frozenset({"beta"}))
+    for model in ("alpha", "alpha-chat", "beta", "current", None):
+        assert gate.covers(model), model
+    assert not gate.covers("gamma")  # another model: never held, never counted
+    gate.open(frozenset({"beta"}))
+    assert gate.covers("beta") and not gate.covers("alpha")  # the old names go with the old model
