@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gwproxy.keys import SWITCHER, UPSTREAM, USERS
+from gwproxy.switcher.backend import progress
 from tests.integration.test_auth_http import bearer, call
 from tests.support import vllm
 from tests.support.procs import free_port
@@ -115,3 +116,14 @@ def test_vllms_sleep_endpoints_answer_the_sleep_tiers_calls(real_vllm: vllm.Vllm
     assert httpx.get(base + "/is_sleeping").json() == {"is_sleeping": False}
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     assert httpx.post(base + "/v1/chat/completions", json=chat, timeout=60).status_code == 200
+
+
+def test_readiness_phases_are_read_from_vllms_real_log(real_vllm: vllm.Vllm) -> None:
+    """The lines a switch or load follows (``backend.progress``) are found in vLLM 0.32's own
+    start-up log, in order, so a load's progress moves through its phases on real vLLM too."""
+    phases = [found for line in real_vllm.output().splitlines() if (found := progress(line)) is not None]
+    names = list(dict.fromkeys(phase for phase, _ in phases))
+    for expected in ("loading weights", "weights loaded", "allocating KV cache", "server started"):
+        assert expected in names, names
+    fractions = [fraction for _, fraction in phases]
+    assert fractions[-1] == max(fractions) == 0.95  # the server's start comes last

@@ -25,6 +25,7 @@ from langchain_openai import ChatOpenAI
 
 from tests.conftest import migrated_sqlite, provision
 from tests.integration.test_auth_http import bearer, call
+from tests.integration.test_fidelity import STREAM_OPTIONS
 from tests.integration.test_security import Site, _site, usage_of
 from tests.support.ids import upstream_id
 from tests.support.procs import start_gateway
@@ -37,16 +38,6 @@ CHAT: dict[str, Any] = {
     "temperature": 0,
 }
 COMPLETION: dict[str, Any] = {"model": SERVED, "prompt": "Say something.", "max_tokens": 8, "temperature": 0}
-STREAM_OPTIONS: list[dict[str, Any] | None] = [
-    None,
-    {},
-    {"include_usage": True},
-    {"include_usage": False},
-    {"include_usage": None},
-    {"continuous_usage_stats": True},
-    {"include_usage": True, "continuous_usage_stats": True},
-    {"include_usage": False, "continuous_usage_stats": True},
-]
 _CREATED = re.compile(rb'"created(?:_at)?":\d+')
 _TOOL_CALL_ID = re.compile(rb'"id":"chatcmpl-tool-[0-9a-f]+"')
 
