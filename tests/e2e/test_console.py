@@ -112,9 +112,17 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         def shot(name: str) -> None:
             page.screenshot(path=str(ARTIFACTS / f"console-{name}.png"), full_page=True)
 
-        # Sign in with the keyboard: fields have labels, Enter submits.
+        # A wrong password is said (it is a 401, like a session that ended, and used to show nothing).
         page.goto(f"{console.url}/ui")
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        page.get_by_label("Username").fill("admin")
+        page.get_by_label("Password").fill("not-the-password")
+        page.get_by_label("Password").press("Enter")
+        expect(page.get_by_text("Wrong username or password")).to_be_visible()
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        assert errors == ["Failed to load resource: the server responded with a status of 401 (Unauthorized)"]
+        errors.clear()  # the browser's own line for the refused sign-in: expected, nothing else
+        # Sign in with the keyboard: fields have labels, Enter submits.
         page.get_by_label("Username").fill("admin")
         page.get_by_label("Password").fill(ADMIN_PASSWORD)
         page.get_by_label("Password").press("Enter")

@@ -70,6 +70,10 @@ const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
 
 // ---- the API ---------------------------------------------------------------------------------
 
+// The session ended (and the sign-in page is shown, saying so): nothing more to say. Any other
+// 401 — a wrong password at sign-in — is said like every other error.
+const SIGNED_OUT = "signed_out";
+
 class ApiError extends Error {
   constructor(status, message, code, retryAfter) {
     super(message);
@@ -109,7 +113,7 @@ async function call(path, { method = "GET", body } = {}) {
   if (r.status === 401 && (await refresh())) r = await send();
   if (r.status === 401 && path !== "/api/auth/login") {
     signedOut("Your session ended: sign in again.");
-    throw new ApiError(401, "signed out");
+    throw new ApiError(401, "signed out", SIGNED_OUT);
   }
   return r;
 }
@@ -163,7 +167,7 @@ function guard(fn) {
       say("");
       await fn(...args);
     } catch (e) {
-      if (e instanceof ApiError) { if (e.status !== 401) say(e.words); } else say(String(e));
+      if (e instanceof ApiError) { if (e.code !== SIGNED_OUT) say(e.words); } else say(String(e));
     }
   };
 }
@@ -740,7 +744,7 @@ async function route() {
     document.title = `gwproxy · ${name}`;
     main.focus();
   } catch (e) {
-    if (e instanceof ApiError) { if (e.status !== 401) say(e.words); } else say(String(e));
+    if (e instanceof ApiError) { if (e.code !== SIGNED_OUT) say(e.words); } else say(String(e));
   }
 }
 
