@@ -115,6 +115,7 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         # A wrong password is said (it is a 401, like a session that ended, and used to show nothing).
         page.goto(f"{console.url}/ui")
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        expect(page.get_by_role("navigation", name="Pages")).to_be_hidden()  # no nav before signing in
         page.get_by_label("Username").fill("admin")
         page.get_by_label("Password").fill("not-the-password")
         page.get_by_label("Password").press("Enter")
@@ -139,11 +140,15 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         assert page.evaluate("document.documentElement.scrollWidth") <= 400 + 1  # no sideways scroll
         page.set_viewport_size({"width": 1280, "height": 900})
 
-        # Keys: create one (shown once, with a copy button), then revoke it.
+        # Keys: create one (shown once, with a copy button), then revoke it. A double click makes one
+        # key: the button is disabled while its request runs.
         page.get_by_role("link", name="Keys").click()
         page.get_by_label("Name").fill("from-the-browser")
-        page.get_by_role("button", name="Create key").click()
+        page.get_by_role("button", name="Create key").dblclick()
         expect(page.locator("#key-value")).to_contain_text("gwp-")
+        expect(page.get_by_role("button", name="Create key")).to_be_enabled()
+        made = httpx.get(f"{console.url}/api/auth/keys", headers=console.auth).json()["data"]
+        assert [k["name"] for k in made].count("from-the-browser") == 1
         expect(page.get_by_role("button", name="Copy")).to_be_visible()
         shot("keys")
         page.get_by_role("button", name="Revoke key from-the-browser").click()
@@ -225,6 +230,13 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         page.get_by_label("Password").fill("carol-password-1")
         page.get_by_role("button", name="Create user").click()
         expect(users_table(page)).to_contain_text("carol")
+        page.get_by_label("Username").fill("carol")  # again: the 409 says so, in its own words
+        page.get_by_label("Password").fill("carol-password-1")
+        page.get_by_role("button", name="Create user").click()
+        expect(page.get_by_role("alert")).to_contain_text("carol")
+        expect(page.get_by_role("alert")).not_to_contain_text("Not now")
+        assert errors == ["Failed to load resource: the server responded with a status of 409 (Conflict)"]
+        errors.clear()  # the browser's own line for the refused request: expected
         page.get_by_role("button", name="Disable carol").click()
         expect(page.get_by_role("button", name="Enable carol")).to_be_visible()
         page.get_by_role("button", name="Turn capture off for carol").click()

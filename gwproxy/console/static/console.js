@@ -83,7 +83,7 @@ class ApiError extends Error {
   }
   get words() {
     if (this.status === 429) return `Too many requests: try again in ${this.retryAfter || "a few"} s. (${this.message})`;
-    if (this.status === 409) return `Not now: ${this.message}`;
+    if (this.status === 409 && this.code === "switch_in_progress") return `Not now: ${this.message}`;
     if (this.status === 403) return `Not allowed: ${this.message}`;
     if (this.status === 503) return `Unavailable${this.retryAfter ? ` (retry in ${this.retryAfter} s)` : ""}: ${this.message}`;
     return this.message;
@@ -161,13 +161,26 @@ async function events(response, onEvent) {
   }
 }
 
+// Runs an event's action, saying what failed; the button that started it (or the form's submit
+// button) is disabled until it ends, so a double click does not do it twice.
 function guard(fn) {
   return async (...args) => {
+    const ev = args[0];
+    const target = ev && ev.currentTarget;
+    const button = target instanceof HTMLFormElement ? target.querySelector("button[type=submit]")
+      : target instanceof HTMLButtonElement ? target : null;
+    if (button && button.disabled) {  // already running: not again (and no native form submission)
+      if (ev.type === "submit") ev.preventDefault();
+      return;
+    }
+    if (button) button.disabled = true;
     try {
       say("");
       await fn(...args);
     } catch (e) {
       if (e instanceof ApiError) { if (e.code !== SIGNED_OUT) say(e.words); } else say(String(e));
+    } finally {
+      if (button && button.isConnected) button.disabled = false;
     }
   };
 }
