@@ -478,7 +478,15 @@ async function usersPage() {
   const row = (u) => {
     const roleSelect = h("select", { "aria-label": `Role of ${u.username}` },
       ["user", "admin"].map((r) => h("option", { value: r, selected: r === u.role }, r)));
-    roleSelect.addEventListener("change", () => patch(u, { role: roleSelect.value })());  // the role chosen now
+    roleSelect.addEventListener("change", guard(async () => {  // the role chosen now; refused: back as it was
+      try {
+        await api(`/api/admin/users/${u.id}`, { method: "PATCH", body: { role: roleSelect.value } });
+      } catch (e) {
+        roleSelect.value = u.role;
+        throw e;
+      }
+      await list();
+    }));
     return h("tr", {}, h("td", {}, u.id), h("td", {}, u.username), h("td", {}, roleSelect),
       h("td", { class: u.active ? "ok" : "bad" }, u.active ? "active" : "disabled"),
       h("td", {}, u.capture ? "on" : "off"), h("td", {}, u.allowed_models ? u.allowed_models.join(", ") : "any"),
