@@ -209,6 +209,32 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         while len(_said(console, "Say something")) < 4 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert [m["role"] for m in _said(console, "Say something")] == ["user", "assistant", "user", "assistant"]
+        # A send that fails leaves no empty bubble and gives the message back; New chat starts afresh.
+        refused = {"error": {"message": "The model is loading", "type": "service_unavailable", "param": None,
+                             "code": "model_not_ready"}}  # fmt: skip
+        page.route("**/api/chat", lambda r: r.fulfill(status=503, json=refused, headers={"Retry-After": "2"}))
+        bubbles = page.locator("#chat .msg").count()
+        page.get_by_label("Message").fill("This one fails")
+        page.get_by_role("button", name="Send").click()
+        expect(page.get_by_role("alert")).to_contain_text("The model is loading")
+        expect(page.locator("#chat .msg")).to_have_count(bubbles)
+        expect(page.get_by_label("Message")).to_have_value("This one fails")
+        page.unroute("**/api/chat")
+        errors.clear()  # the browser's line for the refused request
+        page.get_by_role("button", name="New chat").click()
+        expect(page.locator("#chat .msg")).to_have_count(0)
+        page.get_by_label("Message").fill("A new start")
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator("#reply-1")).not_to_be_empty(timeout=30_000)
+        deadline = time.monotonic() + 10
+        search = f"{console.url}/api/conversations"
+        while not httpx.get(search, params={"q": "A new start"}, headers=console.auth).json()["data"] or (
+            len(_said(console, "A new start")) < 2
+        ):
+            assert time.monotonic() < deadline, "the new chat was not recorded"
+            time.sleep(0.1)
+        assert [m["role"] for m in _said(console, "A new start")] == ["user", "assistant"]  # a conversation of its own
+        assert len(_said(console, "Say something")) == 4  # the earlier one did not grow
 
         page.get_by_role("link", name="Usage").click()
         expect(page.locator("#usage-chart")).to_be_visible()

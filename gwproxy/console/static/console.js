@@ -702,34 +702,51 @@ async function playgroundPage() {
       chat.append(h("div", { class: `msg ${m.role}` }, contentText(m.content)));
     }
   }
+  const fresh = h("button", { type: "button", class: "secondary" }, "New chat");
+  fresh.addEventListener("click", () => {  // a new conversation: nothing of this one is sent again
+    conversation = null;
+    history.length = 0;
+    chat.replaceChildren();
+    say("");
+    if (location.hash !== "#/playground") window.history.replaceState(null, "", "#/playground");  // no redraw
+    prompt.focus();
+  });
   const form = h("form", { "aria-label": "Chat" }, field("model", "Model", picker),
-    field("prompt", "Message", prompt), h("p", {}, h("button", { type: "submit" }, "Send")));
+    field("prompt", "Message", prompt), h("p", {}, h("button", { type: "submit" }, "Send"), " ", fresh));
   form.addEventListener("submit", guard(async (ev) => {
     ev.preventDefault();
     const text = prompt.value.trim();
     if (!text) return;
     prompt.value = "";
-    history.push({ role: "user", content: text });
-    chat.append(h("div", { class: "msg user" }, text));
-    const answer = h("div", { class: "msg assistant", id: `reply-${history.length}` });
-    chat.append(answer);
-    const r = await call("/api/chat", { method: "POST", body: { model: picker.value, messages: [history.at(-1)], stream: true,
-      ...(conversation ? { conversation_id: conversation } : {}) } });
-    if (!r.ok) {
-      const err = (await r.json()).error;
-      throw new ApiError(r.status, err.message, err.code, r.headers.get("Retry-After"));
-    }
-    conversation = r.headers.get("X-Conversation-Id") || conversation;
+    const asked = h("div", { class: "msg user" }, text);
+    const answer = h("div", { class: "msg assistant", id: `reply-${history.length + 1}` });
+    chat.append(asked, answer);
     let content = "";
-    await events(r, (_, data) => {
-      if (data === "[DONE]") return false;
-      const chunk = JSON.parse(data);
-      if (chunk.error) throw new ApiError(chunk.error.code, chunk.error.message, chunk.error.code);
-      const delta = chunk.choices?.[0]?.delta?.content;
-      if (delta) { content += delta; answer.textContent = content; }
-      return true;
-    });
-    history.push({ role: "assistant", content });
+    try {
+      const r = await call("/api/chat", { method: "POST", body: { model: picker.value, messages: [{ role: "user", content: text }],
+        stream: true, ...(conversation ? { conversation_id: conversation } : {}) } });
+      if (!r.ok) {
+        const err = (await r.json()).error;
+        throw new ApiError(r.status, err.message, err.code, r.headers.get("Retry-After"));
+      }
+      conversation = r.headers.get("X-Conversation-Id") || conversation;
+      await events(r, (_, data) => {
+        if (data === "[DONE]") return false;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new ApiError(chunk.error.code, chunk.error.message, chunk.error.code);
+        const delta = chunk.choices?.[0]?.delta?.content;
+        if (delta) { content += delta; answer.textContent = content; }
+        return true;
+      });
+    } catch (e) {
+      if (!content) {  // nothing came: no empty bubble, and the message is back to send again
+        asked.remove();
+        answer.remove();
+        prompt.value = text;
+      }
+      throw e;
+    }
+    history.push({ role: "user", content: text }, { role: "assistant", content });
   }));
   page.append(form, chat);
   return page;
