@@ -4,7 +4,8 @@ answer has come — for the console and ``/api/requests``, each one cancellable.
 The metrics middleware adds a request to a model (an upstream endpoint, or ``/api/chat``) when it
 arrives and removes it when it ends. Cancelling one cancels its handler task: the relay closes the
 upstream response on its way out, so vLLM aborts the generation and frees the GPU, as when a
-client goes away. Only the event loop reads or writes it.
+client goes away; a stream the caller still reads is ended as vLLM ends an aborted request (a
+finish event with ``finish_reason: "abort"``, then ``[DONE]``). Only the event loop reads or writes it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from gwproxy.trace import Trace
 
 
 class Asker(Protocol):
-    """Who a request acts for, once auth has said (the request's exchange)."""
+    """Who a request acts for, once auth has said, and who cancelled it (the request's exchange)."""
 
     principal: Principal | None
+    cancelled_by: str | None
 
 
 @dataclass(slots=True)
@@ -34,11 +36,14 @@ class Running:
     trace: Trace
     asker: Asker
     started: float = field(default_factory=time.time)  # wall-clock seconds
-    cancelled_by: str | None = None
 
     @property
     def principal(self) -> Principal | None:
         return self.asker.principal
+
+    @property
+    def cancelled_by(self) -> str | None:
+        return self.asker.cancelled_by
 
     def public(self) -> dict[str, Any]:
         t = self.trace
@@ -80,6 +85,6 @@ class InFlight:
         found = self.running.get(request_id)
         if found is None or found not in self.visible(principal):
             return False
-        found.cancelled_by = principal.username
+        found.asker.cancelled_by = principal.username  # the relay ends a stream as vLLM ends an abort
         found.task.cancel()
         return True

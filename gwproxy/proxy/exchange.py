@@ -51,6 +51,7 @@ class Exchange:
     body: dict[str, Any] | None = None  # the JSON body, parsed once and checked
     sent: bytes | None = None  # the body as it went upstream (the gateway may have edited it)
     tee: Tee | None = None
+    cancelled_by: str | None = None  # who cancelled it while it ran (the console's cancel)
     _read: bool = False
     _checked: bool = False
 

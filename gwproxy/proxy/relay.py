@@ -7,7 +7,8 @@ Contract:
 - the only edit is the ``UsageTap``'s removal of the usage event the gateway itself asked for;
 - each chunk the client gets is also handed to the exchange's ``Tee`` when there is one (capture);
 - the client going away (a failed write, or the handler cancelled) closes the upstream
-  response at once, so vLLM aborts the generation;
+  response at once, so vLLM aborts the generation; a stream an admin cancels (the console) is
+  ended for its caller as vLLM ends an aborted request (``finish_reason: "abort"``, ``[DONE]``);
 - the upstream failing mid-body (died, silent for ``first_byte_timeout`` before its first chunk
   or for ``idle_timeout`` between two chunks) ends an SSE stream with
   an error event in vLLM's format followed by ``data: [DONE]`` (silence is detected by the
@@ -196,9 +197,39 @@ async def _pump(
     except (aiohttp.ClientConnectionResetError, ConnectionResetError):
         trace.upstream_error = "client_gone"
         return resp
+    except asyncio.CancelledError:
+        exchange = request[EXCHANGE]
+        if not (sse and exchange.cancelled_by and tap is not None and resp.prepared):
+            raise  # the client went away, or shutdown: nobody to tell
+        upstream.close()  # vLLM aborts the generation now
+        done = await _end_aborted(request, resp, tap, tee, trace)
+        return resp
     finally:
         if not done:
             upstream.close()  # client gone or upstream broken: abort the generation now
+
+
+async def _end_aborted(
+    request: web.Request, resp: web.StreamResponse, tap: UsageTap, tee: Tee | None, trace: Trace
+) -> bool:
+    """An admin cancelled the stream (the console's cancel): end it for its caller as vLLM ends an
+    aborted request — what was held back, a finish event per choice with ``finish_reason:
+    "abort"``, ``[DONE]`` — instead of a cut connection. The pump carries on uncancelled for that."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    trace.upstream_error = "cancelled"
+    body = request[EXCHANGE].body or {}
+    n = body.get("n")
+    end = tap.release() + tap.aborted(n if type(n) is int and 0 < n <= 128 else 1)
+    try:
+        if tee is not None:
+            tee.feed(end)
+        await resp.write(end)
+        await resp.write_eof()
+    except (aiohttp.ClientConnectionResetError, ConnectionResetError):
+        trace.upstream_error = "client_gone"
+    return True
 
 
 async def _write_held(tap: UsageTap | None, tee: Tee | None, resp: web.StreamResponse) -> None:

@@ -34,6 +34,12 @@ _USAGE_EVENT = b'"choices":[],"usage":{'
 _RESPONSE_DONE = re.compile(rb'"type":"response\.(?:completed|incomplete)"')
 _USAGE_KEY = b'"usage":{'
 _FINISHED = b'"finish_reason":"'  # a choice's finish event (a null reason has no quote)
+# A choice's finish event when vLLM aborts it (0.32), as ``%``-templates of its index.
+_CHAT_ABORT = b'{"index":%d,"delta":{},"logprobs":null,"finish_reason":"abort","stop_reason":null,"token_ids":null}'
+_COMPLETION_ABORT = (
+    b'{"index":%d,"text":"","logprobs":null,"finish_reason":"abort","stop_reason":null,'
+    b'"prompt_token_ids":null,"token_ids":null}'
+)
 _FINGERPRINT = re.compile(rb'"system_fingerprint":"[^"]*"')
 _PROMPT = re.compile(rb'"(?:prompt|input)_tokens":(\d+)')
 _COMPLETION = re.compile(rb'"(?:completion|output)_tokens":(\d+)')
@@ -111,17 +117,27 @@ def stamped(before: bytes, usage_event: bytes) -> bytes:
     return b"".join(out)
 
 
+def _head(events: bytes) -> bytes:
+    """The first event's JSON object up to its ``"choices"`` key (``{"id":…,"model":…,``)."""
+    if not events.startswith(b"data: {"):
+        return b""
+    end = events.find(b"\n\n")
+    at = events.find(b'"choices":', 0, end)
+    return events[6:at] if at > 0 else b""
+
+
 class UsageTap:
     """Feeds on response chunks; ``usage`` is (prompt, completion) once seen."""
 
-    __slots__ = ("events", "held", "responses", "sse", "strip", "tail", "usage")
+    __slots__ = ("events", "head", "held", "responses", "sse", "strip", "tail", "usage")
 
     def __init__(self, *, sse: bool, strip: bool, responses: bool = False) -> None:
         self.sse = sse
         self.strip = strip and sse
         self.responses = responses  # a /v1/responses stream: usage is in its final event
         self.tail = b""
-        self.held = b""  # stripping: a complete finish event, until the next event comes
+        self.held = b""  # stripping: the events from the first finish event on, until the usage event
+        self.head = b""  # the first event's JSON up to its "choices" (id, object, created, model)
         self.usage: tuple[int, int] | None = None
         self.events = 0  # complete SSE events seen (a fallback measure of progress)
 
@@ -136,6 +152,8 @@ class UsageTap:
             self.tail = data
             return b"" if self.strip else chunk
         complete, self.tail = data[:cut], data[cut:]
+        if not self.events:
+            self.head = _head(complete)
         self.events += complete.count(b"\n\n")
         if self.responses:
             done = _RESPONSE_DONE.search(complete)
@@ -162,6 +180,15 @@ class UsageTap:
             self.held = complete[first:]
             return complete[:first]
         return complete
+
+    def aborted(self, choices: int) -> bytes:
+        """The end vLLM writes for a stream it aborts: a finish event per choice with
+        ``finish_reason: "abort"``, then ``[DONE]`` (empty when the stream's head is unknown)."""
+        if not self.head:
+            return b""
+        kind = _COMPLETION_ABORT if b'"object":"text_completion"' in self.head else _CHAT_ABORT
+        events = [b"data: " + self.head + b'"choices":[' + kind % i + b"]}\n\n" for i in range(choices)]
+        return b"".join(events) + b"data: [DONE]\n\n"
 
     def release(self) -> bytes:
         """The complete events held back (stripping mode): for a stream that breaks off."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, Gateway, gwproxy_cli, provision
@@ -372,5 +373,12 @@ def test_requests_in_flight_are_listed_and_cancelled_from_the_console(console: G
     caller.join(timeout=30)
     assert not caller.is_alive()
     received = b"".join(got)
-    assert b"data: [DONE]" not in received  # cut short: 1500 tokens at 10 ms would take 15 s
+    # Ended as vLLM ends an aborted request: a finish event with finish_reason "abort", then [DONE]
+    # — well short of the 1500 tokens (at 10 ms each, 15 s).
+    events = [e for e in received.split(b"\n\n") if e]
+    assert events[-1] == b"data: [DONE]", received[-300:]
+    last = orjson.loads(events[-2][len(b"data: ") :])
+    assert last["choices"][0]["finish_reason"] == "abort" and last["choices"][0]["delta"] == {}
+    assert last["id"] == orjson.loads(events[0][len(b"data: ") :])["id"]  # the same stream
+    assert len(events) < 1500
     assert aborted() == before + 1  # vLLM was told: the generation stopped

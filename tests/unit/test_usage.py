@@ -137,3 +137,25 @@ def test_json_body_usage_found_in_the_tail() -> None:
 def test_parse_usage_without_completion_tokens() -> None:
     assert parse_usage(b'"usage":{"prompt_tokens":4,"total_tokens":4}') == (4, 0)
     assert parse_usage(b'{"no":"usage"}') is None
+
+
+def test_an_aborted_stream_ends_as_vllm_ends_one() -> None:
+    """vLLM 0.32's bytes for a request it aborts (recorded from its CPU build): a finish event with
+    an empty delta and finish_reason "abort", then [DONE] — what the gateway writes when an admin
+    cancels a stream its caller still reads."""
+    head = b'data: {"id":"chatcmpl-abortme","object":"chat.completion.chunk","created":1796704277,"model":"tiny",'
+    role = head + (
+        b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
+    )
+    vllm_end = (
+        head + b'"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"abort","stop_reason":null,'
+        b'"token_ids":null}]}\n\ndata: [DONE]\n\n'
+    )
+    tap = UsageTap(sse=True, strip=True)
+    tap.feed(role)
+    assert tap.aborted(1) == vllm_end
+    assert tap.aborted(2).count(b'"finish_reason":"abort"') == 2
+    completion = UsageTap(sse=True, strip=False)
+    completion.feed(b'data: {"id":"cmpl-1","object":"text_completion","created":1,"model":"m","choices":[]}\n\n')
+    assert b'"text":"","logprobs":null,"finish_reason":"abort"' in completion.aborted(1)
+    assert UsageTap(sse=True, strip=True).aborted(1) == b""  # nothing seen yet: no head to write
