@@ -191,8 +191,14 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         shot("playground")
 
         page.get_by_role("link", name="Conversations").click()
+        page.set_viewport_size({"width": 1280, "height": 300})  # a short window: the list fills it
+        page.get_by_label("Search", exact=True).fill("Say")
+        page.get_by_role("button", name="Search", exact=True).click()
         page.get_by_role("link", name="Say something").click()
         expect(page.locator("#conversation")).to_contain_text("Say something")
+        expect(page.locator("#conversation h2")).to_be_in_viewport()  # opened where it can be seen
+        expect(page.get_by_label("Search", exact=True)).to_have_value("Say")  # the search stays
+        page.set_viewport_size({"width": 1280, "height": 900})
         shot("conversations")
         with page.expect_download() as download:
             page.get_by_role("button", name="Export Markdown").click()
@@ -237,7 +243,25 @@ def test_an_admin_and_a_user_in_a_real_browser(console: Gateway) -> None:
         assert [m["role"] for m in _said(console, "A new start")] == ["user", "assistant"]  # a conversation of its own
         assert len(_said(console, "Say something")) == 4  # the earlier one did not grow
 
-        page.get_by_role("link", name="Usage").click()
+        # A page that cannot be built (a rate-limited user's model list) says so; the last page is
+        # not left under the new page's link.
+        page.get_by_role("link", name="Dashboard").click()
+        expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+        limited = {"error": {"message": "Rate limit reached", "type": "rate_limit_error", "param": None,
+                             "code": "rate_limit_exceeded"}}  # fmt: skip
+        page.route("**/v1/models", lambda r: r.fulfill(status=429, json=limited, headers={"Retry-After": "3"}))
+        page.get_by_role("link", name="Playground").click()
+        expect(page.get_by_text("The playground page could not be shown.")).to_be_visible()
+        expect(page.get_by_role("alert")).to_contain_text("Rate limit reached")
+        expect(page.get_by_role("heading", name="Dashboard")).to_have_count(0)
+        page.unroute("**/v1/models")
+        errors.clear()  # the browser's line for the refused request
+        page.get_by_role("link", name="Dashboard").click()
+        page.set_viewport_size({"width": 400, "height": 500})  # a tall page in a small window:
+        page.get_by_role("link", name="Usage").click()  # the header stays in view after navigating
+        expect(page.locator("#usage-chart")).to_be_visible()
+        assert page.evaluate("window.scrollY") == 0
+        page.set_viewport_size({"width": 1280, "height": 900})
         expect(page.locator("#usage-chart")).to_be_visible()
         page.get_by_label("Whose").select_option("all")
         expect(page.get_by_role("table", name="Usage by day and model")).to_contain_text("alpha")

@@ -636,9 +636,11 @@ async function requestsPage() {
 
 // ---- conversations ---------------------------------------------------------------------------
 
+let conversationSearch = "";  // the search in force: opening a conversation keeps it
+
 async function conversationsPage() {
   const page = h("section", { "aria-labelledby": "title" }, h("h1", { id: "title" }, "Conversations"));
-  const q = h("input", { id: "search", type: "search", placeholder: "title contains…" });
+  const q = h("input", { id: "search", type: "search", placeholder: "title contains…", value: conversationSearch });
   const form = h("form", { class: "inline", role: "search", "aria-label": "Search conversations" },
     field("search", "Search", q), h("button", { type: "submit" }, "Search"));
   const holder = h("div", {});
@@ -651,7 +653,7 @@ async function conversationsPage() {
     holder.replaceChildren(conversations.box);
     await conversations.load();
   }
-  form.addEventListener("submit", guard(async (ev) => { ev.preventDefault(); await list(); }));
+  form.addEventListener("submit", guard(async (ev) => { ev.preventDefault(); conversationSearch = q.value; await list(); }));
   await list();
   page.append(form, holder, detail);
   const id = location.hash.split("/")[2];
@@ -668,6 +670,7 @@ function contentText(content) {
 
 async function showConversation(box, id) {
   const c = await api(`/api/conversations/${id}`);
+  box.setAttribute("data-scroll-to", "");  // opened: brought into view, not left below the list
   const branch = new Set(c.branch || []);
   const download = (format) => guard(async () => {
     const r = await call(`/api/conversations/${id}/export?format=${format}`);
@@ -780,8 +783,13 @@ async function route() {
     if (mine !== routing) return;
     main.replaceChildren(drawn);
     document.title = `gwproxy · ${name}`;
-    main.focus();
+    main.focus({ preventScroll: true });  // focus for screen readers; the header stays in view
+    const shown = drawn.querySelector("[data-scroll-to]");  // what the page opened (a conversation)
+    if (shown) shown.scrollIntoView({ block: "start" }); else window.scrollTo(0, 0);
   } catch (e) {
+    if (mine !== routing) return;
+    // Not the previous page under this page's highlighted link: say this one failed.
+    main.replaceChildren(h("p", { class: "muted" }, `The ${name} page could not be shown.`));
     if (e instanceof ApiError) { if (e.code !== SIGNED_OUT) say(e.words); } else say(String(e));
   }
 }
