@@ -22,6 +22,7 @@ from typing import Any
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from gwproxy.bodies import invalid
+from gwproxy.lax import lax_bool, lax_int
 from gwproxy.proxy.fastcheck import compile_schema
 
 
@@ -38,33 +39,6 @@ class Content(fields.Field[Any]):
     @staticmethod
     def fast_check(value: Any) -> bool:
         return type(value) is str or (type(value) is list and all(type(p) is dict for p in value))
-
-
-_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
-_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
-
-
-def lax_bool(value: Any) -> bool | None:
-    """``value`` as pydantic's lax mode reads a bool (vLLM's ``stream``); None if it is not one."""
-    if value is True or value is False:
-        return bool(value)
-    if type(value) is int and value in (0, 1):
-        return value == 1
-    if isinstance(value, str):
-        word = value.strip().lower()
-        return True if word in _TRUE else False if word in _FALSE else None
-    return None
-
-
-def lax_int(value: Any) -> int | None:
-    """``value`` as pydantic's lax mode reads an int: ints, whole floats, digit strings."""
-    if type(value) is int:
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and value.strip().isascii():
-        return int(value)
-    return None
 
 
 class LaxBool(fields.Field[Any]):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gwproxy.proxy.schema import lax_bool
+from gwproxy.lax import lax_bool
 
 _USAGE_EVENT = b'"choices":[],"usage":{'
 _RESPONSE_DONE = re.compile(rb'"type":"response\.(?:completed|incomplete)"')

@@ -27,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gwproxy.cache import TtlCache
 from gwproxy.config import RateLimitConfig
+from gwproxy.lax import lax_int
 from gwproxy.principal import Principal
-from gwproxy.proxy.schema import lax_int
 from gwproxy.ratelimit.bucket import Limit
 from gwproxy.ratelimit.store import Slot
 from gwproxy.store.tables import rate_limits

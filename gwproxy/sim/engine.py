@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from gwproxy.proxy.schema import lax_int
+from gwproxy.lax import lax_int
 
 _TEXT = (
     "the model answers with care and the gateway relays every byte as it comes while "
