@@ -40,6 +40,11 @@ from gwproxy.capture.record import RESPONSES_ROUTE, Record
 from gwproxy.store import rollups
 from gwproxy.store.tables import conversations, messages, requests
 
+UNKNOWN_MODEL = "other"  # the metrics' label for a model nobody serves (``registry.label``)
+# A 404 to a generation is for a model nobody serves (its route exists), but on /v1/responses,
+# where it can be a previous_response_id.
+_RESPONSES = "/v1/responses"
+
 _RANDOM = bytearray()
 
 
@@ -198,6 +203,8 @@ def _plan(
     if completion_tokens is None and reply.chunks:
         completion_tokens = reply.chunks  # a stream cut short: one event per token, as vLLM sends
     model = reply.model or record.model
+    if reply.model is None and record.status == 404 and record.route != _RESPONSES:
+        model = UNKNOWN_MODEL  # a name nobody serves: one row for all of them, as the metrics count it
     conversation_id: str | None = None
     answered = record.status == 200 and bool(reply.content or reply.tool_calls or reply.reasoning or reply.complete)
     if turn and answered:

@@ -65,7 +65,8 @@ async def asset(request: web.Request) -> web.Response:
 class ModelStats(Schema):
     model = fields.String(required=True)
     requests = fields.Integer(required=True)
-    errors = fields.Integer(required=True, metadata={"description": "answers with a status of 500 or more"})
+    errors = fields.Integer(required=True, metadata={"description": "failed answers: a status of 400 or more"})
+    server_errors = fields.Integer(required=True, metadata={"description": "of those, a status of 500 or more"})
     mean_ms = fields.Float(required=True)
 
 
@@ -93,10 +94,14 @@ async def stats(request: web.Request) -> web.Response:
     for (_, model, status), count in m.requests.items():
         if model == "-":  # not a model's request (the API, health checks)
             continue
-        row = by_model.setdefault(model, {"model": model, "requests": 0, "errors": 0, "mean_ms": 0.0})
+        row = by_model.setdefault(
+            model, {"model": model, "requests": 0, "errors": 0, "server_errors": 0, "mean_ms": 0.0}
+        )
         row["requests"] += count
-        if int(status) >= 500:
+        if int(status) >= 400:  # as Usage counts "failed"
             row["errors"] += count
+        if int(status) >= 500:
+            row["server_errors"] += count
     for model, (finished, seconds) in m.model_latency.items():
         if model in by_model and finished:
             by_model[model]["mean_ms"] = round(seconds / finished * 1000, 3)

@@ -67,6 +67,11 @@ def test_the_console_is_served_offline_with_security_headers(console: Gateway) -
     assert httpx.get(f"{console.url}/api/stats").status_code == 401
     stats = httpx.get(f"{console.url}/api/stats", headers=console.auth)
     assert stats.status_code == 200 and {"in_flight", "models", "recent"} <= set(stats.json())
+    # A refused request (vLLM's 400) is a failed one on the Dashboard too, apart from server errors.
+    bad = {"model": "current", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}
+    assert httpx.post(f"{console.url}/v1/chat/completions", json=bad, headers=console.auth).status_code == 400
+    rows = httpx.get(f"{console.url}/api/stats", headers=console.auth).json()["models"]
+    assert any(r["errors"] >= r["server_errors"] + 1 for r in rows), rows
 
 
 def _traffic(console: Gateway) -> None:

@@ -231,6 +231,18 @@ def test_a_request_refused_before_it_went_upstream_is_counted_under_the_model_it
     assert conversations(stack, who) == []
 
 
+def test_models_nobody_serves_are_counted_as_other_as_the_dashboard_counts_them(stack: Stack) -> None:
+    """Names nobody serves make one usage row, ``other`` (as the metrics and the Dashboard call
+    it), not a row per name a client typed."""
+    who = _user_key(stack.env, "typos")
+    for name in ("no-such-model", "another-typo"):
+        missing = api(stack, who, "POST", "/v1/chat/completions", json={"model": name, "messages": [
+            {"role": "user", "content": "hi"}]})  # fmt: skip
+        assert missing.status_code == 404
+    usage = wait_requests(stack, who, 2)
+    assert [(row["model"], row["requests"], row["failed"]) for row in usage["data"]] == [("other", 2, 2)]
+
+
 def test_a_client_that_leaves_mid_stream_leaves_what_it_got(paced_stack: Stack) -> None:
     stack = paced_stack
     who = _user_key(stack.env, "leaver")

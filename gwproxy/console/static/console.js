@@ -279,12 +279,13 @@ async function dashboardPage() {
     if (me.role !== "admin") return;
     const stats = await api("/api/stats");
     const now = performance.now();
-    traffic.replaceChildren(table(["model", "requests", "per second", "errors", "mean latency"],
+    traffic.replaceChildren(table(["model", "requests", "per second", "failed (4xx/5xx)", "mean latency"],
       stats.models.map((m) => {
         const before = last && last.models.find((x) => x.model === m.model);
         const rate = before ? ((m.requests - before.requests) / ((now - last.at) / 1000)).toFixed(2) : "…";
         return h("tr", {}, h("td", {}, m.model), h("td", {}, m.requests), h("td", {}, rate),
-          h("td", { class: m.errors ? "bad" : "" }, m.errors), h("td", {}, `${m.mean_ms.toFixed(1)} ms`));
+          h("td", { class: m.server_errors ? "bad" : "" }, `${m.errors - m.server_errors} / ${m.server_errors}`),
+          h("td", {}, `${m.mean_ms.toFixed(1)} ms`));
       }), "Traffic by model"));
     last = { ...stats, at: now };
     tail.replaceChildren(table(["time", "route", "model", "status", "duration", "user"],
