@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gwproxy.keys import SWITCHER, USERS
+from gwproxy.keys import GATE, SWITCHER, USERS
 from gwproxy.switcher.fleet import Fleet
 from tests.support.procs import free_port
 from tests.support.switching import start_switching_app, write_profile
@@ -412,8 +412,11 @@ async def test_a_switch_holds_only_its_own_model(gateway: TestServer) -> None:
 
     async with aiohttp.ClientSession() as s:
         assert (await post(s, gateway, chat("gamma")))[0] == 200  # loaded on demand beside alpha
-        before = [await timed(s) for _ in range(30)]
+        before = [await timed(s) for _ in range(50)]
         job, _ = gateway.app[SWITCHER].switch("beta")
+        gate = gateway.app[GATE]
+        while gate.is_open and not job.done:  # the job plans first; the switch holds from its stop
+            await asyncio.sleep(0.005)
         held = asyncio.create_task(post(s, gateway, chat("current")))
         during = []
         while not job.done:
