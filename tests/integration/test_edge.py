@@ -74,6 +74,9 @@ async def test_foreign_host_is_refused(sim: int) -> None:
         await server.close()
 
 
+CHATS = 41  # odd: two workers' counts differ, so /metrics shows which answered
+
+
 def test_workers_share_the_port_and_stop_together(log_dir: Path, sim: int, tmp_path: Path) -> None:
     env, key = provision(tmp_path)
     env["GWPROXY_CAPTURE_SPOOL_DIR"] = str(tmp_path / "spool")
@@ -85,7 +88,7 @@ def test_workers_share_the_port_and_stop_together(log_dir: Path, sim: int, tmp_p
             time.sleep(0.1)
         workers = parent.children()
         assert len(workers) == 2
-        for _ in range(40):
+        for _ in range(CHATS):
             with httpx.Client() as c:  # new connections, spread by the kernel
                 r = c.post(
                     f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -93,22 +96,22 @@ def test_workers_share_the_port_and_stop_together(log_dir: Path, sim: int, tmp_p
                     headers={"Authorization": f"Bearer {key}"},
                 )
                 assert r.status_code == 200
-        counts = set()  # each worker's /metrics counts the chats it answered
+        counts = set()  # each worker's /metrics counts the chats it answered (an odd total: never equal)
         for _ in range(40):
             with httpx.Client() as c:
                 text = c.get(f"http://127.0.0.1:{port}/metrics").text
             found = re.search(r'gwproxy_requests_total\{[^}]*route="/v1/chat/completions"[^}]*\} (\S+)', text)
             counts.add(float(found.group(1)) if found else 0.0)
-        assert len(counts) == 2 and sum(counts) == 40 and 0 not in counts, f"both workers answered: {counts}"
+        assert len(counts) == 2 and sum(counts) == CHATS and 0 not in counts, f"both workers answered: {counts}"
         # Each worker captures through its own writer process and spool: none shares a spool file.
         everyone = workers + [c for w in workers for c in w.children()]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             usage = httpx.get(f"http://127.0.0.1:{port}/api/usage", headers={"Authorization": f"Bearer {key}"})
-            if usage.json()["total"]["requests"] == 40:
+            if usage.json()["total"]["requests"] == CHATS:
                 break
             time.sleep(0.2)
-        assert usage.json()["total"]["requests"] == 40
+        assert usage.json()["total"]["requests"] == CHATS
         assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["worker-0", "worker-1"]
     finally:
         proc.stop(signal.SIGTERM)
